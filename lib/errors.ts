@@ -1,0 +1,52 @@
+import createError from '@fastify/error'
+
+/** Prefix of every error code this plugin produces. */
+export const ERROR_PREFIX = 'CANVAS_STORE_'
+
+/** HTTP errors of the admin routes and of the upgrade request. */
+export const errors = {
+  /** The room is not loaded on this server. */
+  ROOM_NOT_FOUND: createError('CANVAS_STORE_ROOM_NOT_FOUND', 'Room %s is not loaded', 404),
+  /** No session with that id in the room. */
+  SESSION_NOT_FOUND: createError('CANVAS_STORE_SESSION_NOT_FOUND', 'Session %s not found in room %s', 404),
+  /** A request's params, query or body failed its schema. */
+  INVALID_REQUEST: createError('CANVAS_STORE_INVALID_REQUEST', '%s', 400),
+  /** An option passed at registration is invalid. */
+  INVALID_OPTION: createError('CANVAS_STORE_INVALID_OPTION', 'Invalid option %s: %s', 500, TypeError)
+} as const
+
+/** Codes of the `{ type: 'error', code, message }` frames sent over the WebSocket. */
+export const frameErrorCodes = {
+  /** A frame of a known type whose fields have the wrong shape; it was not applied. */
+  INVALID_FRAME: 'CANVAS_STORE_INVALID_FRAME',
+  /** A readonly session sent document or ephemeral patches; they were not applied. */
+  READONLY: 'CANVAS_STORE_READONLY'
+} as const
+
+/**
+ * WebSocket close codes. 1000-1015 are the standard ones; 4000-4999 are ours.
+ * The published client reconnects after any close it did not ask for.
+ */
+export const CloseCode = {
+  /** Server shutting down (or the room is being closed). */
+  GOING_AWAY: 1001,
+  /** Bad query, refused authorization, or a pre-room queue overflow. */
+  POLICY_VIOLATION: 1008,
+  /** A frame larger than `maxPayload`. */
+  MESSAGE_TOO_BIG: 1009,
+  /** The room could not be loaded from storage. */
+  INTERNAL_ERROR: 1011,
+  /** An administrator removed the session (DELETE admin route). */
+  KICKED: 4000,
+  /** authorize threw an error with statusCode 401. */
+  UNAUTHORIZED: 4401,
+  /** authorize threw an error with statusCode 403. */
+  FORBIDDEN: 4403
+} as const
+
+/** Close reasons must fit in 123 bytes of UTF-8. */
+export function closeReason (text: string): string {
+  let out = text
+  while (Buffer.byteLength(out) > 123) out = out.slice(0, -1)
+  return out
+}

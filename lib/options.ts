@@ -1,0 +1,168 @@
+import type { FastifyRequest, onRequestHookHandler, preHandlerHookHandler } from 'fastify'
+import { errors } from './errors.js'
+import type { SessionPermission } from './protocol/types.js'
+import type { CreateStorage } from './storage/storage.js'
+
+/** What `authorize` is told about a connection. */
+export interface AuthorizeInfo {
+  roomId: string
+  clientId: string
+  /** The `token` query parameter ('' when absent), or the token of an `auth-refresh` frame. */
+  token: string
+  /** The upgrade request; `undefined` when called for an `auth-refresh` frame. */
+  request: FastifyRequest | undefined
+}
+
+/** What `authorize` decides for a session. */
+export interface AuthorizeResult {
+  permissions: SessionPermission
+  /** Any JSON-serializable data, shown by the admin routes and `room.getSessions()`. */
+  metadata?: unknown
+}
+
+/**
+ * Decides whether a client may join a room, and with which permissions.
+ * Throw (or reject) to refuse: the socket is closed with 1008, or 4401/4403
+ * when the error has `statusCode` 401/403, and the error's message as reason.
+ */
+export type Authorize = (info: AuthorizeInfo) => AuthorizeResult | Promise<AuthorizeResult>
+
+/** The admin REST routes' settings. */
+export interface AdminOptions {
+  /** Hook(s) run in `onRequest` of every admin route, e.g. `app.auth([verifyAdmin])`. */
+  onRequest?: onRequestHookHandler | onRequestHookHandler[]
+  /** Hook(s) run in `preHandler` of every admin route (after params and body are parsed). */
+  preHandler?: preHandlerHookHandler | preHandlerHookHandler[]
+  /**
+   * Set `false` to register the admin routes without any hook (trusted
+   * networks, tests). Without a hook and without `auth: false`, the admin
+   * routes are not registered at all.
+   */
+  auth?: false
+  /**
+   * Prefix of the admin routes.
+   * @default ''
+   */
+  prefix?: string
+}
+
+/** Options of the fastify-canvas-store plugin. */
+export interface CanvasStoreOptions {
+  /**
+   * URL path of the WebSocket route.
+   * @default '/sync'
+   */
+  path?: string
+  /**
+   * Decides each connection and each `auth-refresh`.
+   * @default every connection is `readwrite` (a warning is logged once)
+   */
+  authorize?: Authorize
+  /**
+   * Makes the storage of a room.
+   * @default an in-memory store per room, kept for the life of the process
+   */
+  createStorage?: CreateStorage
+  /**
+   * Longest delay between a document change and the save holding it (ms).
+   * @default 1000
+   */
+  saveThrottleMs?: number
+  /**
+   * How long an empty room stays loaded before it is saved and unloaded (ms).
+   * @default 30000
+   */
+  idleTimeout?: number
+  /**
+   * Largest frame accepted (bytes); a bigger one closes the socket with 1009.
+   * @default 1048576
+   */
+  maxPayload?: number
+  /**
+   * Most frames a socket may send before its room is ready (authorize and
+   * load still running); one more closes it with 1008.
+   * @default 64
+   */
+  maxQueuedFrames?: number
+  /**
+   * Most bytes a socket may send before its room is ready.
+   * @default 4194304
+   */
+  maxQueuedBytes?: number
+  /** The admin REST routes; see {@link AdminOptions}. Not registered unless given. */
+  admin?: AdminOptions
+}
+
+/** Defaults of every optional setting. */
+export const DEFAULTS = {
+  path: '/sync',
+  saveThrottleMs: 1000,
+  idleTimeout: 30_000,
+  maxPayload: 1024 * 1024,
+  maxQueuedFrames: 64,
+  maxQueuedBytes: 4 * 1024 * 1024
+} as const
+
+/** Options with every default filled in. */
+export interface ResolvedOptions {
+  path: string
+  authorize: Authorize | undefined
+  createStorage: CreateStorage | undefined
+  saveThrottleMs: number
+  idleTimeout: number
+  maxPayload: number
+  maxQueuedFrames: number
+  maxQueuedBytes: number
+  admin: { onRequest: onRequestHookHandler[], preHandler: preHandlerHookHandler[], prefix: string } | undefined
+}
+
+/**
+ * Checks the options and fills in the defaults.
+ * @throws {TypeError} `CANVAS_STORE_INVALID_OPTION`, naming the option
+ */
+export function resolveOptions (opts: CanvasStoreOptions = {}): ResolvedOptions {
+  const fail = (name: string, why: string): never => { throw new errors.INVALID_OPTION(name, why) }
+  const path = opts.path ?? DEFAULTS.path
+  if (typeof path !== 'string' || !path.startsWith('/')) fail('path', 'must be a string starting with "/"')
+  if (opts.authorize !== undefined && typeof opts.authorize !== 'function') fail('authorize', 'must be a function')
+  if (opts.createStorage !== undefined && typeof opts.createStorage !== 'function') fail('createStorage', 'must be a function (roomId) => Storage')
+  const number = (name: keyof typeof DEFAULTS, min: number): number => {
+    const value = opts[name] ?? DEFAULTS[name]
+    if (typeof value !== 'number' || !Number.isFinite(value) || value < min) fail(name, `must be a number >= ${min}`)
+    return value as number
+  }
+  let admin: ResolvedOptions['admin']
+  if (opts.admin !== undefined) {
+    if (typeof opts.admin !== 'object' || opts.admin === null) fail('admin', 'must be an object')
+    const onRequest = hooks('admin.onRequest', opts.admin.onRequest, fail)
+    const preHandler = hooks('admin.preHandler', opts.admin.preHandler, fail)
+    const prefix = opts.admin.prefix ?? ''
+    if (typeof prefix !== 'string' || (prefix !== '' && !prefix.startsWith('/'))) fail('admin.prefix', 'must be "" or a string starting with "/"')
+    if (opts.admin.auth !== undefined && opts.admin.auth !== false) fail('admin.auth', 'can only be false')
+    // Fail closed: no hook and no explicit opt-out means no admin routes.
+    if (onRequest.length > 0 || preHandler.length > 0 || opts.admin.auth === false) {
+      admin = { onRequest, preHandler, prefix: prefix.replace(/\/$/, '') }
+    }
+  }
+  return {
+    path,
+    authorize: opts.authorize,
+    createStorage: opts.createStorage,
+    saveThrottleMs: number('saveThrottleMs', 0),
+    idleTimeout: number('idleTimeout', 0),
+    maxPayload: number('maxPayload', 1024),
+    maxQueuedFrames: number('maxQueuedFrames', 1),
+    maxQueuedBytes: number('maxQueuedBytes', 1024),
+    admin
+  }
+}
+
+function hooks<T> (name: string, value: T | T[] | undefined, fail: (name: string, why: string) => never): T[] {
+  if (value === undefined) return []
+  const list = Array.isArray(value) ? value : [value]
+  if (!list.every((hook) => typeof hook === 'function')) fail(name, 'must be a hook function or an array of them')
+  return list
+}
+
+/** Room ids and client ids: 1 to 256 characters, no control characters. */
+export const ID_PATTERN = '^[^\\u0000-\\u001F\\u007F]{1,256}$'

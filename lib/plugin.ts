@@ -1,0 +1,90 @@
+import websocket from '@fastify/websocket'
+import type { FastifyPluginAsync } from 'fastify'
+import fp from 'fastify-plugin'
+import type { WebSocket } from 'ws'
+import { CloseCode } from './errors.js'
+import { resolveOptions, type CanvasStoreOptions } from './options.js'
+import type { RoomOptions } from './room/room.js'
+import { RoomManager } from './room/room-manager.js'
+import { checkResult } from './routes/ws.js'
+import { adminRoutes } from './routes/admin.js'
+import { wsRoutes } from './routes/ws.js'
+import { MemoryStorage } from './storage/memory.js'
+import type { CreateStorage } from './storage/storage.js'
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    /** The plugin's RoomManager: rooms, sessions, snapshots. Read-only. */
+    readonly canvasStore: RoomManager
+  }
+}
+
+const canvasStore: FastifyPluginAsync<CanvasStoreOptions> = async (fastify, opts) => {
+  const options = resolveOptions(opts)
+  const log = fastify.log.child({ plugin: 'fastify-canvas-store' })
+  const manager = new RoomManager({ idleTimeout: options.idleTimeout, logger: log })
+  const sockets = new Set<WebSocket>()
+  let draining = false
+
+  if (options.authorize === undefined) {
+    log.warn('no authorize option: every connection gets readwrite access')
+  }
+  const createStorage: CreateStorage = options.createStorage ?? memoryStorePerRoom()
+  const roomOptions = (roomId: string): RoomOptions => ({
+    createStorage,
+    saveThrottleMs: options.saveThrottleMs,
+    logger: log,
+    onTokenRefresh: options.authorize === undefined
+      ? undefined
+      : async (_room, { clientId, token }) => checkResult(await options.authorize!({ roomId, clientId, token, request: undefined }))
+  })
+
+  // Turn new sockets away and close open ones with 1001 before the server stops listening.
+  const closeSockets = (): void => {
+    draining = true
+    for (const socket of sockets) socket.close(CloseCode.GOING_AWAY, 'Server shutting down')
+  }
+
+  if (fastify.hasDecorator('websocketServer')) {
+    fastify.addHook('preClose', async () => closeSockets())
+  } else {
+    await fastify.register(websocket, {
+      options: { maxPayload: options.maxPayload },
+      preClose (done) {
+        closeSockets()
+        const server = this.websocketServer
+        for (const client of server.clients) client.close(CloseCode.GOING_AWAY, 'Server shutting down')
+        // Like the default preClose: stop the server without waiting for every close handshake.
+        server.close()
+        done()
+      }
+    })
+  }
+
+  fastify.decorate('canvasStore', { getter: () => manager })
+  // Sessions are closed by now, so the snapshots taken here are final.
+  fastify.addHook('onClose', async () => manager.closeAll())
+
+  await fastify.register(wsRoutes, { options, manager, roomOptions, sockets, draining: () => draining })
+  if (options.admin !== undefined) {
+    await fastify.register(adminRoutes, { admin: options.admin, manager, prefix: options.admin.prefix })
+  } else if (opts.admin !== undefined) {
+    log.warn('admin routes not registered: give admin.onRequest (or preHandler) hooks, or admin.auth: false')
+  }
+}
+
+/** The default storage: one in-memory snapshot per room, kept while the process lives. */
+function memoryStorePerRoom (): CreateStorage {
+  const stores = new Map<string, MemoryStorage>()
+  return (roomId) => {
+    let store = stores.get(roomId)
+    if (store === undefined) {
+      store = new MemoryStorage()
+      stores.set(roomId, store)
+    }
+    return store
+  }
+}
+
+/** The Fastify plugin. Register it with `app.register(canvasStore, options)`. */
+export default fp(canvasStore, { fastify: '5.x', name: 'fastify-canvas-store' })

@@ -1,0 +1,257 @@
+import type { BufferDelta, ComponentData, FieldTimestamps, Patch, RoomSnapshot } from '../protocol/types.js'
+
+/**
+ * A record with no prototype: a key such as `__proto__` is an ordinary own
+ * property here, so nothing a client sends can reach `Object.prototype`.
+ */
+export type Fields = Record<string, unknown>
+
+/** Creates an empty prototype-less record. */
+export function emptyRecord<T = unknown> (): Record<string, T> {
+  return Object.create(null) as Record<string, T>
+}
+
+/** True for a `{ __buf: 1, len, runs }` value. The frame validator has already checked its shape. */
+export function isBufferDelta (value: unknown): value is BufferDelta {
+  return typeof value === 'object' && value !== null && (value as { __buf?: unknown }).__buf === 1
+}
+
+/**
+ * Materializes a buffer delta against the stored array: keep the first
+ * `min(old.length, len)` items, zero-fill to `len`, then write each run,
+ * ignoring indexes outside `[0, len)`.
+ */
+export function applyBufferDelta (base: unknown, delta: BufferDelta): unknown[] {
+  const len = delta.len
+  const out = new Array<unknown>(len)
+  const old = Array.isArray(base) ? base : undefined
+  const carry = old === undefined ? 0 : Math.min(old.length, len)
+  for (let i = 0; i < carry; i++) out[i] = old![i]
+  for (let i = carry; i < len; i++) out[i] = 0
+  for (const [offset, values] of delta.runs) {
+    for (let j = 0; j < values.length; j++) {
+      const index = offset + j
+      if (index >= 0 && index < len) out[index] = values[j]
+    }
+  }
+  return out
+}
+
+/** Outcome of applying one key of a patch to stored state. */
+export type ApplyKind = 'dropped' | 'tombstone' | 'create' | 'merge'
+
+/**
+ * Applies one incoming value to the stored value of a key, following the
+ * protocol's rules. Returns the new stored value (a fresh record, never the
+ * incoming object) and what happened; `dropped` leaves the key untouched.
+ */
+export function applyValue (existing: Fields | undefined, incoming: ComponentData): [ApplyKind, Fields | undefined] {
+  if (incoming._exists === false) {
+    const tomb = emptyRecord()
+    tomb._exists = false
+    return ['tombstone', tomb]
+  }
+  const live = existing !== undefined && existing._exists !== false
+  if (!live) {
+    // A partial update to a missing or deleted key must never resurrect it.
+    if (incoming._exists !== true) return ['dropped', undefined]
+    return ['create', materialize(undefined, incoming)]
+  }
+  return ['merge', materialize(existing, incoming)]
+}
+
+function materialize (base: Fields | undefined, incoming: ComponentData): Fields {
+  const out = emptyRecord()
+  if (base !== undefined) {
+    for (const field in base) out[field] = base[field]
+  }
+  for (const field of Object.keys(incoming)) {
+    const value = incoming[field]
+    out[field] = isBufferDelta(value) ? applyBufferDelta(base?.[field], value) : value
+  }
+  return out
+}
+
+interface Entry {
+  value: Fields
+  stamps: Record<string, number>
+  /** Counter value of the last frame that stored something under this key. */
+  last: number
+}
+
+/**
+ * The persistent document of one room: pure, synchronous state with a
+ * counter, per-field last-writer-wins timestamps and tombstones.
+ *
+ * `changesSince(T)` costs what changed after T, not the document size: a log
+ * of (counter, key) pairs, ordered because the counter only grows, is binary
+ * searched for T and read forward.
+ */
+export class Document {
+  #timestamp = 0
+  /** Key -> entry, kept in order of last change (a touched key moves to the end). */
+  readonly #entries = new Map<string, Entry>()
+  #logKeys: string[] = []
+  #logStamps: number[] = []
+
+  /** The room counter: how many document frames have been applied. */
+  get timestamp (): number { return this.#timestamp }
+
+  /** Number of keys held, tombstones included. */
+  get size (): number { return this.#entries.size }
+
+  /**
+   * Applies the document patches of one client frame. A frame that carries
+   * at least one non-empty patch advances the counter by exactly one, and
+   * every field it stores is stamped with the new value.
+   * @returns the keys actually stored, or `null` when the frame had nothing to apply
+   */
+  applyFrame (patches: readonly Patch[]): string[] | null {
+    if (!hasContent(patches)) return null
+    const ts = ++this.#timestamp
+    const stored: string[] = []
+    for (const patch of patches) {
+      for (const key of Object.keys(patch)) {
+        const incoming = patch[key]
+        const entry = this.#entries.get(key)
+        const [kind, value] = applyValue(entry?.value, incoming)
+        if (kind === 'dropped') continue
+        let stamps: Record<string, number>
+        if (kind === 'merge') {
+          stamps = entry!.stamps
+        } else {
+          stamps = emptyRecord<number>()
+        }
+        if (kind === 'tombstone') {
+          stamps._exists = ts
+        } else {
+          for (const field of Object.keys(incoming)) stamps[field] = ts
+        }
+        this.#touch(key, { value: value!, stamps, last: ts })
+        stored.push(key)
+      }
+    }
+    return stored
+  }
+
+  /** Current value of a key (tombstones included), or undefined. Do not mutate. */
+  get (key: string): Fields | undefined {
+    return this.#entries.get(key)?.value
+  }
+
+  /** Field timestamps of a key, or undefined. Do not mutate. */
+  getStamps (key: string): Readonly<Record<string, number>> | undefined {
+    return this.#entries.get(key)?.stamps
+  }
+
+  /**
+   * Every field whose timestamp is greater than `since`, with its current
+   * value (whole arrays, tombstones included), as one patch.
+   * @returns the patch and its number of keys
+   */
+  changesSince (since: number): { patch: Patch, keys: number } {
+    const patch = emptyRecord<ComponentData>()
+    let keys = 0
+    const stamps = this.#logStamps
+    // First log position whose counter is greater than `since`.
+    let lo = 0
+    let hi = stamps.length
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1
+      if (stamps[mid] <= since) lo = mid + 1
+      else hi = mid
+    }
+    for (let i = lo; i < stamps.length; i++) {
+      const key = this.#logKeys[i]
+      const entry = this.#entries.get(key)!
+      // An older log line of a key that changed again later: the newer line covers it.
+      if (entry.last !== stamps[i] || key in patch) continue
+      const out = emptyRecord()
+      for (const field in entry.stamps) {
+        if (entry.stamps[field] > since && field in entry.value) out[field] = entry.value[field]
+      }
+      patch[key] = out as ComponentData
+      keys++
+    }
+    return { patch, keys }
+  }
+
+  /** A copy of the whole document, for storage and export. */
+  toSnapshot (): RoomSnapshot {
+    const state = emptyRecord<ComponentData>()
+    const timestamps = emptyRecord<FieldTimestamps>()
+    for (const [key, entry] of this.#entries) {
+      state[key] = { ...entry.value } as ComponentData
+      timestamps[key] = { ...entry.stamps }
+    }
+    return { timestamp: this.#timestamp, state, timestamps }
+  }
+
+  /**
+   * Builds a document from a stored snapshot. Malformed entries are skipped,
+   * keys without timestamps are stamped with the snapshot's counter, and the
+   * counter is never lower than any stored stamp.
+   */
+  static fromSnapshot (snapshot: RoomSnapshot | null | undefined): Document {
+    const doc = new Document()
+    if (snapshot === null || snapshot === undefined) return doc
+    let counter = Number.isSafeInteger(snapshot.timestamp) && snapshot.timestamp > 0 ? snapshot.timestamp : 0
+    const loaded: Array<[string, Entry]> = []
+    const state = isObject(snapshot.state) ? snapshot.state : {}
+    const allStamps = isObject(snapshot.timestamps) ? snapshot.timestamps : {}
+    for (const key of Object.keys(state)) {
+      const raw = state[key]
+      if (!isObject(raw)) continue
+      const value = emptyRecord()
+      for (const field of Object.keys(raw)) value[field] = raw[field]
+      const rawStamps = Object.hasOwn(allStamps, key) && isObject(allStamps[key]) ? allStamps[key] : {}
+      const stamps = emptyRecord<number>()
+      let last = 0
+      for (const field of Object.keys(value)) {
+        const s = rawStamps[field]
+        const stamp = typeof s === 'number' && Number.isSafeInteger(s) && s > 0 ? s : counter
+        stamps[field] = stamp
+        if (stamp > last) last = stamp
+      }
+      if (last > counter) counter = last
+      loaded.push([key, { value, stamps, last }])
+    }
+    doc.#timestamp = counter
+    loaded.sort((a, b) => a[1].last - b[1].last)
+    for (const [key, entry] of loaded) doc.#touch(key, entry)
+    return doc
+  }
+
+  #touch (key: string, entry: Entry): void {
+    this.#entries.delete(key)
+    this.#entries.set(key, entry)
+    this.#logKeys.push(key)
+    this.#logStamps.push(entry.last)
+    if (this.#logKeys.length > 1024 && this.#logKeys.length > 2 * this.#entries.size) this.#compactLog()
+  }
+
+  /** Rewrites the log with one line per key; the entries map is already in change order. */
+  #compactLog (): void {
+    const keys: string[] = []
+    const stamps: number[] = []
+    for (const [key, entry] of this.#entries) {
+      keys.push(key)
+      stamps.push(entry.last)
+    }
+    this.#logKeys = keys
+    this.#logStamps = stamps
+  }
+}
+
+/** True when at least one patch of the list has a key. */
+export function hasContent (patches: readonly Patch[] | undefined): patches is Patch[] {
+  if (patches === undefined) return false
+  for (const patch of patches) {
+    for (const _ in patch) return true
+  }
+  return false
+}
+
+function isObject (value: unknown): value is Record<string, any> {
+  return typeof value === 'object' && value !== null && !Array.isArray(value)
+}

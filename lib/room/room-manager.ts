@@ -1,0 +1,204 @@
+import { CloseCode } from '../errors.js'
+import { Room, type RoomOptions } from './room.js'
+import { silentLogger, type RoomLogger } from './session.js'
+
+/** Options of {@link RoomManager}. */
+export interface RoomManagerOptions {
+  /**
+   * How long an empty room stays loaded before it is saved and unloaded (ms).
+   * @default 30000
+   */
+  idleTimeout?: number
+  /** Where the manager and its rooms log (pino-like). Silent by default. */
+  logger?: RoomLogger
+}
+
+/** A loaded room as listed by {@link RoomManager.getRooms}. */
+export interface RoomInfo {
+  roomId: string
+  sessionCount: number
+  timestamp: number
+  documentSize: number
+}
+
+const DEFAULT_IDLE_TIMEOUT = 30_000
+
+/**
+ * Owns the rooms of one process: exactly one room per id even when the first
+ * connections race, idle unload that saves before it forgets, and shutdown
+ * that closes every session before the last save.
+ */
+export class RoomManager {
+  readonly #rooms = new Map<string, Room>()
+  /** Rooms being loaded: every concurrent caller awaits the same load. */
+  readonly #loading = new Map<string, Promise<Room>>()
+  /** Rooms being unloaded: a new connection waits for the final save, then loads afresh. */
+  readonly #unloading = new Map<string, Promise<void>>()
+  readonly #idleTimers = new Map<string, NodeJS.Timeout>()
+  readonly #idleTimeout: number
+  readonly #log: RoomLogger
+  #closed = false
+
+  constructor (options: RoomManagerOptions = {}) {
+    const idle = options.idleTimeout ?? DEFAULT_IDLE_TIMEOUT
+    if (!Number.isFinite(idle) || idle < 0) throw new RangeError('idleTimeout must be a number >= 0')
+    this.#idleTimeout = idle
+    this.#log = options.logger ?? silentLogger
+  }
+
+  /**
+   * Returns the loaded room, or creates and loads it. Options only apply to
+   * the call that creates the room.
+   * @throws when storage fails to load the room (nothing is overwritten), or after closeAll()
+   */
+  async getOrCreateRoom (roomId: string, options: RoomOptions = {}): Promise<Room> {
+    for (;;) {
+      if (this.#closed) throw new Error('RoomManager is closed')
+      // An idle timer left armed is harmless: it unloads only a room that is still empty when it fires.
+      const existing = this.#rooms.get(roomId)
+      if (existing !== undefined) return existing
+      const loading = this.#loading.get(roomId)
+      if (loading !== undefined) return await loading
+      const unloading = this.#unloading.get(roomId)
+      if (unloading === undefined) break
+      await unloading
+    }
+    const load = this.#load(roomId, options)
+    this.#loading.set(roomId, load)
+    try {
+      return await load
+    } finally {
+      this.#loading.delete(roomId)
+    }
+  }
+
+  /** @deprecated use {@link getOrCreateRoom} */
+  getRoom (roomId: string): Promise<Room> {
+    return this.getOrCreateRoom(roomId)
+  }
+
+  /** The room if it is loaded now; never loads. */
+  getExistingRoom (roomId: string): Room | undefined {
+    return this.#rooms.get(roomId)
+  }
+
+  /** Ids of the loaded rooms. */
+  getRoomIds (): string[] {
+    return Array.from(this.#rooms.keys())
+  }
+
+  /** The loaded rooms with their session count, counter and size. */
+  getRooms (): RoomInfo[] {
+    return Array.from(this.#rooms, ([roomId, room]) => ({
+      roomId,
+      sessionCount: room.getSessionCount(),
+      timestamp: room.timestamp,
+      documentSize: room.documentSize
+    }))
+  }
+
+  /**
+   * Closes one room now (its sessions get 1001), saves it and unloads it.
+   * Resolves once the final save settled.
+   */
+  async closeRoom (roomId: string): Promise<void> {
+    this.#clearIdleTimer(roomId)
+    const room = this.#rooms.get(roomId)
+    if (room === undefined) return await this.#unloading.get(roomId)
+    await this.#unload(roomId, room)
+  }
+
+  /**
+   * Closes every session of every room first, then awaits a final save of
+   * each room, so no patch is acked after the last snapshot is taken.
+   * Failures of one room do not stop the others. Idempotent.
+   */
+  async closeAll (): Promise<void> {
+    this.#closed = true
+    for (const timer of this.#idleTimers.values()) clearTimeout(timer)
+    this.#idleTimers.clear()
+    await Promise.allSettled(this.#loading.values())
+    const rooms = Array.from(this.#rooms)
+    for (const [, room] of rooms) await room.close({ flush: false })
+    const results = await Promise.allSettled([
+      ...rooms.map(([, room]) => room.flush()),
+      ...this.#unloading.values()
+    ])
+    this.#rooms.clear()
+    for (const result of results) {
+      if (result.status === 'rejected') this.#log.error({ err: result.reason }, 'final save failed at shutdown')
+    }
+  }
+
+  async #load (roomId: string, options: RoomOptions): Promise<Room> {
+    const userOnRemoved = options.onSessionRemoved
+    const room = new Room({
+      logger: this.#log,
+      ...options,
+      roomId,
+      onSessionRemoved: (r, info) => {
+        userOnRemoved?.(r, info)
+        if (info.remaining === 0 && this.#rooms.get(roomId) === r) this.#scheduleIdleClose(roomId)
+      }
+    })
+    await room.load()
+    if (this.#closed) {
+      throw new Error('RoomManager is closed')
+    }
+    this.#rooms.set(roomId, room)
+    // A room that nobody joins (a failed connect after the load) must not stay loaded forever.
+    this.#scheduleIdleClose(roomId)
+    return room
+  }
+
+  #scheduleIdleClose (roomId: string): void {
+    this.#clearIdleTimer(roomId)
+    if (this.#closed) return
+    const timer = setTimeout(() => {
+      this.#idleTimers.delete(roomId)
+      const room = this.#rooms.get(roomId)
+      if (room !== undefined && room.getSessionCount() === 0) {
+        this.#unload(roomId, room).catch(() => {})
+      }
+    }, this.#idleTimeout)
+    timer.unref()
+    this.#idleTimers.set(roomId, timer)
+  }
+
+  #clearIdleTimer (roomId: string): void {
+    const timer = this.#idleTimers.get(roomId)
+    if (timer !== undefined) {
+      clearTimeout(timer)
+      this.#idleTimers.delete(roomId)
+    }
+  }
+
+  /**
+   * Saves, then forgets. A room whose final save fails stays loaded, with its
+   * data, and tries again after another idle period.
+   */
+  #unload (roomId: string, room: Room): Promise<void> {
+    const pending = this.#unloading.get(roomId)
+    if (pending !== undefined) return pending
+    // From here on, new connections wait for this unload and then load afresh.
+    this.#rooms.delete(roomId)
+    const run = (async () => {
+      room.disconnectAll(CloseCode.GOING_AWAY, 'Room closed by the server')
+      try {
+        await room.flush()
+      } catch (err) {
+        this.#log.error({ err, roomId }, 'could not save the room while unloading it; it stays loaded')
+        if (!this.#closed) {
+          this.#rooms.set(roomId, room)
+          this.#scheduleIdleClose(roomId)
+        }
+        throw err
+      }
+      await room.close({ flush: false })
+    })().finally(() => {
+      this.#unloading.delete(roomId)
+    })
+    this.#unloading.set(roomId, run)
+    return run
+  }
+}

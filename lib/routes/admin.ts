@@ -1,0 +1,93 @@
+import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
+import { Type } from '@sinclair/typebox'
+import type { FastifyInstance, FastifyPluginAsync } from 'fastify'
+import { CloseCode, errors } from '../errors.js'
+import type { ResolvedOptions } from '../options.js'
+import type { Room } from '../room/room.js'
+import type { RoomManager } from '../room/room-manager.js'
+import { ErrorReply, PermissionsBody, RoomInfo, RoomParams, SessionInfo, SessionParams, Snapshot, replyError } from './schemas.js'
+
+/** What the admin routes need from the plugin. */
+export interface AdminRouteOptions {
+  admin: NonNullable<ResolvedOptions['admin']>
+  manager: RoomManager
+}
+
+const tags = ['canvas-store admin']
+const notFound = { 404: ErrorReply }
+
+/**
+ * The admin REST routes. Every route runs the user's hooks first
+ * (`onRequest`, then `preHandler`), so an unauthenticated request never
+ * reaches a handler.
+ */
+export const adminRoutes: FastifyPluginAsync<AdminRouteOptions> = async (fastify: FastifyInstance, { admin, manager }) => {
+  const app = fastify.withTypeProvider<TypeBoxTypeProvider>()
+  app.setErrorHandler(replyError)
+  for (const hook of admin.onRequest) app.addHook('onRequest', hook)
+  for (const hook of admin.preHandler) app.addHook('preHandler', hook)
+
+  const roomOf = (roomId: string): Room => {
+    const room = manager.getExistingRoom(roomId)
+    if (room === undefined) throw new errors.ROOM_NOT_FOUND(roomId)
+    return room
+  }
+
+  app.get('/rooms', {
+    schema: {
+      tags,
+      summary: 'Rooms loaded now, with session count and counter',
+      response: { 200: Type.Array(RoomInfo) }
+    }
+  }, async () => manager.getRooms())
+
+  app.get('/rooms/:roomId/sessions', {
+    schema: {
+      tags,
+      summary: 'Sessions of a room',
+      params: RoomParams,
+      response: { 200: Type.Array(SessionInfo), ...notFound }
+    }
+  }, async (request) => roomOf(request.params.roomId).getSessions())
+
+  app.patch('/rooms/:roomId/sessions/:sessionId', {
+    schema: {
+      tags,
+      summary: "Change a session's permissions; its next frame obeys them",
+      params: SessionParams,
+      body: PermissionsBody,
+      response: { 200: SessionInfo, ...notFound }
+    }
+  }, async (request) => {
+    const { roomId, sessionId } = request.params
+    const room = roomOf(roomId)
+    if (!room.setSessionPermissions(sessionId, request.body.permissions)) throw new errors.SESSION_NOT_FOUND(sessionId, roomId)
+    request.log.info({ roomId, sessionId, permissions: request.body.permissions }, 'session permissions changed')
+    return room.getSession(sessionId)!
+  })
+
+  app.delete('/rooms/:roomId/sessions/:sessionId', {
+    schema: {
+      tags,
+      summary: 'Disconnect a session (close code 4000)',
+      params: SessionParams,
+      response: { 204: Type.Null(), ...notFound }
+    }
+  }, async (request, reply) => {
+    const { roomId, sessionId } = request.params
+    if (!roomOf(roomId).disconnectSession(sessionId, CloseCode.KICKED, 'Disconnected by an administrator')) {
+      throw new errors.SESSION_NOT_FOUND(sessionId, roomId)
+    }
+    request.log.info({ roomId, sessionId }, 'session disconnected by an administrator')
+    return reply.code(204).send(null)
+  })
+
+  app.get('/rooms/:roomId/snapshot', {
+    schema: {
+      tags,
+      summary: "The room's document (state and field timestamps, tombstones included)",
+      params: RoomParams,
+      response: { 200: Snapshot, ...notFound }
+    }
+  }, async (request) => roomOf(request.params.roomId).getSnapshot())
+}

@@ -1,0 +1,65 @@
+import { Type, type Static } from '@sinclair/typebox'
+import type { FastifyError, FastifyReply, FastifyRequest } from 'fastify'
+import { errors } from '../errors.js'
+import { ID_PATTERN } from '../options.js'
+
+const Id = (description: string) => Type.String({ minLength: 1, maxLength: 256, pattern: ID_PATTERN, description })
+
+export const ConnectQuery = Type.Object({
+  roomId: Id('Room to join'),
+  clientId: Id('Stable id of the client (one per browser tab)'),
+  token: Type.Optional(Type.String({ maxLength: 8192, description: 'Handed to authorize' }))
+})
+export type ConnectQuery = Static<typeof ConnectQuery>
+
+export const Permissions = Type.Union([Type.Literal('readwrite'), Type.Literal('readonly')])
+
+export const RoomParams = Type.Object({ roomId: Id('Room id') })
+export const SessionParams = Type.Object({
+  roomId: Id('Room id'),
+  sessionId: Type.String({ minLength: 1, maxLength: 64, description: 'Session id' })
+})
+
+export const PermissionsBody = Type.Object({ permissions: Permissions }, { additionalProperties: false })
+
+export const SessionInfo = Type.Object({
+  sessionId: Type.String(),
+  clientId: Type.String(),
+  permissions: Permissions,
+  metadata: Type.Optional(Type.Unknown())
+})
+
+export const RoomInfo = Type.Object({
+  roomId: Type.String(),
+  sessionCount: Type.Integer(),
+  timestamp: Type.Integer({ description: 'The room counter' }),
+  documentSize: Type.Integer({ description: 'Document keys, tombstones included' })
+})
+
+export const Snapshot = Type.Object({
+  timestamp: Type.Integer(),
+  state: Type.Record(Type.String(), Type.Record(Type.String(), Type.Unknown())),
+  timestamps: Type.Record(Type.String(), Type.Record(Type.String(), Type.Integer()))
+})
+
+export const ErrorReply = Type.Object({
+  statusCode: Type.Integer(),
+  code: Type.String(),
+  error: Type.String(),
+  message: Type.String()
+})
+
+/**
+ * Error handler of the plugin's routes: schema failures get the stable
+ * `CANVAS_STORE_INVALID_REQUEST` code; other errors (auth hooks' 401/403,
+ * our 404s) keep their own status and code.
+ */
+export function replyError (error: FastifyError, request: FastifyRequest, reply: FastifyReply): void {
+  if (error.validation !== undefined) {
+    reply.code(400).send(new errors.INVALID_REQUEST(error.message))
+    return
+  }
+  const status = error.statusCode ?? 500
+  if (status >= 500) request.log.error({ err: error }, 'canvas-store route failed')
+  reply.code(status).send(error)
+}

@@ -1,0 +1,91 @@
+import { createHash, randomUUID } from 'node:crypto'
+import { mkdir, open, readFile, rename, unlink } from 'node:fs/promises'
+import { join } from 'node:path'
+import type { RoomSnapshot } from '../protocol/types.js'
+import type { Storage } from './storage.js'
+
+/** Options of {@link FileStorage}. */
+export interface FileStorageOptions {
+  /** Folder that holds one JSON file per room; created on first save. */
+  dir: string
+  /** The room this storage belongs to. Any string: it is encoded into a safe file name. */
+  roomId: string
+}
+
+/**
+ * Turns a room id into a file name that stays inside the folder: every byte
+ * outside `[A-Za-z0-9_-]` is percent-encoded (so `../x` becomes `%2E%2E%2Fx`),
+ * and a long id is cut and suffixed with its hash to fit file-name limits.
+ */
+export function roomFileName (roomId: string): string {
+  let name = ''
+  for (const byte of Buffer.from(roomId, 'utf8')) {
+    const c = String.fromCharCode(byte)
+    name += /[A-Za-z0-9_-]/.test(c) ? c : '%' + byte.toString(16).toUpperCase().padStart(2, '0')
+  }
+  if (name.length > 180) {
+    name = name.slice(0, 120) + '~' + createHash('sha256').update(roomId).digest('hex').slice(0, 40)
+  }
+  return name + '.json'
+}
+
+/**
+ * One JSON file per room. Saves are atomic (write a temp file, fsync, rename)
+ * and serialized, so a crash leaves either the old or the new snapshot and the
+ * last save issued is the last one written.
+ */
+export class FileStorage implements Storage {
+  readonly #dir: string
+  readonly #file: string
+  #chain: Promise<void> = Promise.resolve()
+
+  constructor (options: FileStorageOptions) {
+    if (typeof options?.dir !== 'string' || options.dir === '') throw new TypeError('FileStorage: dir must be a non-empty string')
+    if (typeof options.roomId !== 'string') throw new TypeError('FileStorage: roomId must be a string')
+    this.#dir = options.dir
+    this.#file = join(options.dir, roomFileName(options.roomId))
+  }
+
+  /** Path of this room's file. */
+  get file (): string { return this.#file }
+
+  /**
+   * @returns the saved snapshot, or null when the room has no file yet
+   * @throws when the file exists but cannot be read or parsed
+   */
+  async load (): Promise<RoomSnapshot | null> {
+    let text: string
+    try {
+      text = await readFile(this.#file, 'utf8')
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null
+      throw err
+    }
+    return JSON.parse(text) as RoomSnapshot
+  }
+
+  save (snapshot: RoomSnapshot): Promise<void> {
+    const data = JSON.stringify(snapshot)
+    const run = this.#chain.then(() => this.#write(data))
+    this.#chain = run.catch(() => {})
+    return run
+  }
+
+  async #write (data: string): Promise<void> {
+    await mkdir(this.#dir, { recursive: true })
+    const tmp = `${this.#file}.${randomUUID()}.tmp`
+    try {
+      const handle = await open(tmp, 'w')
+      try {
+        await handle.writeFile(data, 'utf8')
+        await handle.sync()
+      } finally {
+        await handle.close()
+      }
+      await rename(tmp, this.#file)
+    } catch (err) {
+      await unlink(tmp).catch(() => {})
+      throw err
+    }
+  }
+}

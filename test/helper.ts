@@ -1,0 +1,100 @@
+import Fastify, { type FastifyInstance } from 'fastify'
+import type { AddressInfo } from 'node:net'
+import WebSocket from 'ws'
+import canvasStore, { type CanvasStoreOptions } from '../lib/index.js'
+
+type Test = { teardown(fn: () => unknown): void }
+
+/** Registers the plugin on a fresh app (no logs) and closes it when the test ends. */
+export async function build (t: Test, opts: CanvasStoreOptions = {}, setup?: (app: FastifyInstance) => Promise<void> | void): Promise<FastifyInstance> {
+  const app = Fastify({ logger: false })
+  if (setup !== undefined) await setup(app)
+  await app.register(canvasStore, opts)
+  await app.ready()
+  t.teardown(async () => {
+    await app.close()
+    // injectWS sockets never see their stream end, so ws would keep a 30 s close timer: cut them.
+    for (const client of app.websocketServer.clients) client.terminate()
+  })
+  return app
+}
+
+/** Starts the app on 127.0.0.1, port 0, and returns its ws:// base URL. */
+export async function listen (app: FastifyInstance): Promise<string> {
+  await app.listen({ port: 0, host: '127.0.0.1' })
+  const { port } = app.server.address() as AddressInfo
+  return `ws://127.0.0.1:${port}`
+}
+
+/**
+ * A protocol-level test client: records every frame it receives and lets a
+ * test await the next frame matching a predicate.
+ */
+export class Peer {
+  readonly frames: any[] = []
+  readonly #waiters: Array<{ match: (f: any) => boolean, resolve: (f: any) => void }> = []
+  closed: Promise<{ code: number, reason: string }>
+
+  constructor (readonly ws: WebSocket) {
+    ws.on('message', (data) => {
+      const frame = JSON.parse(String(data))
+      this.frames.push(frame)
+      for (let i = 0; i < this.#waiters.length; i++) {
+        if (this.#waiters[i].match(frame)) {
+          this.#waiters[i].resolve(frame)
+          this.#waiters.splice(i, 1)
+          i--
+        }
+      }
+    })
+    this.closed = new Promise((resolve) => ws.on('close', (code, reason) => resolve({ code, reason: String(reason) })))
+  }
+
+  send (frame: unknown): void {
+    this.ws.send(typeof frame === 'string' ? frame : JSON.stringify(frame))
+  }
+
+  /** Resolves with the first frame, already received or still to come, after `from`, that matches. */
+  next (match: (f: any) => boolean, from = 0): Promise<any> {
+    for (let i = from; i < this.frames.length; i++) {
+      if (match(this.frames[i])) return Promise.resolve(this.frames[i])
+    }
+    return new Promise((resolve) => this.#waiters.push({ match, resolve }))
+  }
+
+  /** Waits for a frame of that type received after this call. */
+  nextOfType (type: string): Promise<any> {
+    return this.next((f) => f.type === type, this.frames.length)
+  }
+
+  /** Sends `reconnect` and waits for `synced`. */
+  async join (lastTimestamp = 0, extra: Record<string, unknown> = {}): Promise<any> {
+    const synced = this.nextOfType('synced')
+    this.send({ type: 'reconnect', lastTimestamp, protocolVersion: 2, ...extra })
+    return synced
+  }
+
+  close (): Promise<{ code: number, reason: string }> {
+    this.ws.close()
+    return this.closed
+  }
+}
+
+/** Opens an in-process socket with `app.injectWS`; frames sent before the handshake ends are queued by ws. */
+export async function connect (app: FastifyInstance, query: Record<string, string>, path = '/sync'): Promise<Peer> {
+  const qs = new URLSearchParams(query).toString()
+  let peer: Peer | undefined
+  await app.injectWS(`${path}?${qs}`, {}, { onInit: (ws) => { peer = new Peer(ws) } })
+  return peer!
+}
+
+/** Opens a real socket to a listening app. */
+export function connectReal (base: string, query: Record<string, string>, path = '/sync'): Promise<Peer> {
+  const qs = new URLSearchParams(query).toString()
+  const ws = new WebSocket(`${base}${path}?${qs}`)
+  const peer = new Peer(ws)
+  return new Promise((resolve, reject) => {
+    ws.once('open', () => resolve(peer))
+    ws.once('error', reject)
+  })
+}
