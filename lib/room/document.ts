@@ -246,8 +246,12 @@ export class Document {
 /** True when at least one patch of the list has a key. */
 export function hasContent (patches: readonly Patch[] | undefined): patches is Patch[] {
   if (patches === undefined) return false
-  for (const patch of patches) {
-    for (const _ in patch) return true
+  return patches.some(isNonEmpty)
+}
+
+function isNonEmpty (patch: Patch): boolean {
+  for (const key in patch) {
+    if (Object.hasOwn(patch, key)) return true
   }
   return false
 }

@@ -1,7 +1,8 @@
-import { Type, type Static } from '@sinclair/typebox'
+import { Type } from '@sinclair/typebox'
 import type { FastifyError, FastifyReply, FastifyRequest } from 'fastify'
 import { errors } from '../errors.js'
 import { ID_PATTERN } from '../options.js'
+import type { SessionPermission } from '../protocol/types.js'
 
 const Id = (description: string) => Type.String({ minLength: 1, maxLength: 256, pattern: ID_PATTERN, description })
 
@@ -10,9 +11,8 @@ export const ConnectQuery = Type.Object({
   clientId: Id('Stable id of the client (one per browser tab)'),
   token: Type.Optional(Type.String({ maxLength: 8192, description: 'Handed to authorize' }))
 })
-export type ConnectQuery = Static<typeof ConnectQuery>
 
-export const Permissions = Type.Union([Type.Literal('readwrite'), Type.Literal('readonly')])
+export const Permissions = Type.Unsafe<SessionPermission>({ type: 'string', enum: ['readwrite', 'readonly'] })
 
 export const RoomParams = Type.Object({ roomId: Id('Room id') })
 export const SessionParams = Type.Object({

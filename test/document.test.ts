@@ -1,0 +1,127 @@
+import t from 'tap'
+import { Document, applyBufferDelta } from '../lib/room/document.js'
+
+const plain = (value: unknown): unknown => JSON.parse(JSON.stringify(value))
+
+t.test('create, merge per field, counter once per frame', async (t) => {
+  const doc = new Document()
+  t.equal(doc.timestamp, 0)
+  doc.applyFrame([{ 'e1/Pos': { _exists: true, x: 1, y: 2 } }])
+  t.equal(doc.timestamp, 1)
+  doc.applyFrame([{ 'e1/Pos': { x: 5 } }, { 'e2/Pos': { _exists: true, x: 0 } }])
+  t.equal(doc.timestamp, 2, 'several patches in one frame advance the counter once')
+  t.same(plain(doc.get('e1/Pos')), { _exists: true, x: 5, y: 2 })
+  t.same(plain(doc.getStamps('e1/Pos')), { _exists: 1, x: 2, y: 1 })
+  t.equal(doc.applyFrame([{}]), null, 'an empty patch is not a document frame')
+  t.equal(doc.applyFrame([]), null)
+  t.equal(doc.timestamp, 2)
+})
+
+t.test('no deep merge: a field value is replaced whole', async (t) => {
+  const doc = new Document()
+  doc.applyFrame([{ k: { _exists: true, style: { a: 1, b: 2 } } }])
+  doc.applyFrame([{ k: { style: { a: 3 } } }])
+  t.same(plain(doc.get('k')), { _exists: true, style: { a: 3 } })
+})
+
+t.test('tombstone, partial update after delete, re-create', async (t) => {
+  const doc = new Document()
+  doc.applyFrame([{ k: { _exists: true, x: 1, y: 1 } }])
+  doc.applyFrame([{ k: { _exists: false } }])
+  t.same(plain(doc.get('k')), { _exists: false })
+  t.same(plain(doc.getStamps('k')), { _exists: 2 }, 'a tombstone resets the field timestamps')
+  const stored = doc.applyFrame([{ k: { x: 9 } }])
+  t.same(stored, [], 'a late partial update is dropped')
+  t.equal(doc.timestamp, 3, 'but the frame still advances the counter')
+  t.same(plain(doc.get('k')), { _exists: false }, 'the deletion is not resurrected')
+  doc.applyFrame([{ k: { _exists: true, x: 7 } }])
+  t.same(plain(doc.get('k')), { _exists: true, x: 7 }, 're-created fresh, no old fields')
+  t.same(plain(doc.getStamps('k')), { _exists: 4, x: 4 })
+  t.same(doc.applyFrame([{ missing: { x: 1 } }]), [], 'a partial update to a missing key is dropped')
+  t.equal(doc.get('missing'), undefined)
+})
+
+t.test('buffer deltas: growing, shrinking, out-of-range runs', async (t) => {
+  t.same(applyBufferDelta(undefined, { __buf: 1, len: 3, runs: [[1, [5]]] }), [0, 5, 0])
+  t.same(applyBufferDelta([1, 2], { __buf: 1, len: 4, runs: [[3, [9]]] }), [1, 2, 0, 9], 'grows with zeros')
+  t.same(applyBufferDelta([1, 2, 3, 4], { __buf: 1, len: 2, runs: [] }), [1, 2], 'shrinks')
+  t.same(applyBufferDelta([1, 2, 3], { __buf: 1, len: 3, runs: [[-1, [7, 8]], [2, [6, 6, 6]]] }), [8, 2, 6], 'indexes outside [0, len) ignored')
+  const doc = new Document()
+  doc.applyFrame([{ k: { _exists: true, pts: [1, 2, 3] } }])
+  doc.applyFrame([{ k: { pts: { __buf: 1, len: 5, runs: [[1, [20]], [4, [50]]] } } }])
+  t.same(plain(doc.get('k')), { _exists: true, pts: [1, 20, 3, 0, 50] }, 'materialized against the stored array')
+  doc.applyFrame([{ j: { _exists: true, pts: { __buf: 1, len: 2, runs: [[0, [4, 4]]] } } }])
+  t.same(plain(doc.get('j')), { _exists: true, pts: [4, 4] }, 'a delta on create starts from nothing')
+  t.same((plain(doc.changesSince(0).patch) as any).k, { _exists: true, pts: [1, 20, 3, 0, 50] }, 'diffs hold whole arrays')
+})
+
+t.test('changesSince: only newer fields, tombstones included', async (t) => {
+  const doc = new Document()
+  doc.applyFrame([{ a: { _exists: true, x: 1, y: 1 }, b: { _exists: true, x: 1 } }]) // 1
+  doc.applyFrame([{ a: { x: 2 } }]) // 2
+  doc.applyFrame([{ b: { _exists: false } }]) // 3
+  doc.applyFrame([{ c: { _exists: true, v: 1 } }]) // 4
+  t.same(plain(doc.changesSince(4).patch), {})
+  t.same(plain(doc.changesSince(3).patch), { c: { _exists: true, v: 1 } })
+  t.same(plain(doc.changesSince(2).patch), { b: { _exists: false }, c: { _exists: true, v: 1 } })
+  t.same(plain(doc.changesSince(1).patch), { a: { x: 2 }, b: { _exists: false }, c: { _exists: true, v: 1 } })
+  t.same(plain(doc.changesSince(0).patch), { a: { _exists: true, x: 2, y: 1 }, b: { _exists: false }, c: { _exists: true, v: 1 } })
+  t.equal(doc.changesSince(0).keys, 3)
+})
+
+t.test('changesSince stays right across many updates (log compaction)', async (t) => {
+  const doc = new Document()
+  const keys = 50
+  for (let i = 0; i < keys; i++) doc.applyFrame([{ [`k${i}`]: { _exists: true, v: 0 } }])
+  const rounds = 3000 // enough log lines to trigger compaction more than once
+  for (let round = 1; round <= rounds; round++) {
+    doc.applyFrame([{ [`k${round % keys}`]: { v: round } }])
+  }
+  const since = doc.timestamp - 10
+  const { patch, keys: n } = doc.changesSince(since)
+  // The last ten frames each touched a different key.
+  const expected: Record<string, unknown> = {}
+  for (let round = rounds - 9; round <= rounds; round++) expected[`k${round % keys}`] = { v: round }
+  t.same(plain(patch), expected)
+  t.equal(n, 10)
+  t.equal(doc.changesSince(0).keys, keys)
+})
+
+t.test('snapshot round trip keeps tombstones, stamps and the counter', async (t) => {
+  const doc = new Document()
+  doc.applyFrame([{ a: { _exists: true, x: 1 }, b: { _exists: true, x: 1 } }])
+  doc.applyFrame([{ b: { _exists: false } }])
+  doc.applyFrame([{ a: { x: 3 } }])
+  const snap = plain(doc.toSnapshot()) as any
+  t.same(snap, {
+    timestamp: 3,
+    state: { a: { _exists: true, x: 3 }, b: { _exists: false } },
+    timestamps: { a: { _exists: 1, x: 3 }, b: { _exists: 2 } }
+  })
+  const back = Document.fromSnapshot(snap)
+  t.equal(back.timestamp, 3)
+  t.same(plain(back.changesSince(1).patch), { b: { _exists: false }, a: { x: 3 } }, 'diff order and content survive the reload')
+  back.applyFrame([{ b: { x: 1 } }])
+  t.same(plain(back.get('b')), { _exists: false }, 'a reloaded deletion still refuses partial updates')
+})
+
+t.test('fromSnapshot tolerates odd input', async (t) => {
+  t.equal(Document.fromSnapshot(null).timestamp, 0)
+  const doc = Document.fromSnapshot({ timestamp: 2, state: { a: { _exists: true, x: 1 }, bad: 5 as any }, timestamps: { a: { x: 9 } } })
+  t.equal(doc.timestamp, 9, 'the counter is never behind a stored stamp')
+  t.same(plain(doc.getStamps('a')), { _exists: 2, x: 9 }, 'missing stamps take the snapshot counter')
+  t.equal(doc.get('bad'), undefined)
+})
+
+t.test('__proto__ keys and fields stay ordinary data', async (t) => {
+  const doc = new Document()
+  const patch = JSON.parse('{"__proto__":{"_exists":true,"polluted":1},"k":{"_exists":true,"__proto__":{"polluted":2}}}')
+  doc.applyFrame([patch])
+  t.equal(({} as any).polluted, undefined, 'Object.prototype untouched')
+  t.same(Object.keys(doc.get('__proto__')!), ['_exists', 'polluted'])
+  t.ok(Object.hasOwn(doc.get('k')!, '__proto__'))
+  const snap = JSON.parse(JSON.stringify(doc.toSnapshot()))
+  const back = Document.fromSnapshot(snap)
+  t.equal(({} as any).polluted, undefined)
+  t.equal(back.size, 2)
+})
