@@ -1,0 +1,37 @@
+// Compile-time checks of the public types: `npm run typecheck` fails if any
+// expected error below stops being an error. The runtime part only checks
+// that the function exists; it is never called with these bad options.
+import Fastify from 'fastify'
+import t from 'tap'
+import canvasStore, { RoomManager, FileStorage, type CanvasStoreOptions, type Storage } from '../lib/index.js'
+
+/** Marks values as used, for the compiler. */
+function use (..._values: unknown[]): void {}
+
+async function typeChecks (): Promise<void> {
+  const app = Fastify()
+  await app.register(canvasStore, {
+    path: '/sync',
+    authorize: async ({ token, request }) => ({ permissions: token === '' || request === undefined ? 'readonly' : 'readwrite', metadata: { a: 1 } }),
+    createStorage: (roomId) => new FileStorage({ dir: './data', roomId }),
+    admin: { onRequest: async () => {}, prefix: '/admin' }
+  })
+  const manager: RoomManager = app.canvasStore
+  manager.getRoomIds()
+
+  // @ts-expect-error the decorator is read-only
+  app.canvasStore = new RoomManager()
+  // @ts-expect-error permissions are 'readwrite' or 'readonly'
+  const bad: CanvasStoreOptions = { authorize: () => ({ permissions: 'admin' }) }
+  // @ts-expect-error path is a string
+  const badPath: CanvasStoreOptions = { path: 8087 }
+  // @ts-expect-error admin.auth can only be false
+  const badAdmin: CanvasStoreOptions = { admin: { auth: true } }
+  // @ts-expect-error a Storage needs save
+  const badStorage: Storage = { load: async () => null }
+  use(bad, badPath, badAdmin, badStorage)
+}
+
+t.test('type checks compile', async (t) => {
+  t.type(typeChecks, 'function')
+})
