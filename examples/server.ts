@@ -1,18 +1,22 @@
 /**
  * The example server that `npm start` runs: one WebSocket route on
- * FileStorage under ./data, with a demo token policy:
+ * SQLite (./data/canvas-store.db, durable acks), with a demo token policy:
  *   no token -> refused; `deny-...` -> refused; `ro-...` -> readonly; anything else -> readwrite.
  * Admin routes are enabled when ADMIN_TOKEN is set (Bearer auth).
  */
 import Fastify from 'fastify'
-import canvasStore, { FileStorage } from '../lib/index.js'
+import canvasStore, { SqliteStorage } from '../lib/index.js'
 
 const port = Number(process.env.PORT ?? 8087)
 const host = process.env.HOST ?? '127.0.0.1'
-const dataDir = process.env.DATA_DIR ?? './data'
+const dbFile = process.env.DB_FILE ?? './data/canvas-store.db'
 const adminToken = process.env.ADMIN_TOKEN
 
 const app = Fastify({ logger: { level: process.env.LOG_LEVEL ?? 'info' } })
+const storage = new SqliteStorage({ file: dbFile })
+// The plugin never closes a storage it was given. onClose hooks run last-added
+// first, so this one, added before the plugin, runs after its final saves.
+app.addHook('onClose', async () => storage.close())
 
 await app.register(canvasStore, {
   path: '/sync',
@@ -21,7 +25,7 @@ await app.register(canvasStore, {
     if (token.startsWith('deny-')) throw Object.assign(new Error('Access denied'), { statusCode: 403 })
     return { permissions: token.startsWith('ro-') ? 'readonly' : 'readwrite' }
   },
-  createStorage: (roomId) => new FileStorage({ dir: dataDir, roomId }),
+  storage,
   saveThrottleMs: 1_000,
   idleTimeout: 30_000,
   admin: adminToken === undefined

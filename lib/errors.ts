@@ -20,7 +20,9 @@ export const frameErrorCodes = {
   /** A frame of a known type whose fields have the wrong shape; it was not applied. */
   INVALID_FRAME: 'CANVAS_STORE_INVALID_FRAME',
   /** A readonly session sent document or ephemeral patches; they were not applied. */
-  READONLY: 'CANVAS_STORE_READONLY'
+  READONLY: 'CANVAS_STORE_READONLY',
+  /** Writes to storage kept failing: the session is closed (1011) and its client re-sends what was not acked. */
+  STORAGE_UNAVAILABLE: 'CANVAS_STORE_STORAGE_UNAVAILABLE'
 } as const
 
 /**

@@ -1,7 +1,8 @@
 import type { FastifyRequest, onRequestHookHandler, preHandlerHookHandler } from 'fastify'
 import { errors } from './errors.js'
 import type { SessionPermission } from './protocol/types.js'
-import type { CreateStorage } from './storage/storage.js'
+import type { Durability } from './room/persistence.js'
+import type { CreateStorage, RoomStore } from './storage/storage.js'
 
 /** What `authorize` is told about a connection. */
 export interface AuthorizeInfo {
@@ -64,6 +65,27 @@ export interface CanvasStoreOptions {
    */
   createStorage?: CreateStorage
   /**
+   * One store for every room, such as `new SqliteStorage({ file })` or
+   * `new PostgresStorage({ pool })`. Use either this or `createStorage`. The
+   * plugin never closes it: close it after `app.close()`.
+   */
+  storage?: RoomStore
+  /**
+   * With a storage that has `append` (SQLite, PostgreSQL): `durable` sends the
+   * ack and broadcast of a document patch only after the write holding it has
+   * committed; `throttled` sends them at once and writes every `saveThrottleMs`
+   * (lower latency, but a crash loses up to that much acked work). Plain
+   * `{ load, save }` storages are always throttled.
+   * @default 'durable'
+   */
+  durability?: Durability
+  /**
+   * How long storage writes may keep failing before a room's sessions are
+   * told (`CANVAS_STORE_STORAGE_UNAVAILABLE`) and closed with 1011 (ms).
+   * @default 10000
+   */
+  storageFailureTimeoutMs?: number
+  /**
    * Longest delay between a document change and the save holding it (ms).
    * @default 1000
    */
@@ -97,6 +119,7 @@ export interface CanvasStoreOptions {
 export const DEFAULTS = {
   path: '/sync',
   saveThrottleMs: 1000,
+  storageFailureTimeoutMs: 10_000,
   idleTimeout: 30_000,
   maxPayload: 1024 * 1024,
   maxQueuedFrames: 64,
@@ -108,7 +131,9 @@ export interface ResolvedOptions {
   path: string
   authorize: Authorize | undefined
   createStorage: CreateStorage | undefined
+  durability: Durability
   saveThrottleMs: number
+  storageFailureTimeoutMs: number
   idleTimeout: number
   maxPayload: number
   maxQueuedFrames: number
@@ -126,6 +151,12 @@ export function resolveOptions (opts: CanvasStoreOptions = {}): ResolvedOptions 
   if (typeof path !== 'string' || !path.startsWith('/')) fail('path', 'must be a string starting with "/"')
   if (opts.authorize !== undefined && typeof opts.authorize !== 'function') fail('authorize', 'must be a function')
   if (opts.createStorage !== undefined && typeof opts.createStorage !== 'function') fail('createStorage', 'must be a function (roomId) => Storage')
+  if (opts.storage !== undefined) {
+    if (typeof opts.storage?.forRoom !== 'function') fail('storage', 'must have a forRoom(roomId) method (e.g. new SqliteStorage())')
+    if (opts.createStorage !== undefined) fail('storage', 'give either storage or createStorage, not both')
+  }
+  const durability = opts.durability ?? 'durable'
+  if (durability !== 'durable' && durability !== 'throttled') fail('durability', "must be 'durable' or 'throttled'")
   const number = (name: keyof typeof DEFAULTS, min: number): number => {
     const value = opts[name] ?? DEFAULTS[name]
     if (typeof value !== 'number' || !Number.isFinite(value) || value < min) fail(name, `must be a number >= ${min}`)
@@ -147,8 +178,10 @@ export function resolveOptions (opts: CanvasStoreOptions = {}): ResolvedOptions 
   return {
     path,
     authorize: opts.authorize,
-    createStorage: opts.createStorage,
+    createStorage: opts.storage !== undefined ? (roomId) => opts.storage!.forRoom(roomId) : opts.createStorage,
+    durability,
     saveThrottleMs: number('saveThrottleMs', 0),
+    storageFailureTimeoutMs: number('storageFailureTimeoutMs', 0),
     idleTimeout: number('idleTimeout', 0),
     maxPayload: number('maxPayload', 1024),
     maxQueuedFrames: number('maxQueuedFrames', 1),

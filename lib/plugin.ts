@@ -33,6 +33,8 @@ const canvasStore: FastifyPluginAsync<CanvasStoreOptions> = async (fastify, opts
   const roomOptions = (roomId: string): RoomOptions => ({
     createStorage,
     saveThrottleMs: options.saveThrottleMs,
+    durability: options.durability,
+    storageFailureTimeoutMs: options.storageFailureTimeoutMs,
     logger: log,
     onTokenRefresh: options.authorize === undefined
       ? undefined

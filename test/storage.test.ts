@@ -1,8 +1,18 @@
-import t from 'tap'
+import t, { type Test } from 'tap'
+import Database from 'better-sqlite3'
 import { readdir, writeFile } from 'node:fs/promises'
 import { join, resolve } from 'node:path'
-import { FileStorage, MemoryStorage, roomFileName } from '../lib/index.js'
-import { ODD_ROOM_IDS, storageContract } from './storage-contract.js'
+import pg from 'pg'
+import { FileStorage, MemoryStorage, PostgresStorage, SqliteStorage, roomFileName } from '../lib/index.js'
+import { ODD_ROOM_IDS, storageContract as contractCases } from '../lib/testing.js'
+import type { Storage } from '../lib/index.js'
+
+/** Runs the exported contract as one tap subtest per case. */
+function storageContract (t: Test, name: string, make: (roomId: string) => Storage | Promise<Storage>): void {
+  t.test(`${name}: storage contract`, async (t) => {
+    for (const c of contractCases(make)) await t.test(c.name, c.run)
+  })
+}
 
 const memory = new Map<string, MemoryStorage>()
 storageContract(t, 'MemoryStorage', (roomId) => {
@@ -50,3 +60,90 @@ t.test('MemoryStorage hands out copies', async (t) => {
   snap.state.k.x = 99
   t.same((await store.load())!.state.k, { _exists: true, x: 1 })
 })
+
+const sqlite = new SqliteStorage({ file: ':memory:' })
+t.teardown(() => sqlite.close())
+storageContract(t, 'SqliteStorage', (roomId) => sqlite.forRoom(roomId))
+
+t.test('SqliteStorage: appends of one turn commit together and load back', async (t) => {
+  const store = new SqliteStorage({ file: join(t.testdir({}), 'sub', 'db.sqlite') })
+  t.teardown(() => store.close())
+  const a = store.forRoom('a')
+  const b = store.forRoom('b')
+  await Promise.all([
+    a.append({ timestamp: 1, entries: [{ key: 'k', value: { _exists: true, x: 1 }, stamps: { _exists: 1, x: 1 } }] }),
+    b.append({ timestamp: 4, entries: [{ key: 'k', value: { _exists: false }, stamps: { _exists: 4 } }] }),
+    a.append({ timestamp: 2, entries: [{ key: 'k', value: { _exists: true, x: 2 }, stamps: { _exists: 1, x: 2 } }] })
+  ])
+  t.same(await a.load(), { timestamp: 2, state: { k: { _exists: true, x: 2 } }, timestamps: { k: { _exists: 1, x: 2 } } })
+  t.same(await b.load(), { timestamp: 4, state: { k: { _exists: false } }, timestamps: { k: { _exists: 4 } } })
+  await a.save({ timestamp: 9, state: { z: { _exists: true } }, timestamps: { z: { _exists: 9 } } })
+  t.same(await a.load(), { timestamp: 9, state: { z: { _exists: true } }, timestamps: { z: { _exists: 9 } } }, 'save replaces the whole room')
+})
+
+t.test('SqliteStorage: cost of an append follows the patch, not the document', async (t) => {
+  const store = new SqliteStorage({ file: ':memory:' })
+  t.teardown(() => store.close())
+  const room = store.forRoom('big')
+  const entries = Array.from({ length: 2000 }, (_, i) => ({ key: `e${i}/Pos`, value: { _exists: true, x: i, y: i }, stamps: { _exists: 1, x: 1, y: 1 } }))
+  await room.append({ timestamp: 1, entries })
+  const before = store.bytesWritten
+  await room.append({ timestamp: 2, entries: [{ key: 'e7/Pos', value: { _exists: true, x: 0, y: 7 }, stamps: { _exists: 1, x: 2, y: 1 } }] })
+  t.ok(store.bytesWritten - before < 100, `one key written: ${store.bytesWritten - before} bytes`)
+  t.equal(Object.keys((await room.load())!.state).length, 2000)
+})
+
+t.test('SqliteStorage: closed storage refuses work; a user database stays open', async (t) => {
+  const store = new SqliteStorage({ file: ':memory:' })
+  await store.close()
+  await store.close()
+  await t.rejects(store.forRoom('x').append({ timestamp: 1, entries: [] }))
+  await t.rejects(store.forRoom('x').load())
+  t.throws(() => new SqliteStorage({ file: ':memory:', tablePrefix: 'x; drop table' }))
+
+  const database = new Database(':memory:')
+  t.teardown(() => database.close())
+  const shared = new SqliteStorage({ database, tablePrefix: 'mine' })
+  await shared.forRoom('r').append({ timestamp: 1, entries: [] })
+  await shared.close()
+  t.equal(database.open, true, 'a database passed in is left open')
+  t.same(database.prepare('SELECT room_id, timestamp FROM mine_rooms').all(), [{ room_id: 'r', timestamp: 1 }])
+})
+
+const pgUrl = process.env.CANVAS_STORE_TEST_PG
+if (pgUrl === undefined || pgUrl === '') {
+  t.comment('PostgresStorage tests skipped: set CANVAS_STORE_TEST_PG (e.g. postgres://postgres@127.0.0.1:5432/test)')
+} else {
+  const prefix = `cs_test_${process.pid}_${Date.now()}`
+  const pool = new pg.Pool({ connectionString: pgUrl })
+  const postgres = new PostgresStorage({ pool, tablePrefix: prefix })
+  t.teardown(async () => {
+    await postgres.close()
+    await pool.query(`DROP TABLE IF EXISTS ${prefix}_rooms, ${prefix}_entries`)
+    await pool.end()
+  })
+  storageContract(t, 'PostgresStorage', (roomId) => postgres.forRoom(roomId))
+
+  t.test('PostgresStorage: appends from many rooms in one turn, newest value wins', async (t) => {
+    const a = postgres.forRoom('pg-a')
+    const b = postgres.forRoom('pg-b')
+    await Promise.all([
+      a.append({ timestamp: 1, entries: [{ key: 'k', value: { _exists: true, x: 1 }, stamps: { _exists: 1, x: 1 } }] }),
+      b.append({ timestamp: 3, entries: [{ key: 'k', value: { _exists: false }, stamps: { _exists: 3 } }] }),
+      a.append({ timestamp: 2, entries: [{ key: 'k', value: { _exists: true, x: 2, s: 'nul\u0000"\\' }, stamps: { _exists: 1, x: 2, s: 2 } }] })
+    ])
+    t.same(await a.load(), { timestamp: 2, state: { k: { _exists: true, x: 2, s: 'nul\u0000"\\' } }, timestamps: { k: { _exists: 1, x: 2, s: 2 } } })
+    t.same(await b.load(), { timestamp: 3, state: { k: { _exists: false } }, timestamps: { k: { _exists: 3 } } })
+    await a.append({ timestamp: 1, entries: [] })
+    t.equal((await a.load())!.timestamp, 2, 'the stored counter never goes back')
+  })
+
+  t.test('PostgresStorage: owns and ends a pool made from a connection string', async (t) => {
+    const own = new PostgresStorage({ connectionString: pgUrl, tablePrefix: prefix })
+    t.equal(await own.forRoom('nobody').load(), null)
+    await own.close()
+    await own.close()
+    await t.rejects(own.forRoom('x').append({ timestamp: 1, entries: [] }))
+    t.throws(() => new PostgresStorage({}))
+  })
+}

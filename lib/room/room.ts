@@ -13,6 +13,7 @@ import type {
 } from '../protocol/types.js'
 import type { Storage } from '../storage/storage.js'
 import { Document, emptyRecord, hasContent, applyValue, type Fields } from './document.js'
+import { Persistence, type Durability } from './persistence.js'
 import { MAX_HELD_FRAMES, silentLogger, type RoomLogger, type Session, type WebSocketLike } from './session.js'
 
 /** What an `auth-refresh` decides. */
@@ -39,6 +40,21 @@ export interface RoomOptions {
    * to close the session. Without it, `auth-refresh` frames are ignored.
    */
   onTokenRefresh?: (room: Room, info: { sessionId: string, clientId: string, token: string }) => TokenRefreshResult | Promise<TokenRefreshResult>
+  /**
+   * With a storage that has `append`: `durable` sends the ack (and the
+   * broadcast) of a document patch only once the write holding it committed;
+   * `throttled` sends them at once and writes every `saveThrottleMs`. A plain
+   * `{ load, save }` storage is always throttled.
+   * @default 'durable'
+   */
+  durability?: Durability
+  /**
+   * How long writes may keep failing before the room's sessions are closed
+   * with 1011 (their clients reconnect and re-send what was not acked). The
+   * room keeps retrying in the background.
+   * @default 10000
+   */
+  storageFailureTimeoutMs?: number
   /** Where the room logs (pino-like). Silent by default. */
   logger?: RoomLogger
   /** The room's id, used for storage and logs. */
@@ -54,7 +70,7 @@ export interface ConnectOptions {
 }
 
 const DEFAULT_SAVE_THROTTLE_MS = 1000
-const MAX_SAVE_RETRY_MS = 30_000
+const DEFAULT_STORAGE_FAILURE_TIMEOUT_MS = 10_000
 const OPEN = 1
 
 /**
@@ -70,13 +86,11 @@ export class Room {
   readonly #ephemeral = new Map<string, Map<string, Fields>>()
   readonly #sessions = new Map<string, Session>()
   readonly #storage: Storage | undefined
-  readonly #saveThrottleMs: number
+  readonly #persistence: Persistence
   readonly #log: RoomLogger
   readonly #options: RoomOptions
-  #saveTimer: NodeJS.Timeout | null = null
-  #saving: Promise<void> | null = null
-  #dirty = false
-  #saveFailures = 0
+  /** With durable acks: messages waiting for the write that holds what they report. */
+  #outbox: Array<{ need: number, session: Session, data: string }> = []
   #closed = false
   /** Serialized full document (diff since 0) for the counter value it was made at. */
   #fullDiff: { timestamp: number, json: string } | null = null
@@ -87,8 +101,20 @@ export class Room {
     this.#storage = options.createStorage?.(this.roomId)
     const throttle = options.saveThrottleMs ?? DEFAULT_SAVE_THROTTLE_MS
     if (!Number.isFinite(throttle) || throttle < 0) throw new RangeError('saveThrottleMs must be a number >= 0')
-    this.#saveThrottleMs = throttle
     this.#log = options.logger ?? silentLogger
+    const durability = options.durability ?? 'durable'
+    if (durability !== 'durable' && durability !== 'throttled') throw new RangeError("durability must be 'durable' or 'throttled'")
+    this.#persistence = new Persistence({
+      storage: this.#storage,
+      document: () => this.#doc,
+      throttleMs: throttle,
+      durability,
+      log: this.#log,
+      roomId: this.roomId,
+      onCommit: () => this.#releaseOutbox(),
+      onGiveUp: (err) => this.#storageUnavailable(err),
+      failureBoundMs: options.storageFailureTimeoutMs ?? DEFAULT_STORAGE_FAILURE_TIMEOUT_MS
+    })
   }
 
   /**
@@ -225,16 +251,12 @@ export class Room {
   // ------------------------------------------------------------- persistence
 
   /**
-   * Saves the current document now and waits for storage. Cancels the
-   * pending throttled save. Skips the write when nothing changed since the
-   * last successful save.
+   * Writes every pending change now and waits for storage. Cancels the
+   * pending throttled write; writes nothing when nothing changed.
    * @throws when storage fails
    */
   async flush (): Promise<void> {
-    while (this.#saving !== null) await this.#saving.catch(() => {})
-    this.#clearSaveTimer()
-    if (this.#storage === undefined || !this.#dirty) return
-    await this.#save()
+    await this.#persistence.flush()
   }
 
   /**
@@ -245,7 +267,7 @@ export class Room {
   async close (options: { flush?: boolean } = {}): Promise<void> {
     if (!this.#closed) {
       this.#closed = true
-      this.#clearSaveTimer()
+      this.#persistence.stop()
       const sessions = Array.from(this.#sessions.values())
       this.#sessions.clear()
       this.#ephemeral.clear()
@@ -372,8 +394,9 @@ export class Room {
   #apply (session: Session, docs: Patch[] | undefined, ephs: Patch[] | undefined): void {
     let timestamp: number | undefined
     if (docs !== undefined) {
-      this.#doc.applyFrame(docs)
+      const stored = this.#doc.applyFrame(docs)
       timestamp = this.#doc.timestamp
+      if (stored !== null && stored.length > 0) this.#persistence.noteChanges(stored)
     }
     if (ephs !== undefined) this.#applyPresence(session.clientId, ephs)
 
@@ -389,10 +412,7 @@ export class Room {
         if (other !== session) this.#send(other, data)
       }
     }
-    if (docs !== undefined) {
-      this.#scheduleSave()
-      this.#options.onDocumentPatch?.(this, docs)
-    }
+    if (docs !== undefined) this.#options.onDocumentPatch?.(this, docs)
   }
 
   /**
@@ -498,7 +518,20 @@ export class Room {
     this.#send(session, JSON.stringify(message))
   }
 
+  /** Sends now, or, with durable acks, once what the message reports is committed (order kept). */
   #send (session: Session, data: string): void {
+    const persistence = this.#persistence
+    if (persistence.holding) {
+      const need = persistence.required
+      if (this.#outbox.length > 0 || need > persistence.committed) {
+        this.#outbox.push({ need, session, data })
+        return
+      }
+    }
+    this.#deliver(session, data)
+  }
+
+  #deliver (session: Session, data: string): void {
     const socket = session.socket
     if (socket.readyState !== undefined && socket.readyState !== OPEN) return
     try {
@@ -508,55 +541,27 @@ export class Room {
     }
   }
 
-  // ------------------------------------------------------------- persistence
+  // ------------------------------------------------------------- durability
 
-  #scheduleSave (): void {
-    if (this.#storage === undefined) return
-    this.#dirty = true
-    if (this.#closed || this.#saveTimer !== null || this.#saving !== null) return
-    this.#armSaveTimer(this.#saveThrottleMs)
-  }
-
-  #armSaveTimer (delay: number): void {
-    this.#saveTimer = setTimeout(() => {
-      this.#saveTimer = null
-      if (this.#dirty && this.#saving === null) this.#save().catch(() => {})
-    }, delay)
-    this.#saveTimer.unref()
-  }
-
-  #clearSaveTimer (): void {
-    if (this.#saveTimer !== null) {
-      clearTimeout(this.#saveTimer)
-      this.#saveTimer = null
+  #releaseOutbox (): void {
+    const committed = this.#persistence.committed
+    let i = 0
+    while (i < this.#outbox.length && this.#outbox[i].need <= committed) {
+      const { session, data } = this.#outbox[i++]
+      this.#deliver(session, data)
     }
+    if (i > 0) this.#outbox = this.#outbox.slice(i)
   }
 
-  /** Writes the current snapshot. On failure the room stays dirty and a retry is scheduled with backoff. */
-  #save (): Promise<void> {
-    const storage = this.#storage!
-    this.#dirty = false
-    const run = Promise.resolve()
-      .then(() => storage.save(this.#doc.toSnapshot()))
-      .then(() => {
-        this.#saveFailures = 0
-      }, (err: unknown) => {
-        this.#dirty = true
-        this.#saveFailures++
-        this.#log.error({ err, roomId: this.roomId, failures: this.#saveFailures }, 'saving the room failed')
-        throw err
-      })
-      .finally(() => {
-        this.#saving = null
-        if (this.#dirty && !this.#closed && this.#saveTimer === null) {
-          const backoff = this.#saveFailures === 0
-            ? this.#saveThrottleMs
-            : Math.min(MAX_SAVE_RETRY_MS, Math.max(this.#saveThrottleMs, 250) * 2 ** Math.min(this.#saveFailures, 8))
-          this.#armSaveTimer(backoff)
-        }
-      })
-    this.#saving = run
-    return run
+  /** Writes have failed for too long: tell the sessions and let their clients reconnect and re-send. */
+  #storageUnavailable (err: unknown): void {
+    if (this.#sessions.size === 0) return
+    this.#log.error({ err, roomId: this.roomId }, 'storage unavailable: closing the sessions of the room')
+    this.#outbox = []
+    for (const session of Array.from(this.#sessions.values())) {
+      this.#deliver(session, JSON.stringify({ type: 'error', code: frameErrorCodes.STORAGE_UNAVAILABLE, message: 'Storage unavailable: changes not yet acked were not saved' }))
+      this.disconnectSession(session.sessionId, CloseCode.INTERNAL_ERROR, 'Storage unavailable')
+    }
   }
 }
 

@@ -1,4 +1,4 @@
-import type { RoomSnapshot } from '../protocol/types.js'
+import type { ComponentData, FieldTimestamps, RoomSnapshot } from '../protocol/types.js'
 
 /**
  * Where one room's document lives between loads. Implement it for a custom
@@ -13,10 +13,51 @@ export interface Storage {
   load(): Promise<RoomSnapshot | null>
   /**
    * Replaces the room's stored snapshot. Calls for one room never overlap:
-   * the room waits for one save to settle before it starts the next.
+   * the room waits for one write to settle before it starts the next.
    */
   save(snapshot: RoomSnapshot): Promise<void>
 }
 
+/** One document key as stored: its whole current value and field timestamps. */
+export interface StoredEntry {
+  key: string
+  /** The whole current value; `{ _exists: false }` for a tombstone. Never mutated afterwards. */
+  value: ComponentData
+  /** Field timestamps (a copy the storage may keep). */
+  stamps: FieldTimestamps
+}
+
+/** What changed in a room since its previous `append`. */
+export interface RoomChanges {
+  /** The room counter after these changes. */
+  timestamp: number
+  /** Every key that changed, with its whole current value. */
+  entries: StoredEntry[]
+}
+
+/**
+ * A storage that can persist only what changed, so that the cost of a write
+ * follows the size of the patch, not the size of the document. Rooms use
+ * `append` when it is there (and `save` only for a whole-document import).
+ */
+export interface IncrementalStorage extends Storage {
+  /**
+   * Durably writes the changed keys and the new counter. Resolves once they
+   * are committed: with `durability: 'durable'` the room holds the acks of
+   * these changes until then. Calls for one room never overlap.
+   */
+  append(changes: RoomChanges): Promise<void>
+}
+
+/** True when the storage offers the incremental path. */
+export function isIncremental (storage: Storage): storage is IncrementalStorage {
+  return typeof (storage as Partial<IncrementalStorage>).append === 'function'
+}
+
 /** Makes the storage of one room. */
 export type CreateStorage = (roomId: string) => Storage
+
+/** One store for every room (SQLite, PostgreSQL): hands out each room's storage. */
+export interface RoomStore {
+  forRoom(roomId: string): Storage
+}

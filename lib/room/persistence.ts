@@ -1,0 +1,194 @@
+import { isIncremental, type IncrementalStorage, type Storage, type StoredEntry } from '../storage/storage.js'
+import type { Document } from './document.js'
+import type { RoomLogger } from './session.js'
+
+/**
+ * When an ack may be sent.
+ * - `durable`: after the write holding the change has committed (needs a
+ *   storage with `append`; writes of one event-loop turn are grouped).
+ * - `throttled`: at once; changes are written every `saveThrottleMs`.
+ */
+export type Durability = 'durable' | 'throttled'
+
+export interface PersistenceOptions {
+  storage: Storage | undefined
+  document: () => Document
+  throttleMs: number
+  durability: Durability
+  log: RoomLogger
+  roomId: string
+  /** Called after a write committed (with durable acks: release what waited for it). */
+  onCommit: () => void
+  /** Called when writes have kept failing for longer than `failureBoundMs`. */
+  onGiveUp: (err: unknown) => void
+  failureBoundMs: number
+}
+
+const MAX_RETRY_MS = 30_000
+
+/**
+ * The persistence schedule of one room: whole snapshots for a plain
+ * `Storage`, changed keys only for an `IncrementalStorage`. One write is in
+ * flight at a time; a failed write keeps its changes pending and is retried
+ * with backoff while the room keeps serving.
+ *
+ * Writes are numbered. `required` is the number of the write that will hold
+ * everything applied so far, `committed` the last one that succeeded: with
+ * durable acks, a message may leave once `committed >= required` at the time
+ * it was produced.
+ */
+export class Persistence {
+  readonly #o: PersistenceOptions
+  readonly #incremental: IncrementalStorage | undefined
+  /** Keys changed since the last write was cut (incremental path). */
+  #changed = new Set<string>()
+  /** Something changed since the last snapshot was cut (snapshot path). */
+  #dirty = false
+  #seq = 0
+  #committed = 0
+  #inFlight: Promise<unknown> | null = null
+  #timer: NodeJS.Timeout | null = null
+  #immediate: NodeJS.Immediate | null = null
+  #failures = 0
+  #failingSince = 0
+  #stopped = false
+
+  constructor (options: PersistenceOptions) {
+    this.#o = options
+    const storage = options.storage
+    this.#incremental = storage !== undefined && isIncremental(storage) ? storage : undefined
+  }
+
+  /** True when acks wait for the write holding their change. */
+  get holding (): boolean {
+    return this.#incremental !== undefined && this.#o.durability === 'durable'
+  }
+
+  /** Number of the write that will hold everything applied so far. */
+  get required (): number {
+    return this.#pending() ? this.#seq + 1 : this.#seq
+  }
+
+  /** Number of the last write that committed. */
+  get committed (): number { return this.#committed }
+
+  /** Consecutive failed writes. */
+  get failures (): number { return this.#failures }
+
+  /** Records the keys a document frame stored and schedules their write. */
+  noteChanges (keys: readonly string[]): void {
+    if (this.#o.storage === undefined) return
+    if (this.#incremental !== undefined) {
+      for (const key of keys) this.#changed.add(key)
+    } else {
+      this.#dirty = true
+    }
+    if (!this.#pending()) return
+    this.#schedule(this.holding ? 0 : this.#o.throttleMs)
+  }
+
+  /**
+   * Writes everything pending now and waits for it.
+   * @throws the storage's error when the write fails
+   */
+  async flush (): Promise<void> {
+    this.#clearTimers()
+    for (;;) {
+      if (this.#inFlight !== null) {
+        await this.#inFlight
+        continue
+      }
+      if (!this.#pending()) return
+      const err = await this.#write()
+      if (err !== undefined) throw err
+    }
+  }
+
+  /** No more scheduled writes (flush still works). */
+  stop (): void {
+    this.#stopped = true
+    this.#clearTimers()
+  }
+
+  #pending (): boolean {
+    return this.#incremental !== undefined ? this.#changed.size > 0 : this.#dirty
+  }
+
+  #schedule (delay: number): void {
+    if (this.#stopped || this.#inFlight !== null || this.#timer !== null || this.#immediate !== null) return
+    const run = (): void => {
+      this.#timer = null
+      this.#immediate = null
+      if (this.#inFlight === null && this.#pending()) this.#write().catch(() => {})
+    }
+    if (delay === 0) {
+      // One event-loop turn of frames goes into one write (group commit). Not
+      // unref'd: a write that acks wait for is work the process must finish.
+      this.#immediate = setImmediate(run)
+    } else {
+      this.#timer = setTimeout(run, delay)
+      // A throttle timer must not hold the process open; a retry of a failed write does.
+      if (this.#failures === 0) this.#timer.unref()
+    }
+  }
+
+  #clearTimers (): void {
+    if (this.#timer !== null) clearTimeout(this.#timer)
+    if (this.#immediate !== null) clearImmediate(this.#immediate)
+    this.#timer = null
+    this.#immediate = null
+  }
+
+  /** Cuts and runs one write. Resolves with the error, if any; never rejects. */
+  #write (): Promise<unknown> {
+    const storage = this.#o.storage!
+    const doc = this.#o.document()
+    const id = ++this.#seq
+    let keys: Set<string> | undefined
+    let work: Promise<void>
+    try {
+      if (this.#incremental !== undefined) {
+        keys = this.#changed
+        this.#changed = new Set()
+        const entries: StoredEntry[] = []
+        for (const key of keys) {
+          entries.push({ key, value: doc.get(key)! as StoredEntry['value'], stamps: { ...doc.getStamps(key) } })
+        }
+        work = this.#incremental.append({ timestamp: doc.timestamp, entries })
+      } else {
+        this.#dirty = false
+        work = storage.save(doc.toSnapshot())
+      }
+    } catch (err) {
+      work = Promise.reject(err)
+    }
+    const run = work.then(() => {
+      this.#committed = id
+      this.#failures = 0
+      this.#o.onCommit()
+      return undefined
+    }, (err: unknown) => {
+      // Keep the changes pending: the next write reads their current values.
+      if (keys !== undefined) {
+        for (const key of keys) this.#changed.add(key)
+      } else {
+        this.#dirty = true
+      }
+      if (this.#failures++ === 0) this.#failingSince = Date.now()
+      this.#o.log.error({ err, roomId: this.#o.roomId, failures: this.#failures }, 'writing the room to storage failed; will retry')
+      if (Date.now() - this.#failingSince >= this.#o.failureBoundMs) this.#o.onGiveUp(err)
+      return err
+    }).finally(() => {
+      this.#inFlight = null
+      if (this.#pending()) this.#schedule(this.#retryDelay())
+    })
+    this.#inFlight = run
+    return run
+  }
+
+  #retryDelay (): number {
+    const base = this.holding ? 0 : this.#o.throttleMs
+    if (this.#failures === 0) return base
+    return Math.min(MAX_RETRY_MS, Math.max(base, 100) * 2 ** Math.min(this.#failures, 10))
+  }
+}

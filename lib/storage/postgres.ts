@@ -1,0 +1,222 @@
+import { createRequire } from 'node:module'
+import type pg from 'pg'
+import type { ComponentData, FieldTimestamps, RoomSnapshot } from '../protocol/types.js'
+import type { IncrementalStorage, RoomChanges, RoomStore } from './storage.js'
+
+/** Options of {@link PostgresStorage}: give `pool` or `connectionString`. */
+export interface PostgresStorageOptions {
+  /** A pool you own: the storage never ends it. */
+  pool?: pg.Pool
+  /** Or a connection string: the storage makes its own pool and ends it in `close()`. */
+  connectionString?: string
+  /**
+   * Prefix of the two tables.
+   * @default 'canvas_store'
+   */
+  tablePrefix?: string
+}
+
+interface Pending {
+  roomId: string
+  changes: RoomChanges
+  resolve: () => void
+  reject: (err: unknown) => void
+}
+
+/**
+ * One PostgreSQL database for every room (`pg`): one row per document key
+ * (value and field timestamps as JSON text) plus each room's counter. Changes
+ * appended during one event-loop turn, from every room, are upserted in one
+ * transaction; while it commits, the next batch gathers. Tables are created
+ * on first use, or ahead of time with {@link migrate}.
+ */
+export class PostgresStorage implements RoomStore {
+  readonly #pool: pg.Pool
+  readonly #owned: boolean
+  readonly #rooms: string
+  readonly #entries: string
+  #migrated: Promise<void> | null = null
+  #queue: Pending[] = []
+  #scheduled: NodeJS.Immediate | null = null
+  #writing: Promise<void> | null = null
+  #closed = false
+
+  constructor (options: PostgresStorageOptions) {
+    const prefix = options.tablePrefix ?? 'canvas_store'
+    if (!/^[A-Za-z_][A-Za-z0-9_]{0,40}$/.test(prefix)) throw new TypeError('PostgresStorage: tablePrefix must be a plain SQL identifier')
+    this.#rooms = `${prefix}_rooms`
+    this.#entries = `${prefix}_entries`
+    if (options.pool !== undefined) {
+      this.#pool = options.pool
+      this.#owned = false
+    } else if (typeof options.connectionString === 'string') {
+      const { Pool } = createRequire(import.meta.url)('pg') as typeof pg
+      this.#pool = new Pool({ connectionString: options.connectionString })
+      // An idle connection that dies emits 'error' on the pool; unhandled, it would end the process.
+      this.#pool.on('error', () => {})
+      this.#owned = true
+    } else {
+      throw new TypeError('PostgresStorage: give a pool or a connectionString')
+    }
+  }
+
+  /** Creates the tables if they are missing. Safe to call many times. */
+  migrate (): Promise<void> {
+    this.#migrated ??= this.#pool.query(`
+      CREATE TABLE IF NOT EXISTS ${this.#rooms} (
+        room_id text PRIMARY KEY,
+        timestamp bigint NOT NULL
+      );
+      CREATE TABLE IF NOT EXISTS ${this.#entries} (
+        room_id text NOT NULL,
+        key text NOT NULL,
+        value text NOT NULL,
+        stamps text NOT NULL,
+        PRIMARY KEY (room_id, key)
+      );
+    `).then(() => undefined, (err: unknown) => {
+      this.#migrated = null
+      throw err
+    })
+    return this.#migrated
+  }
+
+  /** The storage of one room, over this database. */
+  forRoom (roomId: string): IncrementalStorage {
+    return {
+      load: () => this.load(roomId),
+      save: (snapshot) => this.save(roomId, snapshot),
+      append: (changes) => this.append(roomId, changes)
+    }
+  }
+
+  /** Reads a room; null when it was never written. */
+  async load (roomId: string): Promise<RoomSnapshot | null> {
+    this.#assertOpen()
+    await this.migrate()
+    const room = await this.#pool.query<{ timestamp: string }>(`SELECT timestamp FROM ${this.#rooms} WHERE room_id = $1`, [roomId])
+    const rows = await this.#pool.query<{ key: string, value: string, stamps: string }>(
+      `SELECT key, value, stamps FROM ${this.#entries} WHERE room_id = $1`, [roomId])
+    if (room.rows.length === 0 && rows.rows.length === 0) return null
+    const state: Record<string, ComponentData> = Object.create(null)
+    const timestamps: Record<string, FieldTimestamps> = Object.create(null)
+    for (const row of rows.rows) {
+      state[row.key] = JSON.parse(row.value)
+      timestamps[row.key] = JSON.parse(row.stamps)
+    }
+    return { timestamp: room.rows.length > 0 ? Number(room.rows[0].timestamp) : 0, state, timestamps }
+  }
+
+  /** Replaces a room's whole document (import), after the appends already queued. */
+  async save (roomId: string, snapshot: RoomSnapshot): Promise<void> {
+    this.#assertOpen()
+    await this.migrate()
+    await this.#drained()
+    const keys = Object.keys(snapshot.state)
+    await this.#transaction(async (client) => {
+      await client.query(`DELETE FROM ${this.#entries} WHERE room_id = $1`, [roomId])
+      await this.#upsertEntries(client, keys.map(() => roomId), keys,
+        keys.map((k) => JSON.stringify(snapshot.state[k])), keys.map((k) => JSON.stringify(snapshot.timestamps[k] ?? {})))
+      await client.query(`INSERT INTO ${this.#rooms} (room_id, timestamp) VALUES ($1, $2)
+        ON CONFLICT (room_id) DO UPDATE SET timestamp = EXCLUDED.timestamp`, [roomId, snapshot.timestamp])
+    })
+  }
+
+  /** Queues a room's changes for the next group commit; resolves once committed. */
+  append (roomId: string, changes: RoomChanges): Promise<void> {
+    if (this.#closed) return Promise.reject(new Error('PostgresStorage is closed'))
+    return new Promise((resolve, reject) => {
+      this.#queue.push({ roomId, changes, resolve, reject })
+      this.#kick()
+    })
+  }
+
+  /** Writes what is queued, then ends the pool if this object made it. Idempotent. */
+  async close (): Promise<void> {
+    if (this.#closed) return
+    await this.#drained()
+    this.#closed = true
+    if (this.#owned) await this.#pool.end()
+  }
+
+  #kick (): void {
+    if (this.#writing !== null || this.#scheduled !== null || this.#queue.length === 0) return
+    this.#scheduled = setImmediate(() => {
+      this.#scheduled = null
+      this.#writing = this.#writeBatch().finally(() => {
+        this.#writing = null
+        this.#kick()
+      })
+    })
+  }
+
+  /** Resolves once everything queued so far has been written (or failed). */
+  async #drained (): Promise<void> {
+    while (this.#writing !== null || this.#queue.length > 0) {
+      if (this.#writing === null) {
+        if (this.#scheduled !== null) clearImmediate(this.#scheduled)
+        this.#scheduled = null
+        this.#writing = this.#writeBatch().finally(() => { this.#writing = null })
+      }
+      await this.#writing
+    }
+  }
+
+  async #writeBatch (): Promise<void> {
+    const batch = this.#queue
+    this.#queue = []
+    if (batch.length === 0) return
+    // The newest value of each (room, key) and the highest counter of each room.
+    const latest = new Map<string, [string, string, string, string]>()
+    const counters = new Map<string, number>()
+    for (const { roomId, changes } of batch) {
+      for (const entry of changes.entries) {
+        latest.set(JSON.stringify([roomId, entry.key]), [roomId, entry.key, JSON.stringify(entry.value), JSON.stringify(entry.stamps)])
+      }
+      counters.set(roomId, Math.max(counters.get(roomId) ?? 0, changes.timestamp))
+    }
+    const rows = Array.from(latest.values())
+    try {
+      await this.migrate()
+      await this.#transaction(async (client) => {
+        await this.#upsertEntries(client, rows.map((r) => r[0]), rows.map((r) => r[1]), rows.map((r) => r[2]), rows.map((r) => r[3]))
+        await client.query(`INSERT INTO ${this.#rooms} (room_id, timestamp)
+          SELECT * FROM unnest($1::text[], $2::bigint[])
+          ON CONFLICT (room_id) DO UPDATE SET timestamp = GREATEST(${this.#rooms}.timestamp, EXCLUDED.timestamp)`,
+        [Array.from(counters.keys()), Array.from(counters.values())])
+      })
+    } catch (err) {
+      for (const pending of batch) pending.reject(err)
+      return
+    }
+    for (const pending of batch) pending.resolve()
+  }
+
+  async #upsertEntries (client: pg.PoolClient, rooms: string[], keys: string[], values: string[], stamps: string[]): Promise<void> {
+    if (keys.length === 0) return
+    await client.query(`INSERT INTO ${this.#entries} (room_id, key, value, stamps)
+      SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])
+      ON CONFLICT (room_id, key) DO UPDATE SET value = EXCLUDED.value, stamps = EXCLUDED.stamps`,
+    [rooms, keys, values, stamps])
+  }
+
+  async #transaction (work: (client: pg.PoolClient) => Promise<void>): Promise<void> {
+    const client = await this.#pool.connect()
+    let broken = false
+    try {
+      await client.query('BEGIN')
+      await work(client)
+      await client.query('COMMIT')
+    } catch (err) {
+      await client.query('ROLLBACK').catch(() => { broken = true })
+      throw err
+    } finally {
+      // A connection that could not even roll back is dropped, not reused.
+      client.release(broken)
+    }
+  }
+
+  #assertOpen (): void {
+    if (this.#closed) throw new Error('PostgresStorage is closed')
+  }
+}

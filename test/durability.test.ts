@@ -1,0 +1,142 @@
+import t from 'tap'
+import { Room, type IncrementalStorage, type RoomChanges, type RoomSnapshot } from '../lib/index.js'
+
+/** A socket double that records what the room sends, synchronously. */
+function fakeSocket () {
+  const sent: any[] = []
+  const closes: Array<[number | undefined, string | undefined]> = []
+  return {
+    sent,
+    closes,
+    readyState: 1,
+    send (data: string) { sent.push(JSON.parse(data)) },
+    close (code?: number, reason?: string) { closes.push([code, reason]); this.readyState = 3 }
+  }
+}
+
+/** An incremental storage whose appends the test settles by hand. */
+function controlledStorage () {
+  const calls: Array<{ changes: RoomChanges, resolve: () => void, reject: (e: unknown) => void }> = []
+  let notify: (() => void) | null = null
+  const storage: IncrementalStorage = {
+    load: async (): Promise<RoomSnapshot | null> => null,
+    save: async () => {},
+    append: (changes) => new Promise((resolve, reject) => {
+      calls.push({ changes, resolve, reject })
+      notify?.()
+    })
+  }
+  const nextCall = async (n: number) => {
+    while (calls.length < n) await new Promise<void>((resolve) => { notify = resolve })
+    return calls[n - 1]
+  }
+  return { storage, calls, nextCall }
+}
+
+const patch = (messageId: string, p: Record<string, unknown>) => JSON.stringify({ type: 'patch', messageId, documentPatches: [p] })
+
+t.test('durable: ack and broadcast wait for the commit, in order', async (t) => {
+  const { storage, nextCall } = controlledStorage()
+  const room = new Room({ roomId: 'r', createStorage: () => storage })
+  await room.load()
+  const a = fakeSocket()
+  const b = fakeSocket()
+  const sa = room.handleSocketConnect({ socket: a, clientId: 'a', permissions: 'readwrite' })
+  room.handleSocketConnect({ socket: b, clientId: 'b', permissions: 'readwrite' })
+  a.sent.length = 0
+  b.sent.length = 0
+
+  room.handleSocketMessage(sa, patch('m1', { k: { _exists: true, x: 1 } }))
+  room.handleSocketMessage(sa, JSON.stringify({ type: 'patch', messageId: 'm2', ephemeralPatches: [{ cursor: { _exists: true, x: 0 } }] }))
+  const first = await nextCall(1)
+  t.same(first.changes, { timestamp: 1, entries: [{ key: 'k', value: { _exists: true, x: 1 }, stamps: { _exists: 1, x: 1 } }] }, 'the changed key, whole, with its stamps')
+  t.same(a.sent, [], 'no ack before the commit, and later frames wait behind it')
+  t.same(b.sent, [], 'no broadcast before the commit')
+  first.resolve()
+  await room.flush()
+  t.same(a.sent.map((f) => [f.type, f.messageId]), [['ack', 'm1'], ['ack', 'm2']])
+  t.same(b.sent.map((f) => f.type), ['patch', 'patch'])
+  t.equal(b.sent[0].timestamp, 1)
+})
+
+t.test('durable: one write per event-loop turn for many frames', async (t) => {
+  const { storage, calls, nextCall } = controlledStorage()
+  const room = new Room({ roomId: 'r', createStorage: () => storage })
+  await room.load()
+  const a = fakeSocket()
+  const sa = room.handleSocketConnect({ socket: a, clientId: 'a', permissions: 'readwrite' })
+  for (let i = 0; i < 10; i++) room.handleSocketMessage(sa, patch(`m${i}`, { [`k${i % 3}`]: { _exists: true, v: i } }))
+  const call = await nextCall(1)
+  t.equal(calls.length, 1, 'ten frames, one append')
+  t.equal(call.changes.timestamp, 10)
+  t.same(call.changes.entries.map((e) => e.key).sort(), ['k0', 'k1', 'k2'])
+  call.resolve()
+  await room.flush()
+  t.equal(a.sent.filter((f) => f.type === 'ack').length, 10)
+})
+
+t.test('durable: a failed write is retried and the acks follow it', async (t) => {
+  const { storage, nextCall } = controlledStorage()
+  const room = new Room({ roomId: 'r', createStorage: () => storage })
+  await room.load()
+  const a = fakeSocket()
+  const sa = room.handleSocketConnect({ socket: a, clientId: 'a', permissions: 'readwrite' })
+  a.sent.length = 0
+  room.handleSocketMessage(sa, patch('m1', { k: { _exists: true, x: 1 } }))
+  ;(await nextCall(1)).reject(new Error('disk full'))
+  const retry = await nextCall(2)
+  t.same(retry.changes.entries.map((e) => e.key), ['k'], 'the retry holds the same change')
+  t.same(a.sent, [], 'still no ack')
+  retry.resolve()
+  await room.flush()
+  t.same(a.sent.map((f) => f.type), ['ack'])
+})
+
+t.test('durable: writes failing past the bound close the sessions with 1011', async (t) => {
+  const { storage, nextCall } = controlledStorage()
+  const room = new Room({ roomId: 'r', createStorage: () => storage, storageFailureTimeoutMs: 0 })
+  await room.load()
+  const a = fakeSocket()
+  const sa = room.handleSocketConnect({ socket: a, clientId: 'a', permissions: 'readwrite' })
+  a.sent.length = 0
+  room.handleSocketMessage(sa, patch('m1', { k: { _exists: true, x: 1 } }))
+  ;(await nextCall(1)).reject(new Error('db down'))
+  await new Promise<void>((resolve) => setImmediate(resolve))
+  t.same(a.sent.map((f) => [f.type, f.code]), [['error', 'CANVAS_STORE_STORAGE_UNAVAILABLE']])
+  t.same(a.closes, [[1011, 'Storage unavailable']])
+  t.equal(room.getSessionCount(), 0)
+  ;(await nextCall(2)).resolve()
+  await room.flush()
+  t.same(room.getSnapshot().state.k, { _exists: true, x: 1 }, 'the room kept the change and saved it once storage came back')
+})
+
+t.test('throttled: acks at once, changes written later', async (t) => {
+  const { storage, calls, nextCall } = controlledStorage()
+  const room = new Room({ roomId: 'r', createStorage: () => storage, durability: 'throttled', saveThrottleMs: 60_000 })
+  await room.load()
+  const a = fakeSocket()
+  const sa = room.handleSocketConnect({ socket: a, clientId: 'a', permissions: 'readwrite' })
+  a.sent.length = 0
+  room.handleSocketMessage(sa, patch('m1', { k: { _exists: true, x: 1 } }))
+  t.same(a.sent.map((f) => f.type), ['ack'], 'acked at once')
+  t.equal(calls.length, 0, 'nothing written yet')
+  const flushed = room.flush()
+  ;(await nextCall(1)).resolve()
+  await flushed
+  t.equal(calls.length, 1)
+})
+
+t.test('a plain { load, save } storage keeps immediate acks', async (t) => {
+  const saves: RoomSnapshot[] = []
+  const room = new Room({ roomId: 'r', createStorage: () => ({ load: async () => null, save: async (s) => { saves.push(s) } }), saveThrottleMs: 60_000 })
+  await room.load()
+  const a = fakeSocket()
+  const sa = room.handleSocketConnect({ socket: a, clientId: 'a', permissions: 'readwrite' })
+  a.sent.length = 0
+  room.handleSocketMessage(sa, patch('m1', { k: { _exists: true, x: 1 } }))
+  t.same(a.sent.map((f) => f.type), ['ack'])
+  await room.close()
+  t.equal(saves.length, 1, 'the close saved the room')
+  t.same(saves[0].state.k, { _exists: true, x: 1 })
+  t.same(a.closes, [[1001, 'Server closing the room']])
+})
