@@ -61,7 +61,8 @@ export class RoomManager {
       if (loading !== undefined) return await loading
       const unloading = this.#unloading.get(roomId)
       if (unloading === undefined) break
-      await unloading
+      // A failed unload keeps the room loaded: look again rather than fail.
+      await unloading.catch(() => {})
     }
     const load = this.#load(roomId, options)
     this.#loading.set(roomId, load)

@@ -1,4 +1,4 @@
-import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
+import { TypeBoxValidatorCompiler, type TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
 import { Type } from '@sinclair/typebox'
 import type { FastifyInstance, FastifyPluginAsync } from 'fastify'
 import { CloseCode, errors } from '../errors.js'
@@ -24,6 +24,9 @@ const notFound = { 404: ErrorReply }
 export const adminRoutes: FastifyPluginAsync<AdminRouteOptions> = async (fastify: FastifyInstance, { admin, manager }) => {
   const app = fastify.withTypeProvider<TypeBoxTypeProvider>()
   app.setErrorHandler(replyError)
+  // TypeBox's own checker: unlike Fastify's default Ajv setup it refuses extra
+  // body properties instead of quietly removing them.
+  app.setValidatorCompiler(TypeBoxValidatorCompiler)
   for (const hook of admin.onRequest) app.addHook('onRequest', hook)
   for (const hook of admin.preHandler) app.addHook('preHandler', hook)
 

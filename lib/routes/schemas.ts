@@ -2,7 +2,6 @@ import { Type } from '@sinclair/typebox'
 import type { FastifyError, FastifyReply, FastifyRequest } from 'fastify'
 import { errors } from '../errors.js'
 import { ID_PATTERN } from '../options.js'
-import type { SessionPermission } from '../protocol/types.js'
 
 const Id = (description: string) => Type.String({ minLength: 1, maxLength: 256, pattern: ID_PATTERN, description })
 
@@ -12,7 +11,7 @@ export const ConnectQuery = Type.Object({
   token: Type.Optional(Type.String({ maxLength: 8192, description: 'Handed to authorize' }))
 })
 
-export const Permissions = Type.Unsafe<SessionPermission>({ type: 'string', enum: ['readwrite', 'readonly'] })
+export const Permissions = Type.Union([Type.Literal('readwrite'), Type.Literal('readonly')], { description: "'readwrite' or 'readonly'" })
 
 export const RoomParams = Type.Object({ roomId: Id('Room id') })
 export const SessionParams = Type.Object({
@@ -59,7 +58,8 @@ export function replyError (error: FastifyError, request: FastifyRequest, reply:
     reply.code(400).send(new errors.INVALID_REQUEST(error.message))
     return
   }
-  const status = error.statusCode ?? 500
+  // A hook that set the status before failing (as @fastify/auth does with 401) keeps it.
+  const status = error.statusCode ?? (reply.statusCode >= 400 ? reply.statusCode : 500)
   if (status >= 500) request.log.error({ err: error }, 'canvas-store route failed')
   reply.code(status).send(error)
 }

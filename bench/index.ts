@@ -1,0 +1,21 @@
+/**
+ * `npm run bench` runs every scenario; `npm run bench -- NAME...` runs some.
+ * Not a test: it prints tables of medians.
+ */
+import { storageBytes, storageThroughput } from './storage.js'
+
+const scenarios: Record<string, () => Promise<void>> = {
+  'storage-bytes': storageBytes,
+  'storage-throughput': storageThroughput
+}
+
+const wanted = process.argv.slice(2)
+const unknown = wanted.filter((name) => !(name in scenarios))
+if (unknown.length > 0) {
+  console.error(`unknown scenario(s): ${unknown.join(', ')}; known: ${Object.keys(scenarios).join(', ')}`)
+  process.exit(2)
+}
+console.log(`node ${process.version}, ${(await import('node:os')).cpus().length} cores, ${new Date().toISOString()}`)
+for (const name of wanted.length > 0 ? wanted : Object.keys(scenarios)) {
+  await scenarios[name]()
+}

@@ -1,0 +1,289 @@
+import type { FastifyInstance } from 'fastify'
+import t from 'tap'
+import type { AuthorizeInfo, AuthorizeResult, Room } from '../lib/index.js'
+import { build, connect, Peer } from './helper.js'
+
+const CLIENT_COUNT = (count: number) => (f: any) => f.type === 'clientCount' && f.count === count
+const ACK = (messageId: string) => (f: any) => f.type === 'ack' && f.messageId === messageId
+
+function roomOf (app: FastifyInstance, roomId = 'r'): Room {
+  const room = app.canvasStore.getExistingRoom(roomId)
+  if (room === undefined) throw new Error(`room ${roomId} is not loaded`)
+  return room
+}
+
+function snapshotOf (app: FastifyInstance, roomId = 'r'): any {
+  return JSON.parse(JSON.stringify(roomOf(app, roomId).getSnapshot()))
+}
+
+async function write (peer: Peer, messageId: string, documentPatches?: unknown[], ephemeralPatches?: unknown[]): Promise<any> {
+  const ack = peer.next(ACK(messageId), peer.frames.length)
+  peer.send({ type: 'patch', messageId, documentPatches, ephemeralPatches })
+  return ack
+}
+
+async function joined (app: FastifyInstance, query: Record<string, string>): Promise<Peer> {
+  const peer = await connect(app, { roomId: 'r', ...query })
+  await peer.next((f) => f.type === 'clientCount')
+  await peer.join()
+  return peer
+}
+
+function serverReceived (app: FastifyInstance): (n: number) => Promise<void> {
+  let count = 0
+  const waiters: Array<{ n: number, resolve: () => void }> = []
+  app.websocketServer.on('connection', (socket) => {
+    socket.on('message', () => {
+      count++
+      for (const w of waiters.filter((w) => w.n <= count)) {
+        waiters.splice(waiters.indexOf(w), 1)
+        w.resolve()
+      }
+    })
+  })
+  return (n) => n <= count ? Promise.resolve() : new Promise((resolve) => waiters.push({ n, resolve }))
+}
+
+function gate<T = void> (): { promise: Promise<T>, open: (value: T) => void } {
+  let open!: (value: T) => void
+  const promise = new Promise<T>((resolve) => { open = resolve })
+  return { promise, open }
+}
+
+function httpError (statusCode: number, message: string): Error {
+  return Object.assign(new Error(message), { statusCode })
+}
+
+/** token 'ro...' -> readonly, 'rw...' or none -> readwrite, 'bad' -> refused; metadata tells which. */
+function byToken ({ token }: AuthorizeInfo): AuthorizeResult {
+  if (token === 'bad') throw httpError(403, 'token revoked')
+  const permissions = token.startsWith('ro') ? 'readonly' : 'readwrite'
+  return { permissions, metadata: { role: permissions === 'readonly' ? 'viewer' : 'editor', token } }
+}
+
+t.test('authorize receives roomId, clientId, token and the upgrade request', async (t) => {
+  const calls: AuthorizeInfo[] = []
+  const app = await build(t, {
+    authorize: (info) => {
+      calls.push(info)
+      return { permissions: 'readwrite' }
+    }
+  })
+  const ws = await app.injectWS('/sync?roomId=room%201&clientId=c1&token=s3cret', { headers: { 'x-tenant': 'acme' } })
+  const b = await connect(app, { roomId: 'room 1', clientId: 'c2' })
+  await b.next(CLIENT_COUNT(2))
+  t.equal(calls.length, 2)
+  t.equal(calls[0].roomId, 'room 1')
+  t.equal(calls[0].clientId, 'c1')
+  t.equal(calls[0].token, 's3cret')
+  t.equal(calls[0].request?.headers['x-tenant'], 'acme', 'the request is the upgrade request')
+  t.match(calls[0].request?.url, /^\/sync\?/)
+  t.equal(calls[1].token, '', 'no token: empty string')
+  t.equal(calls[1].clientId, 'c2')
+  ws.terminate()
+  await b.close()
+})
+
+t.test('readonly: patches are acked but not applied or broadcast; error CANVAS_STORE_READONLY and a corrective patch', async (t) => {
+  const app = await build(t, { authorize: byToken })
+  const w = await joined(app, { clientId: 'w' })
+  await write(w, 'w1', [{ 'e1/Pos': { _exists: true, x: 1, y: 1 } }])
+  await write(w, 'w2', [{ 'e3/Pos': { _exists: true, x: 3 } }])
+  await write(w, 'w3', [{ 'e3/Pos': { _exists: false } }])
+  const r = await joined(app, { clientId: 'r', token: 'ro' })
+  const fromW = w.frames.length
+  const from = r.frames.length
+  const before = snapshotOf(app)
+
+  r.send({
+    type: 'patch',
+    messageId: 'r1',
+    documentPatches: [{ 'e1/Pos': { x: 99 }, 'e2/Pos': { _exists: true, x: 5 } }, { 'e3/Pos': { x: 7 } }],
+    ephemeralPatches: [{ 'cursor/r': { _exists: true, x: 1 } }]
+  })
+  const corrective = await r.next((f) => f.type === 'patch', from)
+  t.strictSame(r.frames.slice(from).map((f) => f.type), ['ack', 'error', 'patch'])
+  t.strictSame(r.frames[from], { type: 'ack', messageId: 'r1', timestamp: 3 }, 'acked with the unchanged counter')
+  t.equal(r.frames[from + 1].code, 'CANVAS_STORE_READONLY')
+  t.strictSame(corrective, {
+    type: 'patch',
+    clientId: '',
+    documentPatches: [{ 'e1/Pos': { _exists: true, x: 1, y: 1 }, 'e2/Pos': { _exists: false }, 'e3/Pos': { _exists: false } }],
+    timestamp: 3
+  }, 'the server\'s values, {_exists:false} where it has none')
+  t.strictSame(snapshotOf(app), before, 'nothing applied')
+
+  // Anything broadcast to w for r1 was sent before w's own ack for w4.
+  await write(w, 'w4', undefined, [{ 'cursor/w': { _exists: true } }])
+  t.strictSame(w.frames.slice(fromW), [{ type: 'ack', messageId: 'w4', timestamp: 3 }], 'nothing was broadcast')
+  const c = await connect(app, { roomId: 'r', clientId: 'c' })
+  await c.next((f) => f.type === 'clientCount')
+  t.strictSame(c.frames[0].ephemeralPatches, [{ 'cursor/w': { _exists: true } }], 'the readonly presence was not stored')
+  await Promise.all([w.close(), r.close(), c.close()])
+})
+
+t.test('readonly: document patches carried by reconnect are not applied, not broadcast, and corrected', async (t) => {
+  const app = await build(t, { authorize: byToken })
+  const w = await joined(app, { clientId: 'w' })
+  await write(w, 'w1', [{ 'e1/Pos': { _exists: true, x: 1 } }])
+  const r = await connect(app, { roomId: 'r', clientId: 'r', token: 'ro' })
+  await r.next(CLIENT_COUNT(2))
+  const from = r.frames.length
+  const fromW = w.frames.length
+  const synced = await r.join(0, { documentPatches: [{ 'e1/Pos': { x: 50 } }], ephemeralPatches: [{ 'cursor/r': { _exists: true } }] })
+  t.equal(synced.timestamp, 1)
+  t.ok(r.frames.slice(from).some((f) => f.type === 'error' && f.code === 'CANVAS_STORE_READONLY'))
+  t.strictSame(snapshotOf(app).state, { 'e1/Pos': { _exists: true, x: 1 } })
+  await write(w, 'w2', undefined, [{ 'cursor/w': { _exists: true } }])
+  t.strictSame(w.frames.slice(fromW), [{ type: 'ack', messageId: 'w2', timestamp: 1 }], 'nothing was broadcast')
+  await Promise.all([w.close(), r.close()])
+})
+
+t.test('authorize throwing closes the socket with 1008 and the error message as reason', async (t) => {
+  const app = await build(t, {
+    authorize: ({ token }) => {
+      if (token === 'sync') throw new Error('unknown user')
+      return Promise.reject(new Error('expired token'))
+    }
+  })
+  const a = await connect(app, { roomId: 'r', clientId: 'a', token: 'sync' })
+  t.strictSame(await a.closed, { code: 1008, reason: 'unknown user' })
+  const b = await connect(app, { roomId: 'r', clientId: 'b', token: 'async' })
+  t.strictSame(await b.closed, { code: 1008, reason: 'expired token' })
+  t.strictSame(a.frames, [], 'nothing sent before the close')
+  t.equal(app.canvasStore.getExistingRoom('r'), undefined, 'no room was loaded for a refused connection')
+})
+
+t.test('authorize returning no valid permissions refuses the connection with 1008', async (t) => {
+  const app = await build(t, { authorize: () => ({ permissions: 'admin' }) as unknown as AuthorizeResult })
+  const a = await connect(app, { roomId: 'r', clientId: 'a' })
+  t.equal((await a.closed).code, 1008)
+})
+
+for (const [status, code] of [[401, 4401], [403, 4403]]) {
+  t.test(`authorize throwing an error with statusCode ${status} closes with ${code}`, async (t) => {
+    const app = await build(t, { authorize: async () => { throw httpError(status, `refused with ${status}`) } })
+    const a = await connect(app, { roomId: 'r', clientId: 'a' })
+    t.strictSame(await a.closed, { code, reason: `refused with ${status}` })
+  })
+}
+
+const badQueries: Array<[string, Record<string, string>]> = [
+  ['roomId missing', { clientId: 'a' }],
+  ['clientId missing', { roomId: 'r' }],
+  ['roomId empty', { roomId: '', clientId: 'a' }],
+  ['clientId empty', { roomId: 'r', clientId: '' }]
+]
+
+for (const [name, query] of badQueries) {
+  t.test(`${name}: HTTP 400 before the upgrade, authorize not called`, async (t) => {
+    let calls = 0
+    const app = await build(t, { authorize: () => { calls++; return { permissions: 'readwrite' } } })
+    await t.rejects(connect(app, query), { message: 'Unexpected server response: 400' })
+    t.equal(calls, 0)
+    t.strictSame(app.canvasStore.getRoomIds(), [])
+  })
+}
+
+t.test('auth-refresh success replaces permissions (the next patch obeys) and metadata', async (t) => {
+  const refreshes: AuthorizeInfo[] = []
+  const app = await build(t, {
+    authorize: (info) => {
+      if (info.request === undefined) refreshes.push(info)
+      return byToken(info)
+    }
+  })
+  const a = await joined(app, { clientId: 'a', token: 'ro-1' })
+  const sessionId = roomOf(app).getSessions()[0].sessionId
+  t.strictSame(roomOf(app).getSessions()[0], { sessionId, clientId: 'a', permissions: 'readonly', metadata: { role: 'viewer', token: 'ro-1' } })
+
+  a.send({ type: 'auth-refresh', token: 'rw-2' })
+  t.equal((await write(a, 'm1', [{ 'e1/A': { _exists: true, v: 1 } }])).timestamp, 1, 'readwrite now: applied')
+  t.strictSame(snapshotOf(app).state, { 'e1/A': { _exists: true, v: 1 } })
+  t.strictSame(roomOf(app).getSessions()[0], { sessionId, clientId: 'a', permissions: 'readwrite', metadata: { role: 'editor', token: 'rw-2' } })
+  t.equal(refreshes.length, 1)
+  t.equal(refreshes[0].roomId, 'r')
+  t.equal(refreshes[0].clientId, 'a')
+  t.equal(refreshes[0].token, 'rw-2')
+
+  const from = a.frames.length
+  a.send({ type: 'auth-refresh', token: 'ro-3' })
+  t.equal((await write(a, 'm2', [{ 'e1/A': { v: 2 } }])).timestamp, 1, 'readonly again: not applied')
+  await a.next((f) => f.type === 'patch', from)
+  t.ok(a.frames.slice(from).some((f) => f.type === 'error' && f.code === 'CANVAS_STORE_READONLY'))
+  t.strictSame(snapshotOf(app).state, { 'e1/A': { _exists: true, v: 1 } })
+  t.strictSame(roomOf(app).getSessions()[0].metadata, { role: 'viewer', token: 'ro-3' })
+  t.equal(roomOf(app).getSessions()[0].sessionId, sessionId, 'same session')
+  await a.close()
+})
+
+t.test('auth-refresh failure closes that socket and removes the session; the others get its tombstones and clientCount', async (t) => {
+  const app = await build(t, { authorize: byToken })
+  const a = await joined(app, { clientId: 'a' })
+  const b = await joined(app, { clientId: 'b' })
+  await write(a, 'm1', undefined, [{ 'cursor/a': { _exists: true, x: 1 } }])
+  await b.next((f) => f.type === 'patch' && f.clientId === 'a')
+  const fromB = b.frames.length
+  a.send({ type: 'auth-refresh', token: 'bad' })
+  t.strictSame(await a.closed, { code: 4403, reason: 'token revoked' })
+  await b.next(CLIENT_COUNT(1), fromB)
+  t.strictSame(b.frames.slice(fromB), [
+    { type: 'patch', ephemeralPatches: [{ 'cursor/a': { _exists: false } }], clientId: 'a' },
+    { type: 'clientCount', count: 1 }
+  ])
+  t.equal(roomOf(app).getSessionCount(), 1)
+  t.strictSame(roomOf(app).getSessions().map((s) => s.clientId), ['b'])
+  await b.close()
+})
+
+t.test('frames sent right after an auth-refresh wait for its result', async (t) => {
+  const decide = gate()
+  let refreshCalls = 0
+  const app = await build(t, {
+    authorize: async (info) => {
+      if (info.request === undefined) {
+        refreshCalls++
+        await decide.promise
+      }
+      return byToken(info)
+    }
+  })
+  const received = serverReceived(app)
+  const a = await joined(app, { clientId: 'a', token: 'rw' })
+  const b = await joined(app, { clientId: 'b', token: 'rw' })
+  const from = a.frames.length
+  const fromB = b.frames.length
+  await received(2)
+  a.send({ type: 'auth-refresh', token: 'ro' })
+  a.send({ type: 'patch', messageId: 'm1', documentPatches: [{ 'e1/A': { _exists: true, v: 1 } }] })
+  a.send({ type: 'patch', messageId: 'm2', ephemeralPatches: [{ 'cursor/a': { _exists: true } }] })
+  await received(5)
+  t.equal(refreshCalls, 1)
+  t.strictSame(a.frames.slice(from), [], 'nothing answered while the refresh is pending')
+  decide.open()
+  await a.next(ACK('m2'), from)
+  t.strictSame(a.frames.slice(from).map((f) => f.type), ['ack', 'error', 'patch', 'ack'], 'handled as readonly, in order')
+  t.strictSame(a.frames[from], { type: 'ack', messageId: 'm1', timestamp: 0 })
+  t.strictSame(snapshotOf(app).state, {})
+  await write(b, 'probe', undefined, [{ 'cursor/b': { _exists: true } }])
+  t.strictSame(b.frames.slice(fromB), [{ type: 'ack', messageId: 'probe', timestamp: 0 }], 'nothing from the readonly session was broadcast')
+  await Promise.all([a.close(), b.close()])
+})
+
+t.test('without an authorize option every session is readwrite', async (t) => {
+  const app = await build(t)
+  const a = await joined(app, { clientId: 'a', token: 'anything' })
+  t.equal(roomOf(app).getSessions()[0].permissions, 'readwrite')
+  t.equal((await write(a, 'm1', [{ 'e1/A': { _exists: true } }])).timestamp, 1)
+  t.strictSame(snapshotOf(app).state, { 'e1/A': { _exists: true } })
+  await a.close()
+})
+
+t.test('without an authorize option, auth-refresh is ignored and the session keeps working', async (t) => {
+  const app = await build(t)
+  const a = await joined(app, { clientId: 'a' })
+  a.send({ type: 'auth-refresh', token: 'whatever' })
+  t.equal((await write(a, 'm1', [{ 'e1/A': { _exists: true } }])).timestamp, 1)
+  t.equal(roomOf(app).getSessions()[0].permissions, 'readwrite')
+  await a.close()
+})
