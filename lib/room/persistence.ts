@@ -48,7 +48,8 @@ export class Persistence {
   #committed = 0
   #inFlight: Promise<unknown> | null = null
   #timer: NodeJS.Timeout | null = null
-  #immediate: NodeJS.Immediate | null = null
+  /** A cut is queued as a microtask (durable path). */
+  #queued = false
   #failures = 0
   #failingSince = 0
   #stopped = false
@@ -115,16 +116,19 @@ export class Persistence {
   }
 
   #schedule (delay: number): void {
-    if (this.#stopped || this.#inFlight !== null || this.#timer !== null || this.#immediate !== null) return
+    if (this.#stopped || this.#inFlight !== null || this.#timer !== null || this.#queued) return
     const run = (): void => {
       this.#timer = null
-      this.#immediate = null
+      if (!this.#queued && delay === 0) return
+      this.#queued = false
       if (this.#inFlight === null && this.#pending()) this.#write().catch(() => {})
     }
     if (delay === 0) {
-      // One event-loop turn of frames goes into one write (group commit). Not
-      // unref'd: a write that acks wait for is work the process must finish.
-      this.#immediate = setImmediate(run)
+      // Every frame of the socket read being handled goes into one write; the
+      // storage then groups the writes of every room of this loop turn into one
+      // commit. While a write is in flight, changes gather for the next one.
+      this.#queued = true
+      queueMicrotask(run)
     } else {
       this.#timer = setTimeout(run, delay)
       // A throttle timer must not hold the process open; a retry of a failed write does.
@@ -134,9 +138,8 @@ export class Persistence {
 
   #clearTimers (): void {
     if (this.#timer !== null) clearTimeout(this.#timer)
-    if (this.#immediate !== null) clearImmediate(this.#immediate)
     this.#timer = null
-    this.#immediate = null
+    this.#queued = false
   }
 
   /** Cuts and runs one write. Resolves with the error, if any; never rejects. */
