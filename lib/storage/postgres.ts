@@ -38,7 +38,8 @@ export class PostgresStorage implements RoomStore {
   #migrated: Promise<void> | null = null
   #queue: Pending[] = []
   #scheduled: NodeJS.Immediate | null = null
-  #writing: Promise<void> | null = null
+  /** Every write (append batch or whole-room save) runs after the previous one, in order of issue. */
+  #tail: Promise<void> = Promise.resolve()
   #closed = false
 
   constructor (options: PostgresStorageOptions) {
@@ -107,12 +108,18 @@ export class PostgresStorage implements RoomStore {
     return { timestamp: room.rows.length > 0 ? Number(room.rows[0].timestamp) : 0, state, timestamps }
   }
 
-  /** Replaces a room's whole document (import), after the appends already queued. */
+  /** Replaces a room's whole document (import), after the writes already issued. */
   async save (roomId: string, snapshot: RoomSnapshot): Promise<void> {
     this.#assertOpen()
-    await this.migrate()
-    await this.#drained()
     const keys = Object.keys(snapshot.state)
+    await this.#serial(async () => {
+      await this.#writeBatch()
+      await this.migrate()
+      await this.#replace(roomId, snapshot, keys)
+    })
+  }
+
+  async #replace (roomId: string, snapshot: RoomSnapshot, keys: string[]): Promise<void> {
     await this.#transaction(async (client) => {
       await client.query(`DELETE FROM ${this.#entries} WHERE room_id = $1`, [roomId])
       await this.#upsertEntries(client, keys.map(() => roomId), keys,
@@ -134,32 +141,25 @@ export class PostgresStorage implements RoomStore {
   /** Writes what is queued, then ends the pool if this object made it. Idempotent. */
   async close (): Promise<void> {
     if (this.#closed) return
-    await this.#drained()
     this.#closed = true
+    await this.#serial(() => this.#writeBatch())
     if (this.#owned) await this.#pool.end()
   }
 
-  #kick (): void {
-    if (this.#writing !== null || this.#scheduled !== null || this.#queue.length === 0) return
-    this.#scheduled = setImmediate(() => {
-      this.#scheduled = null
-      this.#writing = this.#writeBatch().finally(() => {
-        this.#writing = null
-        this.#kick()
-      })
-    })
+  /** Runs a write after every write issued before it. */
+  #serial (task: () => Promise<void>): Promise<void> {
+    const run = this.#tail.then(task)
+    this.#tail = run.catch(() => {})
+    return run
   }
 
-  /** Resolves once everything queued so far has been written (or failed). */
-  async #drained (): Promise<void> {
-    while (this.#writing !== null || this.#queue.length > 0) {
-      if (this.#writing === null) {
-        if (this.#scheduled !== null) clearImmediate(this.#scheduled)
-        this.#scheduled = null
-        this.#writing = this.#writeBatch().finally(() => { this.#writing = null })
-      }
-      await this.#writing
-    }
+  /** Queues a batch write for this loop turn; appends arriving while it waits or runs join the next one. */
+  #kick (): void {
+    if (this.#scheduled !== null || this.#queue.length === 0) return
+    this.#scheduled = setImmediate(() => {
+      this.#scheduled = null
+      this.#serial(() => this.#writeBatch()).catch(() => {})
+    })
   }
 
   async #writeBatch (): Promise<void> {
