@@ -75,7 +75,7 @@ async function writerThroughput (durability: Durability, window: number, seconds
   const dir = mkdtempSync(join(tmpdir(), 'canvas-bench-'))
   const storage = new SqliteStorage({ file: join(dir, 'bench.db') })
   const app = Fastify()
-  await app.register(canvasStore, { storage, durability })
+  await app.register(canvasStore, { storage, durability, rateLimit: false })
   await app.listen({ port: 0, host: '127.0.0.1' })
   const { port } = app.server.address() as { port: number }
   const ws = new WebSocket(`ws://127.0.0.1:${port}/sync?roomId=bench&clientId=writer`)

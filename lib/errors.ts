@@ -11,6 +11,8 @@ export const errors = {
   SESSION_NOT_FOUND: createError('CANVAS_STORE_SESSION_NOT_FOUND', 'Session %s not found in room %s', 404),
   /** A request's params, query or body failed its schema. */
   INVALID_REQUEST: createError('CANVAS_STORE_INVALID_REQUEST', '%s', 400),
+  /** Too many upgrade attempts from one IP (`connectionRateLimit`). */
+  TOO_MANY_CONNECTIONS: createError('CANVAS_STORE_TOO_MANY_CONNECTIONS', 'Too many connection attempts, retry in %s', 429),
   /** An option passed at registration is invalid. */
   INVALID_OPTION: createError('CANVAS_STORE_INVALID_OPTION', 'Invalid option %s: %s', 500, TypeError)
 } as const
@@ -21,6 +23,14 @@ export const frameErrorCodes = {
   INVALID_FRAME: 'CANVAS_STORE_INVALID_FRAME',
   /** A readonly session sent document or ephemeral patches; they were not applied. */
   READONLY: 'CANVAS_STORE_READONLY',
+  /** Too many patches or keys in one frame (`limits.maxPatchesPerFrame`, `limits.maxKeysPerFrame`). */
+  FRAME_TOO_LARGE: 'CANVAS_STORE_FRAME_TOO_LARGE',
+  /** The room's document holds `limits.maxDocumentKeys` keys: new keys are refused. */
+  DOCUMENT_FULL: 'CANVAS_STORE_DOCUMENT_FULL',
+  /** The client holds `limits.maxEphemeralKeys` presence keys. */
+  PRESENCE_FULL: 'CANVAS_STORE_PRESENCE_FULL',
+  /** The session sent more frames or bytes per second than `rateLimit` allows. */
+  RATE_LIMITED: 'CANVAS_STORE_RATE_LIMITED',
   /** Writes to storage kept failing: the session is closed (1011) and its client re-sends what was not acked. */
   STORAGE_UNAVAILABLE: 'CANVAS_STORE_STORAGE_UNAVAILABLE'
 } as const
@@ -36,10 +46,16 @@ export const CloseCode = {
   POLICY_VIOLATION: 1008,
   /** A frame larger than `maxPayload`. */
   MESSAGE_TOO_BIG: 1009,
-  /** The room could not be loaded from storage. */
+  /** The room could not be loaded from storage, or storage writes kept failing. */
   INTERNAL_ERROR: 1011,
+  /** The room has `limits.maxSessions` sessions, or the process `maxRooms` rooms. */
+  TRY_AGAIN_LATER: 1013,
   /** An administrator removed the session (DELETE admin route). */
   KICKED: 4000,
+  /** The session could not keep up with what the room sends (slow-client policy). */
+  TOO_SLOW: 4002,
+  /** The session kept sending over its rate limit. */
+  RATE_LIMITED: 4429,
   /** authorize threw an error with statusCode 401. */
   UNAUTHORIZED: 4401,
   /** authorize threw an error with statusCode 403. */

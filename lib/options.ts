@@ -1,6 +1,7 @@
 import type { FastifyRequest, onRequestHookHandler, preHandlerHookHandler } from 'fastify'
 import { errors } from './errors.js'
 import type { SessionPermission } from './protocol/types.js'
+import type { RateLimit, RoomLimits, SlowClientPolicy } from './room/limits.js'
 import type { Durability } from './room/persistence.js'
 import type { CreateStorage, RoomStore } from './storage/storage.js'
 
@@ -45,6 +46,13 @@ export interface AdminOptions {
    * @default ''
    */
   prefix?: string
+  /**
+   * Serve the admin page (rooms, sessions, permission toggles, disconnect
+   * buttons; refreshes live) at this path under the prefix, behind the same
+   * hooks. `true` means `'/ui'`.
+   * @default false
+   */
+  page?: boolean | string
 }
 
 /** Options of the fastify-canvas-store plugin. */
@@ -113,6 +121,58 @@ export interface CanvasStoreOptions {
   maxQueuedBytes?: number
   /** The admin REST routes; see {@link AdminOptions}. Not registered unless given. */
   admin?: AdminOptions
+  /**
+   * Bounds on frames, documents, presence and sessions per room.
+   * @default { maxPatchesPerFrame: 1000, maxKeysPerFrame: 50000, maxDocumentKeys: 1000000, maxEphemeralKeys: 1000, maxSessions: 1000 }
+   */
+  limits?: Partial<RoomLimits>
+  /**
+   * Most rooms loaded at once; a connection needing one more is closed with 1013.
+   * @default 100000
+   */
+  maxRooms?: number
+  /**
+   * Per-session token buckets for frames and bytes; `false` to turn off.
+   * @default { framesPerSecond: 200, burstFrames: 400, bytesPerSecond: 4 MiB, burstBytes: 16 MiB, closeAfter: 100 }
+   */
+  rateLimit?: Partial<RateLimit> | false
+  /**
+   * Connection attempts per client IP on the WebSocket route (`@fastify/rate-limit`,
+   * answered with HTTP 429 before the upgrade); `false` to turn off.
+   * @default { max: 120, timeWindow: 60000, allowList: ['127.0.0.1', '::1', '::ffff:127.0.0.1'] }
+   */
+  connectionRateLimit?: { max?: number, timeWindow?: number, allowList?: string[] } | false
+  /**
+   * Policy for sessions that cannot keep up; `false` to turn off.
+   * @default { softBytes: 1 MiB, hardBytes: 64 MiB, maxSlowMs: 30000 }
+   */
+  slowClient?: Partial<SlowClientPolicy> | false
+  /**
+   * `/health` (the process answers) and `/ready` (not draining, storage
+   * reachable) routes, public and cheap. `true` for the default paths.
+   * @default false
+   */
+  health?: boolean | { healthPath?: string, readyPath?: string }
+  /**
+   * Prometheus metrics at `path` under the admin prefix, behind the admin
+   * hooks (needs `admin`). `true` means `'/metrics'`.
+   * @default false
+   */
+  metrics?: boolean | { path?: string }
+  /**
+   * OpenAPI description of the plugin's HTTP routes (`@fastify/swagger`,
+   * registered unless the app already has it), served as JSON at `path`;
+   * `ui: true` also serves `@fastify/swagger-ui` at `uiPrefix` (install it).
+   * `true` means `{ path: '/openapi.json' }`.
+   * @default false
+   */
+  openapi?: boolean | { path?: string, ui?: boolean, uiPrefix?: string }
+  /**
+   * Ping interval (ms). A socket that has not answered the previous ping by the
+   * next one is terminated and its session removed. `0` turns heartbeats off.
+   * @default 30000
+   */
+  heartbeatInterval?: number
 }
 
 /** Defaults of every optional setting. */
@@ -123,8 +183,13 @@ export const DEFAULTS = {
   idleTimeout: 30_000,
   maxPayload: 1024 * 1024,
   maxQueuedFrames: 64,
-  maxQueuedBytes: 4 * 1024 * 1024
+  maxQueuedBytes: 4 * 1024 * 1024,
+  maxRooms: 100_000,
+  heartbeatInterval: 30_000
 } as const
+
+/** The default connection rate limit: loopback is exempt so local load tests and same-host proxies work. */
+export const DEFAULT_CONNECTION_RATE_LIMIT = { max: 120, timeWindow: 60_000, allowList: ['127.0.0.1', '::1', '::ffff:127.0.0.1'] }
 
 /** Options with every default filled in. */
 export interface ResolvedOptions {
@@ -138,7 +203,16 @@ export interface ResolvedOptions {
   maxPayload: number
   maxQueuedFrames: number
   maxQueuedBytes: number
-  admin: { onRequest: onRequestHookHandler[], preHandler: preHandlerHookHandler[], prefix: string } | undefined
+  maxRooms: number
+  heartbeatInterval: number
+  limits: Partial<RoomLimits> | undefined
+  rateLimit: Partial<RateLimit> | false | undefined
+  slowClient: Partial<SlowClientPolicy> | false | undefined
+  connectionRateLimit: { max: number, timeWindow: number, allowList: string[] } | false
+  health: { healthPath: string, readyPath: string } | undefined
+  metrics: { path: string } | undefined
+  openapi: { path: string, ui: boolean, uiPrefix: string } | undefined
+  admin: { onRequest: onRequestHookHandler[], preHandler: preHandlerHookHandler[], prefix: string, page: string | undefined } | undefined
 }
 
 /**
@@ -170,10 +244,34 @@ export function resolveOptions (opts: CanvasStoreOptions = {}): ResolvedOptions 
     const prefix = opts.admin.prefix ?? ''
     if (typeof prefix !== 'string' || (prefix !== '' && !prefix.startsWith('/'))) fail('admin.prefix', 'must be "" or a string starting with "/"')
     if (opts.admin.auth !== undefined && opts.admin.auth !== false) fail('admin.auth', 'can only be false')
+    const page = opts.admin.page === true ? '/ui' : opts.admin.page === false ? undefined : opts.admin.page
+    if (page !== undefined && (typeof page !== 'string' || !page.startsWith('/'))) fail('admin.page', 'must be a boolean or a path starting with "/"')
     // Fail closed: no hook and no explicit opt-out means no admin routes.
     if (onRequest.length > 0 || preHandler.length > 0 || opts.admin.auth === false) {
-      admin = { onRequest, preHandler, prefix: prefix.replace(/\/$/, '') }
+      admin = { onRequest, preHandler, prefix: prefix.replace(/\/$/, ''), page }
     }
+  }
+  const health = opts.health === undefined || opts.health === false
+    ? undefined
+    : { healthPath: '/health', readyPath: '/ready', ...(opts.health === true ? {} : opts.health) }
+  if (health !== undefined) {
+    for (const key of ['healthPath', 'readyPath'] as const) {
+      if (typeof health[key] !== 'string' || !health[key].startsWith('/')) fail(`health.${key}`, 'must be a path starting with "/"')
+    }
+  }
+  const metrics = opts.metrics === undefined || opts.metrics === false
+    ? undefined
+    : { path: '/metrics', ...(opts.metrics === true ? {} : opts.metrics) }
+  if (metrics !== undefined) {
+    if (typeof metrics.path !== 'string' || !metrics.path.startsWith('/')) fail('metrics.path', 'must be a path starting with "/"')
+    if (admin === undefined) fail('metrics', 'is served behind the admin hooks: give admin.onRequest (or admin.auth: false)')
+  }
+  const openapi = opts.openapi === undefined || opts.openapi === false
+    ? undefined
+    : { path: '/openapi.json', ui: false, uiPrefix: '/documentation', ...(opts.openapi === true ? {} : opts.openapi) }
+  if (openapi !== undefined) {
+    if (typeof openapi.path !== 'string' || !openapi.path.startsWith('/')) fail('openapi.path', 'must be a path starting with "/"')
+    if (typeof openapi.uiPrefix !== 'string' || !openapi.uiPrefix.startsWith('/')) fail('openapi.uiPrefix', 'must be a path starting with "/"')
   }
   return {
     path,
@@ -186,8 +284,37 @@ export function resolveOptions (opts: CanvasStoreOptions = {}): ResolvedOptions 
     maxPayload: number('maxPayload', 1024),
     maxQueuedFrames: number('maxQueuedFrames', 1),
     maxQueuedBytes: number('maxQueuedBytes', 1024),
+    maxRooms: number('maxRooms', 1),
+    heartbeatInterval: number('heartbeatInterval', 0),
+    limits: numbers('limits', opts.limits, fail),
+    rateLimit: opts.rateLimit === false ? false : numbers('rateLimit', opts.rateLimit, fail),
+    slowClient: opts.slowClient === false ? false : numbers('slowClient', opts.slowClient, fail),
+    connectionRateLimit: connectionRateLimit(opts.connectionRateLimit, fail),
+    health,
+    metrics,
+    openapi,
     admin
   }
+}
+
+/** Checks an object of positive numbers (limits, rates). */
+function numbers<T extends object> (name: string, value: T | undefined, fail: (name: string, why: string) => never): T | undefined {
+  if (value === undefined) return undefined
+  if (typeof value !== 'object' || value === null) fail(name, 'must be an object')
+  for (const [key, v] of Object.entries(value)) {
+    if (typeof v !== 'number' || !Number.isFinite(v) || v <= 0) fail(`${name}.${key}`, 'must be a number > 0')
+  }
+  return value
+}
+
+function connectionRateLimit (value: CanvasStoreOptions['connectionRateLimit'], fail: (name: string, why: string) => never): ResolvedOptions['connectionRateLimit'] {
+  if (value === false) return false
+  if (value !== undefined && (typeof value !== 'object' || value === null)) fail('connectionRateLimit', 'must be an object or false')
+  const merged = { ...DEFAULT_CONNECTION_RATE_LIMIT, ...value }
+  if (!Number.isInteger(merged.max) || merged.max < 1) fail('connectionRateLimit.max', 'must be an integer >= 1')
+  if (typeof merged.timeWindow !== 'number' || !(merged.timeWindow > 0)) fail('connectionRateLimit.timeWindow', 'must be a number of ms > 0')
+  if (!Array.isArray(merged.allowList) || !merged.allowList.every((ip) => typeof ip === 'string')) fail('connectionRateLimit.allowList', 'must be an array of IP strings')
+  return merged
 }
 
 function hooks<T> (name: string, value: T | T[] | undefined, fail: (name: string, why: string) => never): T[] {

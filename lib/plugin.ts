@@ -1,13 +1,16 @@
 import websocket from '@fastify/websocket'
-import type { FastifyPluginAsync } from 'fastify'
+import swagger from '@fastify/swagger'
+import type { FastifyInstance, FastifyPluginAsync } from 'fastify'
 import fp from 'fastify-plugin'
 import type { WebSocket } from 'ws'
 import { CloseCode } from './errors.js'
-import { resolveOptions, type CanvasStoreOptions } from './options.js'
+import { Metrics } from './metrics.js'
+import { resolveOptions, type CanvasStoreOptions, type ResolvedOptions } from './options.js'
 import type { RoomOptions } from './room/room.js'
 import { RoomManager } from './room/room-manager.js'
 import { checkResult } from './routes/ws.js'
 import { adminRoutes } from './routes/admin.js'
+import { healthRoutes } from './routes/health.js'
 import { wsRoutes } from './routes/ws.js'
 import { MemoryStorage } from './storage/memory.js'
 import type { CreateStorage } from './storage/storage.js'
@@ -22,7 +25,8 @@ declare module 'fastify' {
 const canvasStore: FastifyPluginAsync<CanvasStoreOptions> = async (fastify, opts) => {
   const options = resolveOptions(opts)
   const log = fastify.log.child({ plugin: 'fastify-canvas-store' })
-  const manager = new RoomManager({ idleTimeout: options.idleTimeout, logger: log })
+  const manager = new RoomManager({ idleTimeout: options.idleTimeout, maxRooms: options.maxRooms, logger: log })
+  const metrics = options.metrics === undefined ? undefined : new Metrics(manager)
   const sockets = new Set<WebSocket>()
   let draining = false
 
@@ -35,6 +39,10 @@ const canvasStore: FastifyPluginAsync<CanvasStoreOptions> = async (fastify, opts
     saveThrottleMs: options.saveThrottleMs,
     durability: options.durability,
     storageFailureTimeoutMs: options.storageFailureTimeoutMs,
+    limits: options.limits,
+    rateLimit: options.rateLimit,
+    slowClient: options.slowClient,
+    observer: metrics,
     logger: log,
     onTokenRefresh: options.authorize === undefined
       ? undefined
@@ -63,15 +71,42 @@ const canvasStore: FastifyPluginAsync<CanvasStoreOptions> = async (fastify, opts
     })
   }
 
+  if (options.openapi !== undefined) await registerOpenapi(fastify, options.openapi)
+
   fastify.decorate('canvasStore', { getter: () => manager })
   // Sessions are closed by now, so the snapshots taken here are final.
   fastify.addHook('onClose', async () => manager.closeAll())
 
-  await fastify.register(wsRoutes, { options, manager, roomOptions, sockets, draining: () => draining })
+  await fastify.register(wsRoutes, { options, manager, roomOptions, sockets, draining: () => draining, metrics })
+  if (options.health !== undefined) {
+    await fastify.register(healthRoutes, {
+      ...options.health,
+      manager,
+      storage: opts.storage,
+      draining: () => draining,
+      timeoutMs: 2000
+    })
+  }
   if (options.admin !== undefined) {
-    await fastify.register(adminRoutes, { admin: options.admin, manager, prefix: options.admin.prefix })
+    await fastify.register(adminRoutes, { admin: options.admin, manager, metrics, metricsPath: options.metrics?.path, prefix: options.admin.prefix })
   } else if (opts.admin !== undefined) {
     log.warn('admin routes not registered: give admin.onRequest (or preHandler) hooks, or admin.auth: false')
+  }
+}
+
+/** Registers @fastify/swagger (unless the app has it) and serves the spec; optionally the UI. */
+async function registerOpenapi (fastify: FastifyInstance, openapi: NonNullable<ResolvedOptions['openapi']>): Promise<void> {
+  if (!fastify.hasDecorator('swagger')) {
+    await fastify.register(swagger, {
+      openapi: {
+        info: { title: 'fastify-canvas-store', description: 'Admin and health routes of the canvas-store sync server', version: '1' }
+      }
+    })
+  }
+  fastify.get(openapi.path, { schema: { hide: true } }, async () => fastify.swagger())
+  if (openapi.ui) {
+    const { default: swaggerUi } = await import('@fastify/swagger-ui')
+    await fastify.register(swaggerUi, { routePrefix: openapi.uiPrefix })
   }
 }
 

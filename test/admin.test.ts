@@ -339,3 +339,32 @@ t.test('a roomId with an encoded slash or .. reaches only the room with exactly 
   t.equal(cross.json().code, 'CANVAS_STORE_SESSION_NOT_FOUND')
   await Promise.all([secret.close(), team.close()])
 })
+
+t.test('PATCH that changes permissions pushes {type:permissions} to that session only; a PATCH to the same value pushes nothing', async (t) => {
+  const app = await build(t, open)
+  const a = await joined(app, 'r1', 'a')
+  const b = await joined(app, 'r1', 'b')
+  const sessionId = sessionIdOf(app, 'r1', 'a')
+  const from = a.frames.length
+  const fromB = b.frames.length
+
+  const pushed = a.next((f) => f.type === 'permissions', from)
+  let res = await app.inject({ method: 'PATCH', url: `/rooms/r1/sessions/${sessionId}`, payload: { permissions: 'readonly' } })
+  t.equal(res.statusCode, 200)
+  t.strictSame(await pushed, { type: 'permissions', permissions: 'readonly' })
+
+  res = await app.inject({ method: 'PATCH', url: `/rooms/r1/sessions/${sessionId}`, payload: { permissions: 'readonly' } })
+  t.equal(res.statusCode, 200)
+  t.equal(res.json().permissions, 'readonly')
+  // A presence-only write of a readonly session is just acked: the ack is the only frame after the push.
+  const ack = await write(a, 'probe', undefined, [{ 'cursor/a': { _exists: true } }])
+  t.strictSame(a.frames.slice(from), [{ type: 'permissions', permissions: 'readonly' }, ack], 'one push for two PATCHes')
+
+  res = await app.inject({ method: 'PATCH', url: `/rooms/r1/sessions/${sessionId}`, payload: { permissions: 'readwrite' } })
+  t.equal(res.statusCode, 200)
+  t.strictSame(await a.next((f) => f.type === 'permissions' && f.permissions === 'readwrite', from), { type: 'permissions', permissions: 'readwrite' }, 'back to readwrite: pushed again')
+
+  const probe = await write(b, 'probe-b', undefined, [{ 'cursor/b': { _exists: true } }])
+  t.strictSame(b.frames.slice(fromB), [probe], 'the other session got no permissions frame')
+  await Promise.all([a.close(), b.close()])
+})

@@ -69,6 +69,9 @@ export interface SyncedResponse { type: 'synced', timestamp: number }
 /** Sent when a frame is refused. The published client ignores it; other clients may show it. */
 export interface ErrorResponse { type: 'error', code: string, message: string, messageId?: string }
 
+/** Sent when the session's permissions change (admin PATCH, auth-refresh). The published client ignores it. */
+export interface PermissionsMessage { type: 'permissions', permissions: SessionPermission }
+
 export type ServerMessage =
   | AckResponse
   | PatchBroadcast
@@ -77,6 +80,7 @@ export type ServerMessage =
   | ResyncRequest
   | SyncedResponse
   | ErrorResponse
+  | PermissionsMessage
 
 /** Session as listed by `room.getSessions()` and the admin routes. */
 export interface SessionInfo {

@@ -1,6 +1,6 @@
 import { isIncremental, type IncrementalStorage, type Storage, type StoredEntry } from '../storage/storage.js'
 import type { Document } from './document.js'
-import type { RoomLogger } from './session.js'
+import type { RoomLogger, RoomObserver } from './session.js'
 
 /**
  * When an ack may be sent.
@@ -22,6 +22,7 @@ export interface PersistenceOptions {
   /** Called when writes have kept failing for longer than `failureBoundMs`. */
   onGiveUp: (err: unknown) => void
   failureBoundMs: number
+  observer?: RoomObserver | undefined
 }
 
 const MAX_RETRY_MS = 30_000
@@ -147,6 +148,7 @@ export class Persistence {
     const storage = this.#o.storage!
     const doc = this.#o.document()
     const id = ++this.#seq
+    const start = performance.now()
     let keys: Set<string> | undefined
     let work: Promise<void>
     try {
@@ -166,11 +168,13 @@ export class Persistence {
       work = Promise.reject(err)
     }
     const run = work.then(() => {
+      this.#o.observer?.storageWrite((performance.now() - start) / 1000, true)
       this.#committed = id
       this.#failures = 0
       this.#o.onCommit()
       return undefined
     }, (err: unknown) => {
+      this.#o.observer?.storageWrite((performance.now() - start) / 1000, false)
       // Keep the changes pending: the next write reads their current values.
       if (keys !== undefined) {
         for (const key of keys) this.#changed.add(key)

@@ -9,8 +9,22 @@ export interface RoomManagerOptions {
    * @default 30000
    */
   idleTimeout?: number
+  /**
+   * Most rooms loaded at once; loading one more throws a {@link RoomLimitError}.
+   * @default 100000
+   */
+  maxRooms?: number
   /** Where the manager and its rooms log (pino-like). Silent by default. */
   logger?: RoomLogger
+}
+
+/** Thrown by `getOrCreateRoom` when `maxRooms` rooms are loaded. */
+export class RoomLimitError extends Error {
+  readonly code = 'CANVAS_STORE_TOO_MANY_ROOMS'
+  constructor (max: number) {
+    super(`Server at capacity: ${max} rooms loaded`)
+    this.name = 'RoomLimitError'
+  }
 }
 
 /** A loaded room as listed by {@link RoomManager.getRooms}. */
@@ -36,13 +50,16 @@ export class RoomManager {
   readonly #unloading = new Map<string, Promise<void>>()
   readonly #idleTimers = new Map<string, NodeJS.Timeout>()
   readonly #idleTimeout: number
+  readonly #maxRooms: number
   readonly #log: RoomLogger
   #closed = false
+  #drain: Promise<void> | null = null
 
   constructor (options: RoomManagerOptions = {}) {
     const idle = options.idleTimeout ?? DEFAULT_IDLE_TIMEOUT
     if (!Number.isFinite(idle) || idle < 0) throw new RangeError('idleTimeout must be a number >= 0')
     this.#idleTimeout = idle
+    this.#maxRooms = options.maxRooms ?? 100_000
     this.#log = options.logger ?? silentLogger
   }
 
@@ -64,6 +81,7 @@ export class RoomManager {
       // A failed unload keeps the room loaded: look again rather than fail.
       await unloading.catch(() => {})
     }
+    if (this.#rooms.size + this.#loading.size >= this.#maxRooms) throw new RoomLimitError(this.#maxRooms)
     const load = this.#load(roomId, options)
     this.#loading.set(roomId, load)
     try {
@@ -88,6 +106,13 @@ export class RoomManager {
     return Array.from(this.#rooms.keys())
   }
 
+  /** Frames waiting for durable writes, over every loaded room. */
+  getPendingMessages (): number {
+    let n = 0
+    for (const room of this.#rooms.values()) n += room.pendingMessages
+    return n
+  }
+
   /** The loaded rooms with their session count, counter and size. */
   getRooms (): RoomInfo[] {
     return Array.from(this.#rooms, ([roomId, room]) => ({
@@ -107,6 +132,38 @@ export class RoomManager {
     const room = this.#rooms.get(roomId)
     if (room === undefined) return await this.#unloading.get(roomId)
     await this.#unload(roomId, room)
+  }
+
+  /** True once {@link drain} (or {@link closeAll}) started: new connections should be turned away. */
+  get draining (): boolean {
+    return this.#drain !== null || this.#closed
+  }
+
+  /**
+   * Graceful drain for a restart or a scale-down: from now on `draining` is
+   * true (the plugin refuses new connections with 1013 and `/ready` answers
+   * 503); each session is closed with 1001 at a random moment between
+   * `graceMs` and `graceMs + jitterMs`, so that clients do not all reconnect
+   * in one wave; then every room is saved as in {@link closeAll}. Idempotent.
+   */
+  drain (options: { graceMs?: number, jitterMs?: number } = {}): Promise<void> {
+    this.#drain ??= this.#drainSessions(options.graceMs ?? 1000, options.jitterMs ?? 2000).then(() => this.closeAll())
+    return this.#drain
+  }
+
+  async #drainSessions (graceMs: number, jitterMs: number): Promise<void> {
+    const closes: Array<Promise<void>> = []
+    for (const room of this.#rooms.values()) {
+      for (const { sessionId } of room.getSessions()) {
+        closes.push(new Promise((resolve) => {
+          setTimeout(() => {
+            room.disconnectSession(sessionId, CloseCode.GOING_AWAY, 'Server restarting')
+            resolve()
+          }, graceMs + Math.random() * jitterMs)
+        }))
+      }
+    }
+    await Promise.all(closes)
   }
 
   /**

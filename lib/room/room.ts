@@ -2,6 +2,7 @@ import { randomUUID } from 'node:crypto'
 import { CloseCode, closeReason, frameErrorCodes } from '../errors.js'
 import { parseClientFrame } from '../protocol/frames.js'
 import type {
+  ClientMessage,
   ComponentData,
   Patch,
   PatchRequest,
@@ -13,8 +14,9 @@ import type {
 } from '../protocol/types.js'
 import type { Storage } from '../storage/storage.js'
 import { Document, emptyRecord, hasContent, applyValue, type Fields } from './document.js'
+import { DEFAULT_LIMITS, DEFAULT_RATE_LIMIT, DEFAULT_SLOW_CLIENT, TokenBucket, countKeys, type RateLimit, type RoomLimits, type SlowClientPolicy } from './limits.js'
 import { Persistence, type Durability } from './persistence.js'
-import { MAX_HELD_FRAMES, silentLogger, type RoomLogger, type Session, type WebSocketLike } from './session.js'
+import { MAX_HELD_FRAMES, silentLogger, type RoomLogger, type RoomObserver, type Session, type WebSocketLike } from './session.js'
 
 /** What an `auth-refresh` decides. */
 export interface TokenRefreshResult {
@@ -55,8 +57,16 @@ export interface RoomOptions {
    * @default 10000
    */
   storageFailureTimeoutMs?: number
+  /** Bounds on frames, document and presence size, and sessions; see {@link DEFAULT_LIMITS}. */
+  limits?: Partial<RoomLimits>
+  /** Per-session frame and byte rates, or `false` for none; see {@link DEFAULT_RATE_LIMIT}. */
+  rateLimit?: Partial<RateLimit> | false
+  /** What to do with sessions that cannot keep up, or `false` for nothing; see {@link DEFAULT_SLOW_CLIENT}. */
+  slowClient?: Partial<SlowClientPolicy> | false
   /** Where the room logs (pino-like). Silent by default. */
   logger?: RoomLogger
+  /** Receives measurements (frames, bytes, apply and storage times). */
+  observer?: RoomObserver
   /** The room's id, used for storage and logs. */
   roomId?: string
 }
@@ -88,9 +98,13 @@ export class Room {
   readonly #storage: Storage | undefined
   readonly #persistence: Persistence
   readonly #log: RoomLogger
+  readonly #observer: RoomObserver | undefined
   readonly #options: RoomOptions
+  readonly #limits: RoomLimits
+  readonly #rateLimit: RateLimit | null
+  readonly #slow: SlowClientPolicy | null
   /** With durable acks: messages waiting for the write that holds what they report. */
-  #outbox: Array<{ need: number, session: Session, data: string }> = []
+  #outbox: Array<{ need: number, session: Session, data: string, droppable: boolean }> = []
   #closed = false
   /** Serialized full document (diff since 0) for the counter value it was made at. */
   #fullDiff: { timestamp: number, json: string } | null = null
@@ -102,6 +116,10 @@ export class Room {
     const throttle = options.saveThrottleMs ?? DEFAULT_SAVE_THROTTLE_MS
     if (!Number.isFinite(throttle) || throttle < 0) throw new RangeError('saveThrottleMs must be a number >= 0')
     this.#log = options.logger ?? silentLogger
+    this.#observer = options.observer
+    this.#limits = { ...DEFAULT_LIMITS, ...options.limits }
+    this.#rateLimit = options.rateLimit === false ? null : { ...DEFAULT_RATE_LIMIT, ...options.rateLimit }
+    this.#slow = options.slowClient === false ? null : { ...DEFAULT_SLOW_CLIENT, ...options.slowClient }
     const durability = options.durability ?? 'durable'
     if (durability !== 'durable' && durability !== 'throttled') throw new RangeError("durability must be 'durable' or 'throttled'")
     this.#persistence = new Persistence({
@@ -113,6 +131,7 @@ export class Room {
       roomId: this.roomId,
       onCommit: () => this.#releaseOutbox(),
       onGiveUp: (err) => this.#storageUnavailable(err),
+      observer: options.observer,
       failureBoundMs: options.storageFailureTimeoutMs ?? DEFAULT_STORAGE_FAILURE_TIMEOUT_MS
     })
   }
@@ -150,13 +169,21 @@ export class Room {
       safeClose(options.socket, CloseCode.GOING_AWAY, 'Room closed')
       return sessionId
     }
+    if (this.#sessions.size >= this.#limits.maxSessions) {
+      safeClose(options.socket, CloseCode.TRY_AGAIN_LATER, 'Room is full')
+      return sessionId
+    }
     const session: Session = {
       sessionId,
       clientId: options.clientId,
       socket: options.socket,
       permissions: options.permissions,
       metadata: options.metadata,
-      held: null
+      held: null,
+      bucket: this.#rateLimit === null ? null : new TokenBucket(this.#rateLimit, performance.now()),
+      refusedInRow: 0,
+      slowSince: 0,
+      presenceStale: false
     }
     this.#sessions.set(sessionId, session)
     const presence = this.#presenceExcept(session.clientId)
@@ -172,16 +199,24 @@ export class Room {
     const session = this.#sessions.get(sessionId)
     if (session === undefined) return
     const text = typeof data === 'string' ? data : toText(data)
+    const bytes = byteSize(data, text)
+    const start = performance.now()
+    // Taken on arrival, so that frames held during an auth-refresh are rate limited too.
+    const limited = session.bucket !== null && !session.bucket.take(bytes, start)
     if (session.held !== null) {
       if (session.held.length >= MAX_HELD_FRAMES) {
         this.disconnectSession(sessionId, CloseCode.POLICY_VIOLATION, 'Too many frames while auth-refresh is pending')
         return
       }
-      session.held.push(text)
+      session.held.push([text, limited])
       return
     }
-    this.#handleFrame(session, text)
+    const type = this.#handleFrame(session, text, limited)
+    this.#observer?.frameIn(type, bytes, (performance.now() - start) / 1000)
   }
+
+  /** Frames waiting for a durable write before they can be sent. */
+  get pendingMessages (): number { return this.#outbox.length }
 
   /** The session's socket closed. */
   handleSocketClose (sessionId: string): void {
@@ -220,8 +255,15 @@ export class Room {
   setSessionPermissions (sessionId: string, permissions: SessionPermission): boolean {
     const session = this.#sessions.get(sessionId)
     if (session === undefined) return false
-    session.permissions = permissions
+    this.#changePermissions(session, permissions)
     return true
+  }
+
+  /** Sets a session's permissions and, when they change, tells its client. */
+  #changePermissions (session: Session, permissions: SessionPermission): void {
+    if (session.permissions === permissions) return
+    session.permissions = permissions
+    this.#sendMessage(session, { type: 'permissions', permissions })
   }
 
   getSessionMetadata (sessionId: string): unknown {
@@ -283,14 +325,15 @@ export class Room {
 
   // ---------------------------------------------------------------- protocol
 
-  #handleFrame (session: Session, text: string): void {
+  /** Handles one frame. @returns its type, for metrics */
+  #handleFrame (session: Session, text: string, limited = false): string {
     const parsed = parseClientFrame(text)
     switch (parsed.kind) {
       case 'ignore':
-        return
+        return 'ignored'
       case 'version-mismatch':
         this.#sendMessage(session, { type: 'version-mismatch', serverProtocolVersion: 2 })
-        return
+        return 'version-mismatch'
       case 'invalid':
         this.#log.debug({ roomId: this.roomId, sessionId: session.sessionId, reason: parsed.message }, 'frame refused')
         this.#sendMessage(session, {
@@ -299,19 +342,27 @@ export class Room {
           message: parsed.message,
           ...(parsed.messageId === undefined ? {} : { messageId: parsed.messageId })
         })
-        return
+        return 'invalid'
     }
     const frame = parsed.frame
+    if (limited) {
+      this.#rateLimited(session, frame)
+      if (frame.type !== 'reconnect' || !this.#sessions.has(session.sessionId)) return 'rate-limited'
+    } else {
+      session.refusedInRow = 0
+    }
     switch (frame.type) {
       case 'patch':
         this.#handlePatch(session, frame)
-        return
+        break
       case 'reconnect':
-        this.#handleReconnect(session, frame)
-        return
+        // The protocol promises every reconnect a diff and `synced`: a rate-limited one only loses its carried patches.
+        this.#handleReconnect(session, limited ? { ...frame, documentPatches: undefined, ephemeralPatches: undefined } : frame)
+        break
       case 'auth-refresh':
         this.#handleAuthRefresh(session, frame.token)
     }
+    return frame.type
   }
 
   #handlePatch (session: Session, frame: PatchRequest): void {
@@ -319,13 +370,17 @@ export class Room {
     const ephs = hasContent(frame.ephemeralPatches) ? frame.ephemeralPatches : undefined
     if (docs === undefined && ephs === undefined) return
     if (session.permissions === 'readwrite') {
-      this.#apply(session, docs, ephs)
-      this.#sendMessage(session, { type: 'ack', messageId: frame.messageId, timestamp: this.#doc.timestamp })
+      const violation = this.#checkLimits(session, docs, ephs)
+      if (violation === null) {
+        this.#apply(session, docs, ephs)
+        this.#sendMessage(session, { type: 'ack', messageId: frame.messageId, timestamp: this.#doc.timestamp })
+      } else {
+        this.#refuse(session, frame.messageId, docs, violation)
+      }
       return
     }
-    // Nothing is applied, but the published client needs the ack to settle its in-flight write.
-    this.#sendMessage(session, { type: 'ack', messageId: frame.messageId, timestamp: this.#doc.timestamp })
-    if (docs !== undefined) this.#refuseReadonly(session, docs)
+    if (docs !== undefined) this.#refuse(session, frame.messageId, docs, READONLY)
+    else this.#sendMessage(session, { type: 'ack', messageId: frame.messageId, timestamp: this.#doc.timestamp })
   }
 
   #handleReconnect (session: Session, frame: ReconnectRequest): void {
@@ -336,9 +391,13 @@ export class Room {
     // The client saw a counter we never reached: we lost acked work (crash, restore).
     const resync = readwrite && frame.lastTimestamp > since
     if (readwrite) {
-      if (docs !== undefined || ephs !== undefined) this.#apply(session, docs, ephs)
+      if (docs !== undefined || ephs !== undefined) {
+        const violation = this.#checkLimits(session, docs, ephs)
+        if (violation === null) this.#apply(session, docs, ephs)
+        else this.#refuse(session, undefined, docs, violation)
+      }
     } else if (docs !== undefined) {
-      this.#refuseReadonly(session, docs)
+      this.#refuse(session, undefined, docs, READONLY)
     }
     if (resync) this.#sendMessage(session, { type: 'resync', since })
 
@@ -364,7 +423,7 @@ export class Room {
       .then((result) => {
         const target = this.#sessions.get(sessionId)
         if (target === undefined) return
-        target.permissions = result.permissions
+        this.#changePermissions(target, result.permissions)
         if (result.metadata !== undefined) target.metadata = result.metadata
         this.#releaseHeld(target)
       }, (err: unknown) => {
@@ -380,13 +439,13 @@ export class Room {
     session.held = null
     for (let i = 0; i < frames.length; i++) {
       if (!this.#sessions.has(session.sessionId)) return
-      const held = session.held as string[] | null
+      const held = session.held as Session['held']
       if (held !== null) {
         // One of the frames was another auth-refresh: the rest wait for it too.
         held.push(...frames.slice(i))
         return
       }
-      this.#handleFrame(session, frames[i])
+      this.#handleFrame(session, frames[i][0], frames[i][1])
     }
   }
 
@@ -408,37 +467,85 @@ export class Room {
       }
       if (ephs !== undefined) broadcast.ephemeralPatches = ephs
       const data = JSON.stringify(broadcast)
+      // Presence-only frames without deletions may be dropped for a slow session (it gets fresh presence later).
+      const droppable = docs === undefined && this.#slow !== null && !hasTombstone(ephs!)
       for (const other of this.#sessions.values()) {
-        if (other !== session) this.#send(other, data)
+        if (other !== session) this.#send(other, data, droppable)
       }
     }
     if (docs !== undefined) this.#options.onDocumentPatch?.(this, docs)
   }
 
   /**
-   * A readonly session tried to write: tell it why, and send the server's
-   * current values of the keys it touched (a tombstone where the server has
-   * none), so that its local copy converges back.
+   * A write that is not applied (readonly session, a limit, the rate limit):
+   * ack it when it has a messageId (the published client needs the ack to
+   * settle its in-flight write), say why, and send the server's current values
+   * of the keys it touched (a tombstone where the server has none), so that
+   * the client's copy converges back.
    */
-  #refuseReadonly (session: Session, docs: Patch[]): void {
-    this.#sendMessage(session, {
-      type: 'error',
-      code: frameErrorCodes.READONLY,
-      message: 'This session is readonly: its changes were not applied'
-    })
+  #refuse (session: Session, messageId: string | undefined, docs: Patch[] | undefined, reason: readonly [code: string, message: string]): void {
+    if (messageId !== undefined) this.#sendMessage(session, { type: 'ack', messageId, timestamp: this.#doc.timestamp })
+    this.#sendMessage(session, { type: 'error', code: reason[0], message: reason[1], ...(messageId === undefined ? {} : { messageId }) })
+    if (docs === undefined) return
     const corrective = emptyRecord<ComponentData>()
+    let any = false
     for (const patch of docs) {
       for (const key of Object.keys(patch)) {
         const value = this.#doc.get(key)
         corrective[key] = (value === undefined ? { _exists: false } : value) as ComponentData
+        any = true
       }
     }
+    if (!any) return
     this.#send(session, JSON.stringify({
       type: 'patch',
       clientId: '',
       documentPatches: [corrective],
       timestamp: this.#doc.timestamp
     }))
+  }
+
+  /** Which limit a readwrite frame would break, or null. */
+  #checkLimits (session: Session, docs: Patch[] | undefined, ephs: Patch[] | undefined): readonly [string, string] | null {
+    const limits = this.#limits
+    if ((docs?.length ?? 0) > limits.maxPatchesPerFrame || (ephs?.length ?? 0) > limits.maxPatchesPerFrame) return FRAME_TOO_LARGE
+    const docKeys = countKeys(docs, limits.maxKeysPerFrame)
+    const ephKeys = countKeys(ephs, limits.maxKeysPerFrame)
+    if (docKeys + ephKeys > limits.maxKeysPerFrame) return FRAME_TOO_LARGE
+    if (docs !== undefined && this.#doc.size + docKeys > limits.maxDocumentKeys) {
+      const added = new Set<string>()
+      for (const patch of docs) {
+        for (const key of Object.keys(patch)) if (this.#doc.get(key) === undefined) added.add(key)
+      }
+      if (this.#doc.size + added.size > limits.maxDocumentKeys) return DOCUMENT_FULL
+    }
+    if (ephs !== undefined) {
+      const state = this.#ephemeral.get(session.clientId)
+      if ((state?.size ?? 0) + ephKeys > limits.maxEphemeralKeys) {
+        const keys = new Set(state?.keys())
+        for (const patch of ephs) {
+          for (const key of Object.keys(patch)) if (patch[key]._exists !== false) keys.add(key)
+        }
+        if (keys.size > limits.maxEphemeralKeys) return PRESENCE_FULL
+      }
+    }
+    return null
+  }
+
+  /** A frame over the session's rate: refused; a long run of them closes the session. */
+  #rateLimited (session: Session, frame: ClientMessage): void {
+    if (frame.type === 'patch') {
+      const docs = hasContent(frame.documentPatches) ? frame.documentPatches : undefined
+      this.#refuse(session, frame.messageId, docs, RATE_LIMITED)
+    } else if (frame.type === 'reconnect') {
+      this.#refuse(session, undefined, hasContent(frame.documentPatches) ? frame.documentPatches : undefined, RATE_LIMITED)
+    } else {
+      this.#refuse(session, undefined, undefined, RATE_LIMITED)
+    }
+    if (++session.refusedInRow >= this.#rateLimit!.closeAfter && this.#sessions.has(session.sessionId)) {
+      this.#log.warn({ roomId: this.roomId, sessionId: session.sessionId }, 'session closed for sustained rate-limit abuse')
+      this.disconnectSession(session.sessionId, CloseCode.RATE_LIMITED, 'Rate limit exceeded')
+    }
   }
 
   /** The document diff since `since` as JSON, or null when nothing changed. The full document is cached per counter value. */
@@ -519,26 +626,63 @@ export class Room {
   }
 
   /** Sends now, or, with durable acks, once what the message reports is committed (order kept). */
-  #send (session: Session, data: string): void {
+  #send (session: Session, data: string, droppable = false): void {
     const persistence = this.#persistence
     if (persistence.holding) {
       const need = persistence.required
       if (this.#outbox.length > 0 || need > persistence.committed) {
-        this.#outbox.push({ need, session, data })
+        this.#outbox.push({ need, session, data, droppable })
         return
       }
     }
-    this.#deliver(session, data)
+    this.#deliver(session, data, droppable)
   }
 
-  #deliver (session: Session, data: string): void {
+  #deliver (session: Session, data: string, droppable = false): void {
     const socket = session.socket
     if (socket.readyState !== undefined && socket.readyState !== OPEN) return
+    if (this.#slow !== null && socket.bufferedAmount !== undefined && !this.#keepsUp(session, socket.bufferedAmount, droppable)) return
+    this.#observer?.frameOut(data.length)
     try {
       socket.send(data)
     } catch (err) {
       this.#log.debug({ err, roomId: this.roomId, sessionId: session.sessionId }, 'send failed')
     }
+  }
+
+  /**
+   * Slow-client policy, checked before each send. Returns false when the
+   * frame must not be sent: a droppable presence frame to a session that is
+   * behind, or any frame to a session just closed for being too slow.
+   */
+  #keepsUp (session: Session, buffered: number, droppable: boolean): boolean {
+    const policy = this.#slow!
+    if (buffered <= policy.softBytes) {
+      session.slowSince = 0
+      if (session.presenceStale) {
+        // Caught up: replace the presence frames it missed with the current presence.
+        session.presenceStale = false
+        const presence = this.#presenceExcept(session.clientId)
+        if (presence !== null) session.socket.send(JSON.stringify({ type: 'patch', ephemeralPatches: [presence], clientId: '' }))
+      }
+      return true
+    }
+    const now = performance.now()
+    if (session.slowSince === 0) session.slowSince = now
+    if (buffered > policy.hardBytes || now - session.slowSince > policy.maxSlowMs) {
+      this.#log.warn({ roomId: this.roomId, sessionId: session.sessionId, buffered }, 'closing a session that cannot keep up')
+      const socket = session.socket as WebSocketLike & { terminate?: () => void }
+      if (typeof socket.terminate === 'function') socket.terminate()
+      else safeClose(socket, CloseCode.TOO_SLOW, 'Too slow: reconnect to catch up')
+      this.#removeSession(session.sessionId)
+      return false
+    }
+    if (droppable) {
+      session.presenceStale = true
+      this.#observer?.presenceDropped()
+      return false
+    }
+    return true
   }
 
   // ------------------------------------------------------------- durability
@@ -547,8 +691,8 @@ export class Room {
     const committed = this.#persistence.committed
     let i = 0
     while (i < this.#outbox.length && this.#outbox[i].need <= committed) {
-      const { session, data } = this.#outbox[i++]
-      this.#deliver(session, data)
+      const { session, data, droppable } = this.#outbox[i++]
+      this.#deliver(session, data, droppable)
     }
     if (i > 0) this.#outbox = this.#outbox.slice(i)
   }
@@ -572,6 +716,26 @@ function describe (session: Session): SessionInfo {
     permissions: session.permissions,
     metadata: session.metadata
   }
+}
+
+const READONLY = [frameErrorCodes.READONLY, 'This session is readonly: its changes were not applied'] as const
+const FRAME_TOO_LARGE = [frameErrorCodes.FRAME_TOO_LARGE, 'Too many patches or keys in one frame: not applied'] as const
+const DOCUMENT_FULL = [frameErrorCodes.DOCUMENT_FULL, 'The document has reached its key limit: not applied'] as const
+const PRESENCE_FULL = [frameErrorCodes.PRESENCE_FULL, 'Too many presence keys for this client: not applied'] as const
+const RATE_LIMITED = [frameErrorCodes.RATE_LIMITED, 'Too many frames or bytes per second: not applied'] as const
+
+/** True when a patch list deletes a key. */
+function hasTombstone (patches: Patch[]): boolean {
+  for (const patch of patches) {
+    for (const key in patch) if (patch[key]?._exists === false) return true
+  }
+  return false
+}
+
+function byteSize (data: string | Buffer | ArrayBuffer | Buffer[], text: string): number {
+  if (typeof data === 'string') return text.length
+  if (Array.isArray(data)) return data.reduce((sum, chunk) => sum + chunk.length, 0)
+  return data.byteLength
 }
 
 function toText (data: Buffer | ArrayBuffer | Buffer[]): string {

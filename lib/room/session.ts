@@ -1,4 +1,5 @@
 import type { SessionPermission } from '../protocol/types.js'
+import type { TokenBucket } from './limits.js'
 
 /**
  * The least a socket must offer to join a room: a `ws` WebSocket, a
@@ -9,6 +10,8 @@ export interface WebSocketLike {
   close(code?: number, reason?: string): void
   /** When present, frames are only sent while it equals 1 (OPEN). */
   readonly readyState?: number
+  /** When present, bytes queued but not yet sent: the slow-client policy reads it. */
+  readonly bufferedAmount?: number
 }
 
 /** A pino-like logger; every method optional in spirit, all no-ops by default. */
@@ -27,6 +30,18 @@ export const silentLogger: RoomLogger = {
   error () {}
 }
 
+/** Receives measurements from rooms (the plugin's Prometheus metrics implement it). */
+export interface RoomObserver {
+  /** A client frame was handled: its type (or 'invalid', 'ignored', 'version-mismatch'), size and handling time. */
+  frameIn(type: string, bytes: number, seconds: number): void
+  /** A frame was handed to a socket. */
+  frameOut(bytes: number): void
+  /** A presence frame was not sent to a slow session. */
+  presenceDropped(): void
+  /** A storage write settled. */
+  storageWrite(seconds: number, ok: boolean): void
+}
+
 /** One connected client in a room. */
 export interface Session {
   readonly sessionId: string
@@ -34,8 +49,16 @@ export interface Session {
   readonly socket: WebSocketLike
   permissions: SessionPermission
   metadata: unknown
-  /** Frames held while an `auth-refresh` is being decided, handled in order afterwards. */
-  held: string[] | null
+  /** Frames held while an `auth-refresh` is being decided (with their rate-limit verdict), handled in order afterwards. */
+  held: Array<[text: string, limited: boolean]> | null
+  /** Rate limit of the session's frames, or null for none. */
+  bucket: TokenBucket | null
+  /** Frames refused by the rate limit in a row. */
+  refusedInRow: number
+  /** When (performance.now()) the session went above the slow-client soft limit; 0 when it is not. */
+  slowSince: number
+  /** Presence frames were dropped for it: send fresh presence once it catches up. */
+  presenceStale: boolean
 }
 
 /** Most frames held for one session while its `auth-refresh` is pending. */

@@ -2,7 +2,9 @@ import { TypeBoxValidatorCompiler, type TypeBoxTypeProvider } from '@fastify/typ
 import { Type } from '@sinclair/typebox'
 import type { FastifyInstance, FastifyPluginAsync } from 'fastify'
 import { CloseCode, errors } from '../errors.js'
+import type { Metrics } from '../metrics.js'
 import type { ResolvedOptions } from '../options.js'
+import { adminPage } from './admin-page.js'
 import type { Room } from '../room/room.js'
 import type { RoomManager } from '../room/room-manager.js'
 import { ErrorReply, PermissionsBody, RoomInfo, RoomParams, SessionInfo, SessionParams, Snapshot, replyError } from './schemas.js'
@@ -11,6 +13,9 @@ import { ErrorReply, PermissionsBody, RoomInfo, RoomParams, SessionInfo, Session
 export interface AdminRouteOptions {
   admin: NonNullable<ResolvedOptions['admin']>
   manager: RoomManager
+  /** Prometheus metrics, served at `metricsPath` when given. */
+  metrics?: Metrics | undefined
+  metricsPath?: string | undefined
 }
 
 const tags = ['canvas-store admin']
@@ -21,7 +26,7 @@ const notFound = { 404: ErrorReply }
  * (`onRequest`, then `preHandler`), so an unauthenticated request never
  * reaches a handler.
  */
-export const adminRoutes: FastifyPluginAsync<AdminRouteOptions> = async (fastify: FastifyInstance, { admin, manager }) => {
+export const adminRoutes: FastifyPluginAsync<AdminRouteOptions> = async (fastify: FastifyInstance, { admin, manager, metrics, metricsPath }) => {
   const app = fastify.withTypeProvider<TypeBoxTypeProvider>()
   app.setErrorHandler(replyError)
   // TypeBox's own checker: unlike Fastify's default Ajv setup it refuses extra
@@ -84,6 +89,23 @@ export const adminRoutes: FastifyPluginAsync<AdminRouteOptions> = async (fastify
     request.log.info({ roomId, sessionId }, 'session disconnected by an administrator')
     return reply.code(204).send(null)
   })
+
+  if (metrics !== undefined && metricsPath !== undefined) {
+    app.get(metricsPath, {
+      schema: { tags, summary: 'Prometheus metrics (text exposition format)', produces: ['text/plain'] }
+    }, async (_request, reply) => {
+      reply.type(metrics.registry.contentType)
+      return await metrics.registry.metrics()
+    })
+  }
+
+  if (admin.page !== undefined) {
+    const html = adminPage(admin.prefix)
+    app.get(admin.page, { schema: { hide: true } }, async (_request, reply) => {
+      reply.type('text/html; charset=utf-8').header('content-security-policy', "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'")
+      return html
+    })
+  }
 
   app.get('/rooms/:roomId/snapshot', {
     schema: {

@@ -1,10 +1,12 @@
+import rateLimit from '@fastify/rate-limit'
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
 import type { FastifyInstance, FastifyPluginAsync } from 'fastify'
 import type { RawData, WebSocket } from 'ws'
-import { CloseCode, closeReason } from '../errors.js'
+import { CloseCode, closeReason, errors } from '../errors.js'
 import type { AuthorizeResult, ResolvedOptions } from '../options.js'
 import { refusal, type Room, type RoomOptions } from '../room/room.js'
-import type { RoomManager } from '../room/room-manager.js'
+import { RoomLimitError, type RoomManager } from '../room/room-manager.js'
+import { corkingSocket } from './cork.js'
 import { ConnectQuery, replyError } from './schemas.js'
 
 /** What the WebSocket route needs from the plugin. */
@@ -17,6 +19,8 @@ export interface WsRouteOptions {
   sockets: Set<WebSocket>
   /** True once the server is shutting down: new sockets are turned away. */
   draining: () => boolean
+  /** Counts closes by code, when metrics are on. */
+  metrics?: { closed(code: number): void } | undefined
 }
 
 /**
@@ -24,23 +28,51 @@ export interface WsRouteOptions {
  * authorizes and loads the room while queueing, in order and with a bound,
  * the frames the client sends meanwhile.
  */
-export const wsRoutes: FastifyPluginAsync<WsRouteOptions> = async (fastify: FastifyInstance, { options, manager, roomOptions, sockets, draining }) => {
+export const wsRoutes: FastifyPluginAsync<WsRouteOptions> = async (fastify: FastifyInstance, { options, manager, roomOptions, sockets, draining, metrics }) => {
   const app = fastify.withTypeProvider<TypeBoxTypeProvider>()
   app.setErrorHandler(replyError)
   const authorize = options.authorize ?? (() => ({ permissions: 'readwrite' as const }))
+  const limit = options.connectionRateLimit
+  if (limit !== false) {
+    // Scoped to this child plugin: only the upgrade route is limited, before the upgrade (HTTP 429).
+    await app.register(rateLimit, {
+      global: false,
+      errorResponseBuilder: (_request, context) => new errors.TOO_MANY_CONNECTIONS(context.after)
+    })
+  }
+
+  // Heartbeat: one timer for every socket. A socket that did not answer the previous ping is cut.
+  const alive = new WeakMap<WebSocket, boolean>()
+  if (options.heartbeatInterval > 0) {
+    const timer = setInterval(() => {
+      for (const socket of sockets) {
+        if (alive.get(socket) === false) {
+          socket.terminate()
+          continue
+        }
+        alive.set(socket, false)
+        socket.ping()
+      }
+    }, options.heartbeatInterval)
+    timer.unref()
+    app.addHook('onClose', async () => clearInterval(timer))
+  }
 
   app.get(options.path, {
     websocket: true,
-    schema: { querystring: ConnectQuery, hide: true }
+    schema: { querystring: ConnectQuery, hide: true },
+    config: limit === false ? {} : { rateLimit: { max: limit.max, timeWindow: limit.timeWindow, allowList: limit.allowList } }
   }, (socket, request) => {
     const { roomId, clientId } = request.query
     const token = request.query.token ?? ''
     const log = request.log.child({ roomId, clientId })
-    if (draining()) {
-      socket.close(CloseCode.GOING_AWAY, 'Server shutting down')
+    if (draining() || manager.draining) {
+      socket.close(CloseCode.TRY_AGAIN_LATER, 'Server restarting: try again')
       return
     }
     sockets.add(socket)
+    alive.set(socket, true)
+    socket.on('pong', () => alive.set(socket, true))
 
     let room: Room | undefined
     let sessionId: string | undefined
@@ -67,7 +99,8 @@ export const wsRoutes: FastifyPluginAsync<WsRouteOptions> = async (fastify: Fast
       }
       queue.push(data)
     })
-    socket.on('close', () => {
+    socket.on('close', (code: number) => {
+      metrics?.closed(code)
       closed = true
       queue = null
       sockets.delete(socket)
@@ -93,14 +126,23 @@ export const wsRoutes: FastifyPluginAsync<WsRouteOptions> = async (fastify: Fast
       try {
         loaded = await manager.getOrCreateRoom(roomId, roomOptions(roomId))
       } catch (err) {
+        if (err instanceof RoomLimitError) {
+          log.warn('room refused: the server is at its maxRooms limit')
+          socket.close(CloseCode.TRY_AGAIN_LATER, 'Server at capacity')
+          return
+        }
         log.error({ err }, 'could not load the room')
         socket.close(CloseCode.INTERNAL_ERROR, 'Could not load the room')
         return
       }
       // Checked in the same turn as the connect, so the room cannot be unloaded in between.
       if (closed) return
+      if (manager.draining) {
+        socket.close(CloseCode.TRY_AGAIN_LATER, 'Server restarting: try again')
+        return
+      }
       room = loaded
-      sessionId = room.handleSocketConnect({ socket, clientId, permissions: result.permissions, metadata: result.metadata })
+      sessionId = room.handleSocketConnect({ socket: corkingSocket(socket), clientId, permissions: result.permissions, metadata: result.metadata })
       log.debug({ sessionId }, 'session joined')
       const pending = queue ?? []
       queue = null

@@ -91,6 +91,12 @@ export class PostgresStorage implements RoomStore {
     }
   }
 
+  /** Checks that the database answers. */
+  async ping (): Promise<void> {
+    this.#assertOpen()
+    await this.#pool.query('SELECT 1')
+  }
+
   /** Reads a room; null when it was never written. */
   async load (roomId: string): Promise<RoomSnapshot | null> {
     this.#assertOpen()

@@ -135,6 +135,12 @@ export class SqliteStorage implements RoomStore {
     }
   }
 
+  /** Checks that the database answers. */
+  async ping (): Promise<void> {
+    this.#assertOpen()
+    this.#db.prepare('SELECT 1').get()
+  }
+
   /** Reads a room; null when it was never written. */
   load (roomId: string): RoomSnapshot | null {
     this.#assertOpen()

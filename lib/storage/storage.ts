@@ -60,4 +60,6 @@ export type CreateStorage = (roomId: string) => Storage
 /** One store for every room (SQLite, PostgreSQL): hands out each room's storage. */
 export interface RoomStore {
   forRoom(roomId: string): Storage
+  /** Resolves when the store can be reached (used by the readiness route); rejects otherwise. */
+  ping?(): Promise<void>
 }

@@ -1,0 +1,54 @@
+import { Counter, Gauge, Histogram, Registry } from 'prom-client'
+import type { RoomManager } from './room/room-manager.js'
+import type { RoomObserver } from './room/session.js'
+
+/**
+ * Prometheus metrics of one plugin instance, in a registry of its own (so
+ * two instances, or the app's own default registry, never collide).
+ */
+export class Metrics implements RoomObserver {
+  readonly registry = new Registry()
+  readonly #framesIn = new Counter({ name: 'canvas_store_frames_in_total', help: 'Client frames received, by type (patch, reconnect, auth-refresh, invalid, ignored, version-mismatch)', labelNames: ['type'] as const, registers: [this.registry] })
+  readonly #bytesIn = new Counter({ name: 'canvas_store_bytes_in_total', help: 'Bytes of client frames received', registers: [this.registry] })
+  readonly #framesOut = new Counter({ name: 'canvas_store_frames_out_total', help: 'Frames sent to clients', registers: [this.registry] })
+  readonly #bytesOut = new Counter({ name: 'canvas_store_bytes_out_total', help: 'Bytes of frames sent to clients', registers: [this.registry] })
+  readonly #apply = new Histogram({ name: 'canvas_store_frame_apply_seconds', help: 'Time to handle one client frame', buckets: [0.00001, 0.00005, 0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1], registers: [this.registry] })
+  readonly #storageWrite = new Histogram({ name: 'canvas_store_storage_write_seconds', help: 'Time of one storage write (append batch or snapshot save)', buckets: [0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5], registers: [this.registry] })
+  readonly #storageFailures = new Counter({ name: 'canvas_store_storage_write_failures_total', help: 'Storage writes that failed (they are retried)', registers: [this.registry] })
+  readonly #presenceDropped = new Counter({ name: 'canvas_store_presence_dropped_total', help: 'Presence frames not sent to a slow session (it gets fresh presence once it catches up)', registers: [this.registry] })
+  readonly #closes = new Counter({ name: 'canvas_store_closes_total', help: 'WebSocket closes, by close code', labelNames: ['code'] as const, registers: [this.registry] })
+
+  constructor (manager: RoomManager) {
+    const rooms = (): ReturnType<RoomManager['getRooms']> => manager.getRooms()
+    /* eslint-disable no-new */
+    new Gauge({ name: 'canvas_store_rooms', help: 'Rooms loaded', registers: [this.registry], collect () { this.set(manager.getRoomIds().length) } })
+    new Gauge({ name: 'canvas_store_sessions', help: 'Sessions connected', registers: [this.registry], collect () { this.set(rooms().reduce((n, r) => n + r.sessionCount, 0)) } })
+    new Gauge({ name: 'canvas_store_document_keys', help: 'Document keys held by loaded rooms, tombstones included', registers: [this.registry], collect () { this.set(rooms().reduce((n, r) => n + r.documentSize, 0)) } })
+    new Gauge({ name: 'canvas_store_acks_waiting', help: 'Frames (acks, broadcasts) waiting for a durable write to commit', registers: [this.registry], collect () { this.set(manager.getPendingMessages()) } })
+    /* eslint-enable no-new */
+  }
+
+  frameIn (type: string, bytes: number, seconds: number): void {
+    this.#framesIn.inc({ type })
+    this.#bytesIn.inc(bytes)
+    this.#apply.observe(seconds)
+  }
+
+  frameOut (bytes: number): void {
+    this.#framesOut.inc()
+    this.#bytesOut.inc(bytes)
+  }
+
+  presenceDropped (): void {
+    this.#presenceDropped.inc()
+  }
+
+  storageWrite (seconds: number, ok: boolean): void {
+    this.#storageWrite.observe(seconds)
+    if (!ok) this.#storageFailures.inc()
+  }
+
+  closed (code: number): void {
+    this.#closes.inc({ code: String(code) })
+  }
+}

@@ -1,0 +1,100 @@
+import type { Patch } from '../protocol/types.js'
+
+/** Bounds on what one room accepts. Every field optional; see {@link DEFAULT_LIMITS}. */
+export interface RoomLimits {
+  /** Most patches in one frame's `documentPatches` or `ephemeralPatches`. */
+  maxPatchesPerFrame: number
+  /** Most keys in one frame, document and ephemeral patches together. */
+  maxKeysPerFrame: number
+  /** Most document keys a room holds, tombstones included. */
+  maxDocumentKeys: number
+  /** Most presence (ephemeral) keys one client holds. */
+  maxEphemeralKeys: number
+  /** Most sessions in one room; one more is refused with 1013. */
+  maxSessions: number
+}
+
+export const DEFAULT_LIMITS: RoomLimits = {
+  maxPatchesPerFrame: 1000,
+  maxKeysPerFrame: 50_000,
+  maxDocumentKeys: 1_000_000,
+  maxEphemeralKeys: 1000,
+  maxSessions: 1000
+}
+
+/** Frame and byte rates allowed per session (token buckets). */
+export interface RateLimit {
+  /** Sustained frames per second. */
+  framesPerSecond: number
+  /** Frames allowed in a burst above the sustained rate. */
+  burstFrames: number
+  /** Sustained bytes per second. */
+  bytesPerSecond: number
+  /** Bytes allowed in a burst. Must be at least the largest frame you accept. */
+  burstBytes: number
+  /** Refused frames in a row after which the session is closed with 4429. */
+  closeAfter: number
+}
+
+export const DEFAULT_RATE_LIMIT: RateLimit = {
+  framesPerSecond: 200,
+  burstFrames: 400,
+  bytesPerSecond: 4 * 1024 * 1024,
+  burstBytes: 16 * 1024 * 1024,
+  closeAfter: 100
+}
+
+/** When a session's socket cannot keep up with what the room sends it. */
+export interface SlowClientPolicy {
+  /** Above this many unsent bytes, presence frames to the session are dropped (it gets fresh presence once it catches up). */
+  softBytes: number
+  /** Above this many unsent bytes the session is closed (4002); its client reconnects and the diff catches it up. */
+  hardBytes: number
+  /** A session above `softBytes` for this long (ms) is closed too. */
+  maxSlowMs: number
+}
+
+export const DEFAULT_SLOW_CLIENT: SlowClientPolicy = {
+  softBytes: 1024 * 1024,
+  hardBytes: 64 * 1024 * 1024,
+  maxSlowMs: 30_000
+}
+
+/** Two token buckets (frames and bytes) of one session. */
+export class TokenBucket {
+  #frames: number
+  #bytes: number
+  #last: number
+  readonly #limit: RateLimit
+
+  constructor (limit: RateLimit, now: number) {
+    this.#limit = limit
+    this.#frames = limit.burstFrames
+    this.#bytes = limit.burstBytes
+    this.#last = now
+  }
+
+  /** Takes one frame of `bytes`; false when either bucket is empty (nothing is taken then). */
+  take (bytes: number, now: number): boolean {
+    const elapsed = (now - this.#last) / 1000
+    this.#last = now
+    const limit = this.#limit
+    this.#frames = Math.min(limit.burstFrames, this.#frames + elapsed * limit.framesPerSecond)
+    this.#bytes = Math.min(limit.burstBytes, this.#bytes + elapsed * limit.bytesPerSecond)
+    if (this.#frames < 1 || this.#bytes < bytes) return false
+    this.#frames -= 1
+    this.#bytes -= bytes
+    return true
+  }
+}
+
+/** Number of keys across patches, stopping early once past `max`. */
+export function countKeys (patches: readonly Patch[] | undefined, max: number): number {
+  if (patches === undefined) return 0
+  let n = 0
+  for (const patch of patches) {
+    n += Object.keys(patch).length
+    if (n > max) return n
+  }
+  return n
+}

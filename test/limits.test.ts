@@ -1,0 +1,274 @@
+import type { FastifyInstance } from 'fastify'
+import t, { type Test } from 'tap'
+import type { CanvasStoreOptions, Room } from '../lib/index.js'
+import { build, connect, Peer } from './helper.js'
+
+const CLIENT_COUNT = (count: number) => (f: any) => f.type === 'clientCount' && f.count === count
+const ACK = (messageId: string) => (f: any) => f.type === 'ack' && f.messageId === messageId
+
+function roomOf (app: FastifyInstance, roomId = 'r'): Room {
+  const room = app.canvasStore.getExistingRoom(roomId)
+  if (room === undefined) throw new Error(`room ${roomId} is not loaded`)
+  return room
+}
+
+/** The room's document state as plain JSON (the live one has prototype-less records). */
+function stateOf (app: FastifyInstance, roomId = 'r'): any {
+  return JSON.parse(JSON.stringify(roomOf(app, roomId).getSnapshot().state))
+}
+
+/** Sends a patch frame and waits for its ack. */
+async function write (peer: Peer, messageId: string, documentPatches?: unknown[], ephemeralPatches?: unknown[]): Promise<any> {
+  const ack = peer.next(ACK(messageId), peer.frames.length)
+  peer.send({ type: 'patch', messageId, documentPatches, ephemeralPatches })
+  return ack
+}
+
+/**
+ * Sends a patch frame that the server refuses and returns the frames it
+ * answered with: ack, error and, when the frame had document patches, the
+ * corrective patch (the last frame the server sends for a refusal).
+ */
+async function refused (peer: Peer, messageId: string, documentPatches?: unknown[], ephemeralPatches?: unknown[]): Promise<any[]> {
+  const from = peer.frames.length
+  const last = documentPatches === undefined
+    ? peer.next((f) => f.type === 'error' && f.messageId === messageId, from)
+    : peer.next((f) => f.type === 'patch' && f.clientId === '', from)
+  peer.send({ type: 'patch', messageId, documentPatches, ephemeralPatches })
+  await last
+  return peer.frames.slice(from)
+}
+
+/** Connects, waits for the clientCount that includes this peer, and sends `reconnect`. */
+async function joined (app: FastifyInstance, clientId: string, count: number, roomId = 'r'): Promise<Peer> {
+  const peer = await connect(app, { roomId, clientId })
+  const first = await peer.next((f) => f.type === 'clientCount')
+  if (first.count !== count) throw new Error(`${clientId} joined with clientCount ${first.count}, expected ${count}`)
+  await peer.join()
+  return peer
+}
+
+/**
+ * Asserts that `peer` received nothing since `from`: it writes a probe
+ * (presence only) and checks that the probe's ack is the only new frame.
+ * The server handled whatever was sent before the probe first, so a
+ * broadcast would have arrived before the ack.
+ */
+async function receivedNothing (t: Test, peer: Peer, from: number, probe: string): Promise<void> {
+  const ack = await write(peer, probe, undefined, [{ [`probe/${probe}`]: { _exists: true } }])
+  t.strictSame(peer.frames.slice(from), [ack], 'nothing broadcast')
+}
+
+const FRAME_TOO_LARGE = 'CANVAS_STORE_FRAME_TOO_LARGE'
+const DOCUMENT_FULL = 'CANVAS_STORE_DOCUMENT_FULL'
+const PRESENCE_FULL = 'CANVAS_STORE_PRESENCE_FULL'
+
+const small: CanvasStoreOptions = { limits: { maxPatchesPerFrame: 2, maxKeysPerFrame: 3 } }
+
+t.test('maxPatchesPerFrame: ack, FRAME_TOO_LARGE error and corrective patch; nothing applied or broadcast; the connection stays up', async (t) => {
+  const app = await build(t, small)
+  const a = await joined(app, 'a', 1)
+  const b = await joined(app, 'b', 2)
+  t.equal((await write(a, 'm1', [{ 'e1/A': { _exists: true, v: 1 } }])).timestamp, 1)
+  await b.next((f) => f.type === 'patch' && f.clientId === 'a')
+  const fromB = b.frames.length
+
+  const frames = await refused(a, 'm2', [{ 'e1/A': { v: 2 } }, { 'e2/A': { _exists: true, v: 2 } }, { 'e3/A': { _exists: true } }])
+  t.strictSame(frames[0], { type: 'ack', messageId: 'm2', timestamp: 1 }, 'acked with the unchanged counter')
+  t.match(frames[1], { type: 'error', code: FRAME_TOO_LARGE, messageId: 'm2', message: String })
+  t.strictSame(frames[2], {
+    type: 'patch',
+    clientId: '',
+    documentPatches: [{ 'e1/A': { _exists: true, v: 1 }, 'e2/A': { _exists: false }, 'e3/A': { _exists: false } }],
+    timestamp: 1
+  }, 'the server\'s values of every touched key, tombstones where it has none')
+  t.equal(frames.length, 3)
+  t.strictSame(stateOf(app), { 'e1/A': { _exists: true, v: 1 } }, 'nothing applied')
+  t.equal(roomOf(app).timestamp, 1, 'the counter did not move')
+
+  const eph = await refused(a, 'm3', undefined, [{ 'c/1': { _exists: true } }, { 'c/2': { _exists: true } }, { 'c/3': { _exists: true } }])
+  t.strictSame(eph.map((f) => [f.type, f.code, f.messageId]), [['ack', undefined, 'm3'], ['error', FRAME_TOO_LARGE, 'm3']], 'too many ephemeral patches: refused, no corrective')
+
+  await receivedNothing(t, b, fromB, 'probe')
+  t.equal((await write(a, 'm4', [{ 'e1/A': { v: 4 } }, { 'e2/A': { _exists: true, v: 4 } }])).timestamp, 2, 'still connected; a frame within the limit is applied')
+  t.match(await b.next((f) => f.type === 'patch' && f.clientId === 'a', fromB), { timestamp: 2, documentPatches: [{ 'e1/A': { v: 4 } }, { 'e2/A': { _exists: true, v: 4 } }] })
+  await Promise.all([a.close(), b.close()])
+})
+
+t.test('maxKeysPerFrame: document and ephemeral keys counted together; refused like an oversized frame', async (t) => {
+  const app = await build(t, small)
+  const a = await joined(app, 'a', 1)
+  const b = await joined(app, 'b', 2)
+  const fromB = b.frames.length
+
+  const frames = await refused(a, 'm1', [{ k1: { _exists: true }, k2: { _exists: true }, k3: { _exists: true }, k4: { _exists: true } }])
+  t.strictSame(frames, [
+    { type: 'ack', messageId: 'm1', timestamp: 0 },
+    { type: 'error', code: FRAME_TOO_LARGE, message: frames[1].message, messageId: 'm1' },
+    { type: 'patch', clientId: '', documentPatches: [{ k1: { _exists: false }, k2: { _exists: false }, k3: { _exists: false }, k4: { _exists: false } }], timestamp: 0 }
+  ])
+
+  const mixed = await refused(a, 'm2', [{ k1: { _exists: true }, k2: { _exists: true } }], [{ 'c/1': { _exists: true }, 'c/2': { _exists: true } }])
+  t.strictSame(mixed.map((f) => [f.type, f.code]), [['ack', undefined], ['error', FRAME_TOO_LARGE], ['patch', undefined]], '2 document + 2 ephemeral keys > 3')
+  t.strictSame(mixed[2].documentPatches, [{ k1: { _exists: false }, k2: { _exists: false } }], 'the corrective covers the document keys')
+
+  t.strictSame(stateOf(app), {}, 'nothing applied')
+  t.equal(roomOf(app).timestamp, 0)
+  await receivedNothing(t, b, fromB, 'probe')
+  const ack = await write(a, 'm3', [{ k1: { _exists: true }, k2: { _exists: true } }], [{ 'c/1': { _exists: true } }])
+  t.equal(ack.timestamp, 1, 'exactly 3 keys: applied; the connection stayed up')
+  await Promise.all([a.close(), b.close()])
+})
+
+t.test('maxDocumentKeys: a full document still takes updates and deletions of its keys, but not a frame adding keys', async (t) => {
+  const app = await build(t, { limits: { maxDocumentKeys: 3 } })
+  const a = await joined(app, 'a', 1)
+  const b = await joined(app, 'b', 2)
+  t.equal((await write(a, 'm1', [{ k1: { _exists: true, v: 1 }, k2: { _exists: true, v: 1 } }])).timestamp, 1)
+
+  let fromB = b.frames.length
+  const tooMany = await refused(a, 'm2', [{ k3: { _exists: true, v: 2 }, k4: { _exists: true, v: 2 } }])
+  t.strictSame(tooMany.map((f) => [f.type, f.code, f.messageId]), [['ack', undefined, 'm2'], ['error', DOCUMENT_FULL, 'm2'], ['patch', undefined, undefined]], '2 keys + 2 new > 3')
+  t.strictSame(tooMany[2].documentPatches, [{ k3: { _exists: false }, k4: { _exists: false } }])
+  await receivedNothing(t, b, fromB, 'probe1')
+
+  t.equal((await write(a, 'm3', [{ k3: { _exists: true, v: 3 } }])).timestamp, 2, 'the third key fits')
+  t.equal(roomOf(app).documentSize, 3)
+  t.equal((await write(a, 'm4', [{ k1: { v: 4 } }, { k2: { _exists: false } }])).timestamp, 3, 'full: an update and a deletion of existing keys are applied')
+  t.match(await b.next((f) => f.type === 'patch' && f.clientId === 'a' && f.timestamp === 3), { documentPatches: [{ k1: { v: 4 } }, { k2: { _exists: false } }] }, 'and broadcast')
+
+  fromB = b.frames.length
+  const full = await refused(a, 'm5', [{ k1: { v: 5 } }, { k4: { _exists: true, v: 5 } }])
+  t.strictSame(full, [
+    { type: 'ack', messageId: 'm5', timestamp: 3 },
+    { type: 'error', code: DOCUMENT_FULL, message: full[1].message, messageId: 'm5' },
+    { type: 'patch', clientId: '', documentPatches: [{ k1: { _exists: true, v: 4 }, k4: { _exists: false } }], timestamp: 3 }
+  ], 'one new key refuses the whole frame, its update included')
+  t.strictSame(stateOf(app), { k1: { _exists: true, v: 4 }, k2: { _exists: false }, k3: { _exists: true, v: 3 } }, 'not applied; the tombstone still counts as a key')
+  t.equal(roomOf(app).timestamp, 3)
+  await receivedNothing(t, b, fromB, 'probe2')
+  t.equal((await write(a, 'm6', [{ k2: { _exists: true, v: 6 } }])).timestamp, 4, 'recreating a tombstoned key adds no key')
+  await Promise.all([a.close(), b.close()])
+})
+
+t.test('maxEphemeralKeys: PRESENCE_FULL past the limit; updates and deletions of presence keys still allowed', async (t) => {
+  const app = await build(t, { limits: { maxEphemeralKeys: 2 } })
+  const a = await joined(app, 'a', 1)
+  const b = await joined(app, 'b', 2)
+  await write(a, 'm1', undefined, [{ 'cursor/a': { _exists: true, x: 1 }, 'sel/a': { _exists: true, ids: [] } }])
+  await b.next((f) => f.type === 'patch' && f.clientId === 'a')
+
+  let fromB = b.frames.length
+  const frames = await refused(a, 'm2', undefined, [{ 'hover/a': { _exists: true } }])
+  t.strictSame(frames, [
+    { type: 'ack', messageId: 'm2', timestamp: 0 },
+    { type: 'error', code: PRESENCE_FULL, message: frames[1].message, messageId: 'm2' }
+  ], 'a third presence key: ack and error, no corrective')
+  const mixed = await refused(a, 'm3', [{ 'e1/A': { _exists: true } }], [{ 'hover/a': { _exists: true } }])
+  t.strictSame(mixed.map((f) => [f.type, f.code]), [['ack', undefined], ['error', PRESENCE_FULL], ['patch', undefined]], 'a frame with document patches too: all refused, with a corrective')
+  t.strictSame(stateOf(app), {}, 'its document patch was not applied')
+  await receivedNothing(t, b, fromB, 'probe1')
+
+  fromB = b.frames.length
+  await write(a, 'm4', undefined, [{ 'cursor/a': { x: 2 } }])
+  t.strictSame(await b.next((f) => f.type === 'patch' && f.clientId === 'a', fromB), { type: 'patch', clientId: 'a', ephemeralPatches: [{ 'cursor/a': { x: 2 } }] }, 'full: an update passes')
+  fromB = b.frames.length
+  const del = await write(a, 'm5', undefined, [{ 'sel/a': { _exists: false } }])
+  t.equal(del.type, 'ack')
+  t.strictSame(await b.next((f) => f.type === 'patch' && f.clientId === 'a', fromB), { type: 'patch', clientId: 'a', ephemeralPatches: [{ 'sel/a': { _exists: false } }] }, 'full: a deletion passes')
+  t.notOk(a.frames.some((f) => f.type === 'error' && (f.messageId === 'm4' || f.messageId === 'm5')))
+  fromB = b.frames.length
+  await write(a, 'm6', undefined, [{ 'hover/a': { _exists: true } }])
+  t.strictSame(await b.next((f) => f.type === 'patch' && f.clientId === 'a', fromB), { type: 'patch', clientId: 'a', ephemeralPatches: [{ 'hover/a': { _exists: true } }] }, 'after the deletion a new key fits again')
+
+  const c = await joined(app, 'c', 3)
+  const presence = c.frames.find((f) => f.type === 'patch' && f.clientId === '')
+  t.strictSame(Object.keys(presence.ephemeralPatches[0]).filter((k) => k.endsWith('/a')).sort(), ['cursor/a', 'hover/a'], 'the room holds exactly the accepted presence of a')
+  await Promise.all([a.close(), b.close(), c.close()])
+})
+
+t.test('limits on a reconnect carrying patches: error and corrective for the refused part, still ending with synced', async (t) => {
+  const app = await build(t, small)
+  const w = await joined(app, 'w', 1)
+  await write(w, 'm1', [{ 'e1/A': { _exists: true, v: 1 } }])
+  const b = await joined(app, 'b', 2)
+
+  const a = await connect(app, { roomId: 'r', clientId: 'a' })
+  await a.next(CLIENT_COUNT(3))
+  await b.next(CLIENT_COUNT(3))
+  const fromB = b.frames.length
+  const from = a.frames.length
+  const synced = await a.join(0, { documentPatches: [{ 'e1/A': { v: 9 } }, { 'e2/A': { _exists: true } }, { 'e3/A': { _exists: true } }] })
+  const frames = a.frames.slice(from)
+  t.match(frames[0], { type: 'error', code: FRAME_TOO_LARGE, message: String })
+  t.notOk('messageId' in frames[0], 'a reconnect has no messageId')
+  t.strictSame(frames[1], {
+    type: 'patch',
+    clientId: '',
+    documentPatches: [{ 'e1/A': { _exists: true, v: 1 }, 'e2/A': { _exists: false }, 'e3/A': { _exists: false } }],
+    timestamp: 1
+  }, 'corrective')
+  t.strictSame(frames[2], { type: 'patch', clientId: '', documentPatches: [{ 'e1/A': { _exists: true, v: 1 } }], timestamp: 1 }, 'the diff since 0')
+  t.strictSame(frames[3], { type: 'synced', timestamp: 1 })
+  t.equal(frames.length, 4)
+  t.equal(synced.timestamp, 1)
+  t.strictSame(stateOf(app), { 'e1/A': { _exists: true, v: 1 } }, 'nothing applied')
+
+  const fromA = a.frames.length
+  const synced2 = await a.join(1, { ephemeralPatches: [{ 'c/1': { _exists: true }, 'c/2': { _exists: true }, 'c/3': { _exists: true }, 'c/4': { _exists: true } }] })
+  t.strictSame(a.frames.slice(fromA).map((f) => [f.type, f.code]), [['error', FRAME_TOO_LARGE], ['synced', undefined]], 'too many presence keys on a reconnect: error, no corrective, still synced')
+  t.equal(synced2.timestamp, 1)
+
+  await receivedNothing(t, b, fromB, 'probe')
+  t.equal((await write(a, 'm2', [{ 'e2/A': { _exists: true } }])).timestamp, 2, 'the session works afterwards')
+  await Promise.all([a.close(), b.close(), w.close()])
+})
+
+t.test('maxSessions: one more socket is closed with 1013 Room is full; the others are untouched', async (t) => {
+  const app = await build(t, { limits: { maxSessions: 2 } })
+  const a = await joined(app, 'a', 1)
+  const b = await joined(app, 'b', 2)
+  const fromA = a.frames.length
+  const fromB = b.frames.length
+
+  const c = await connect(app, { roomId: 'r', clientId: 'c' })
+  t.strictSame(await c.closed, { code: 1013, reason: 'Room is full' })
+  t.strictSame(c.frames, [], 'the refused socket got no frame')
+  t.equal(roomOf(app).getSessionCount(), 2)
+  await receivedNothing(t, a, fromA, 'probe-a')
+  t.equal((await write(a, 'm1', [{ 'e1/A': { _exists: true } }])).timestamp, 1)
+  t.match(await b.next((f) => f.type === 'patch' && f.clientId === 'a' && f.documentPatches !== undefined, fromB), { timestamp: 1 }, 'the room keeps working')
+  t.notOk(b.frames.some((f) => f.type === 'clientCount' && f.count !== 2), 'no clientCount change seen by the others')
+
+  // Freed by the server: an injectWS socket's own close reaches the server only after ws's 30 s timer.
+  const sessionA = roomOf(app).getSessions().find((s) => s.clientId === 'a')!.sessionId
+  roomOf(app).disconnectSession(sessionA)
+  await b.next(CLIENT_COUNT(1), fromB)
+  const d = await joined(app, 'd', 2)
+  t.pass('a freed place is taken again')
+  await Promise.all([a.closed, b.close(), d.close()])
+})
+
+t.test('maxRooms: a connection needing one more room is closed with 1013 Server at capacity; existing rooms keep working', async (t) => {
+  const app = await build(t, { maxRooms: 2 })
+  const a = await joined(app, 'a', 1, 'r1')
+  const b = await joined(app, 'b', 1, 'r2')
+
+  const c = await connect(app, { roomId: 'r3', clientId: 'c' })
+  t.strictSame(await c.closed, { code: 1013, reason: 'Server at capacity' })
+  t.strictSame(c.frames, [])
+  t.strictSame(app.canvasStore.getRoomIds().sort(), ['r1', 'r2'], 'no third room loaded')
+
+  const a2 = await joined(app, 'a2', 2, 'r1')
+  t.pass('a new connection to a loaded room is accepted')
+  t.equal((await write(a, 'm1', [{ 'e1/A': { _exists: true } }])).timestamp, 1)
+  t.match(await a2.next((f) => f.type === 'patch' && f.clientId === 'a'), { timestamp: 1 })
+  t.equal((await write(b, 'm1', [{ 'e1/B': { _exists: true } }])).timestamp, 1)
+  t.strictSame(stateOf(app, 'r2'), { 'e1/B': { _exists: true } })
+
+  await app.canvasStore.closeRoom('r2')
+  t.equal((await b.closed).code, 1001)
+  const d = await joined(app, 'd', 1, 'r3')
+  t.pass('once a room is unloaded another one can be loaded')
+  await Promise.all([a.close(), a2.close(), d.close()])
+})

@@ -1,0 +1,149 @@
+import t from 'tap'
+import { SqliteStorage, type IncrementalStorage, type RoomStore } from '../lib/index.js'
+import { build, connect, connectReal, listen } from './helper.js'
+
+const bearer = (token: string) => async (request: { headers: Record<string, unknown> }, reply: { code(n: number): { send(b: unknown): Promise<unknown> | unknown } }) => {
+  if (request.headers.authorization !== `Bearer ${token}`) {
+    await reply.code(401).send({ statusCode: 401, code: 'UNAUTHORIZED', error: 'Unauthorized', message: 'no' })
+  }
+}
+
+t.test('health and readiness', async (t) => {
+  let reachable = true
+  const store: RoomStore = {
+    forRoom: () => ({ load: async () => null, save: async () => {} }),
+    ping: async () => { if (!reachable) throw new Error('down') }
+  }
+  const app = await build(t, { storage: store, health: true })
+  t.same((await app.inject('/health')).json(), { status: 'ok' })
+  t.equal((await app.inject('/ready')).statusCode, 200)
+  reachable = false
+  const down = await app.inject('/ready')
+  t.equal(down.statusCode, 503)
+  t.same(down.json(), { status: 'unavailable', reason: 'storage unreachable' })
+  reachable = true
+  await app.canvasStore.drain({ graceMs: 0, jitterMs: 0 })
+  t.same((await app.inject('/ready')).json(), { status: 'unavailable', reason: 'draining' })
+  t.equal((await app.inject('/health')).statusCode, 200, 'still alive while draining')
+})
+
+t.test('health routes are off unless asked, and paths are options', async (t) => {
+  const off = await build(t)
+  t.equal((await off.inject('/health')).statusCode, 404)
+  const moved = await build(t, { health: { healthPath: '/livez', readyPath: '/readyz' } })
+  t.equal((await moved.inject('/livez')).statusCode, 200)
+  t.equal((await moved.inject('/readyz')).statusCode, 200)
+})
+
+t.test('SqliteStorage answers the readiness ping', async (t) => {
+  const storage = new SqliteStorage({ file: ':memory:' })
+  const app = await build(t, { storage, health: true })
+  t.equal((await app.inject('/ready')).statusCode, 200)
+  await storage.close()
+  t.equal((await app.inject('/ready')).statusCode, 503, 'a closed database is not ready')
+})
+
+t.test('metrics: behind the admin hooks, counting frames, sessions and closes', async (t) => {
+  const app = await build(t, { admin: { onRequest: bearer('s3cret'), prefix: '/admin' }, metrics: true })
+  t.equal((await app.inject('/admin/metrics')).statusCode, 401, 'refused without the hook')
+  const a = await connect(app, { roomId: 'r', clientId: 'a' })
+  await a.join()
+  const ack = a.nextOfType('ack')
+  a.send({ type: 'patch', messageId: 'm1', documentPatches: [{ k: { _exists: true } }] })
+  await ack
+  a.send('not json')
+  const res = await app.inject({ url: '/admin/metrics', headers: { authorization: 'Bearer s3cret' } })
+  t.equal(res.statusCode, 200)
+  t.match(res.headers['content-type'], /^text\/plain/)
+  const body = res.body
+  t.match(body, /canvas_store_rooms 1/)
+  t.match(body, /canvas_store_sessions 1/)
+  t.match(body, /canvas_store_document_keys 1/)
+  t.match(body, /canvas_store_frames_in_total\{type="reconnect"\} 1/)
+  t.match(body, /canvas_store_frames_in_total\{type="patch"\} 1/)
+  t.match(body, /canvas_store_frame_apply_seconds_count \d+/)
+  t.match(body, /canvas_store_frames_out_total \d+/)
+  t.match(body, /canvas_store_acks_waiting 0/)
+  a.ws.terminate()
+})
+
+t.test('metrics: storage writes and failures, closes by code', async (t) => {
+  let fail = true
+  const storage: IncrementalStorage = {
+    load: async () => null,
+    save: async () => {},
+    append: async () => { if (fail) { fail = false; throw new Error('flaky') } }
+  }
+  const app = await build(t, { createStorage: () => storage, admin: { auth: false }, metrics: true })
+  const base = await listen(app)
+  const a = await connectReal(base, { roomId: 'r', clientId: 'a' })
+  await a.join()
+  const ack = a.nextOfType('ack')
+  a.send({ type: 'patch', messageId: 'm1', documentPatches: [{ k: { _exists: true } }] })
+  await ack
+  await a.close()
+  const body = await new Promise<string>((resolve) => {
+    const poll = async (): Promise<void> => {
+      const text = (await app.inject('/metrics')).body
+      if (/canvas_store_closes_total\{code="1005"\} 1/.test(text)) resolve(text)
+      else setImmediate(poll)
+    }
+    poll()
+  })
+  t.match(body, /canvas_store_storage_write_failures_total 1\n/, 'the failed write is counted')
+  t.match(body, /canvas_store_storage_write_seconds_count 2\n/, 'both writes are timed')
+})
+
+t.test('metrics need admin routes', async (t) => {
+  await t.rejects(build(t, { metrics: true }), { code: 'CANVAS_STORE_INVALID_OPTION', message: /metrics/ })
+})
+
+t.test('OpenAPI: the admin and health routes, with error codes', async (t) => {
+  const app = await build(t, { admin: { auth: false, prefix: '/admin' }, health: true, openapi: true })
+  const spec = (await app.inject('/openapi.json')).json()
+  t.equal(spec.openapi.slice(0, 2), '3.')
+  t.same(Object.keys(spec.paths).sort(), [
+    '/admin/rooms', '/admin/rooms/{roomId}/sessions', '/admin/rooms/{roomId}/sessions/{sessionId}', '/admin/rooms/{roomId}/snapshot', '/health', '/ready'
+  ])
+  const patch = spec.paths['/admin/rooms/{roomId}/sessions/{sessionId}'].patch
+  t.ok(patch.requestBody, 'the PATCH body is described')
+  t.ok(patch.responses['404'].content['application/json'].schema.properties.code, 'error replies list code')
+  t.notOk(Object.keys(spec.paths).some((p) => p.startsWith('/sync')), 'the WebSocket route is hidden')
+})
+
+t.test('admin page: behind the hooks, no external assets', async (t) => {
+  const app = await build(t, { admin: { onRequest: bearer('s3cret'), prefix: '/admin', page: true } })
+  t.equal((await app.inject('/admin/ui')).statusCode, 401)
+  const res = await app.inject({ url: '/admin/ui', headers: { authorization: 'Bearer s3cret' } })
+  t.equal(res.statusCode, 200)
+  t.match(res.headers['content-type'], /text\/html/)
+  t.match(res.body, /const base = "\/admin"/)
+  t.notMatch(res.body, /<script src=|<link /, 'self-contained')
+  t.match(String(res.headers['content-security-policy']), /default-src 'self'/)
+  const off = await build(t, { admin: { auth: false } })
+  t.equal((await off.inject('/ui')).statusCode, 404, 'off unless asked')
+})
+
+t.test('drain: new connections get 1013, sessions 1001 within grace+jitter, rooms saved', async (t) => {
+  const saved: string[] = []
+  const app = await build(t, {
+    createStorage: (roomId) => ({ load: async () => null, save: async () => { saved.push(roomId) } }),
+    saveThrottleMs: 60_000
+  })
+  const base = await listen(app)
+  const a = await connectReal(base, { roomId: 'r1', clientId: 'a' })
+  const b = await connectReal(base, { roomId: 'r2', clientId: 'b' })
+  await a.join()
+  await b.join()
+  const ack = a.nextOfType('ack')
+  a.send({ type: 'patch', messageId: 'm1', documentPatches: [{ k: { _exists: true } }] })
+  await ack
+  const drained = app.canvasStore.drain({ graceMs: 20, jitterMs: 50 })
+  t.equal(app.canvasStore.draining, true)
+  const late = await connectReal(base, { roomId: 'r1', clientId: 'late' })
+  t.same(await late.closed, { code: 1013, reason: 'Server restarting: try again' })
+  t.same(await a.closed, { code: 1001, reason: 'Server restarting' })
+  t.same(await b.closed, { code: 1001, reason: 'Server restarting' })
+  await drained
+  t.same(saved, ['r1'], 'the changed room was saved')
+})

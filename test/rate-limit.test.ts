@@ -1,0 +1,238 @@
+import type { FastifyInstance } from 'fastify'
+import t from 'tap'
+import type { Room } from '../lib/index.js'
+import { build, connect, connectReal, listen, Peer } from './helper.js'
+
+const CLIENT_COUNT = (count: number) => (f: any) => f.type === 'clientCount' && f.count === count
+const ACK = (messageId: string) => (f: any) => f.type === 'ack' && f.messageId === messageId
+const RATE_LIMITED = 'CANVAS_STORE_RATE_LIMITED'
+
+function roomOf (app: FastifyInstance, roomId = 'r'): Room {
+  const room = app.canvasStore.getExistingRoom(roomId)
+  if (room === undefined) throw new Error(`room ${roomId} is not loaded`)
+  return room
+}
+
+/** The room's document state as plain JSON. */
+function stateOf (app: FastifyInstance, roomId = 'r'): any {
+  return JSON.parse(JSON.stringify(roomOf(app, roomId).getSnapshot().state))
+}
+
+/** Sends a patch frame and waits for its ack. */
+async function write (peer: Peer, messageId: string, documentPatches?: unknown[], ephemeralPatches?: unknown[]): Promise<any> {
+  const ack = peer.next(ACK(messageId), peer.frames.length)
+  peer.send({ type: 'patch', messageId, documentPatches, ephemeralPatches })
+  return ack
+}
+
+/**
+ * Connects and waits for the clientCount that includes this peer. No
+ * `reconnect` is sent: every frame takes a token, and these tests count them.
+ */
+async function connected (app: FastifyInstance, clientId: string, count: number): Promise<Peer> {
+  const peer = await connect(app, { roomId: 'r', clientId })
+  await peer.next(CLIENT_COUNT(count))
+  return peer
+}
+
+// A refill rate this low keeps the tests independent of how fast the machine is.
+const SLOW_REFILL = 0.001
+
+t.test('rateLimit: in a burst the first burstFrames frames are applied; the rest get ack, RATE_LIMITED and a corrective, and are not applied or broadcast', async (t) => {
+  const app = await build(t, { rateLimit: { framesPerSecond: SLOW_REFILL, burstFrames: 5, closeAfter: 20 } })
+  const a = await connected(app, 'a', 1)
+  const b = await connected(app, 'b', 2)
+  await a.next(CLIENT_COUNT(2))
+  const fromA = a.frames.length
+  const fromB = b.frames.length
+
+  const last = a.next((f) => f.type === 'patch' && f.clientId === '' && f.documentPatches?.[0]?.k9 !== undefined, fromA)
+  for (let i = 0; i < 10; i++) a.send({ type: 'patch', messageId: `m${i}`, documentPatches: [{ [`k${i}`]: { _exists: true, v: i } }] })
+  await last
+
+  const expected: any[] = []
+  for (let i = 0; i < 5; i++) expected.push({ type: 'ack', messageId: `m${i}`, timestamp: i + 1 })
+  for (let i = 5; i < 10; i++) {
+    expected.push(
+      { type: 'ack', messageId: `m${i}`, timestamp: 5 },
+      { type: 'error', code: RATE_LIMITED, message: String, messageId: `m${i}` },
+      { type: 'patch', clientId: '', documentPatches: [{ [`k${i}`]: { _exists: false } }], timestamp: 5 }
+    )
+  }
+  const frames = a.frames.slice(fromA)
+  t.equal(frames.length, expected.length)
+  t.match(frames, expected, 'five applied and acked; five acked, refused and corrected')
+  t.strictSame(Object.keys(stateOf(app)).sort(), ['k0', 'k1', 'k2', 'k3', 'k4'], 'only the first five applied')
+  t.equal(roomOf(app).timestamp, 5)
+
+  // b is not limited: its probe is acked, and before it b saw exactly the five accepted frames.
+  const probe = await write(b, 'probe', undefined, [{ 'cursor/b': { _exists: true } }])
+  const seen = b.frames.slice(fromB)
+  t.strictSame(seen.map((f) => f.type === 'patch' ? Object.keys(f.documentPatches[0])[0] : f.type), ['k0', 'k1', 'k2', 'k3', 'k4', 'ack'], 'b received the five accepted frames only')
+  t.equal(probe.timestamp, 5)
+  await Promise.all([a.close(), b.close()])
+})
+
+t.test('rateLimit: another session in the same room is unaffected', async (t) => {
+  const app = await build(t, { rateLimit: { framesPerSecond: SLOW_REFILL, burstFrames: 5, closeAfter: 20 } })
+  const a = await connected(app, 'a', 1)
+  const b = await connected(app, 'b', 2)
+  await a.next(CLIENT_COUNT(2))
+  for (let i = 0; i < 5; i++) await write(a, `a${i}`, [{ [`a${i}`]: { _exists: true } }])
+  const refused = a.next((f) => f.type === 'error' && f.messageId === 'a5')
+  a.send({ type: 'patch', messageId: 'a5', documentPatches: [{ a5: { _exists: true } }] })
+  t.equal((await refused).code, RATE_LIMITED, 'a is over its rate')
+
+  for (let i = 0; i < 5; i++) {
+    const fromA = a.frames.length
+    const ack = await write(b, `b${i}`, [{ [`b${i}`]: { _exists: true, v: i } }])
+    t.equal(ack.timestamp, 6 + i, `b's frame ${i} applied`)
+    t.match(await a.next((f) => f.type === 'patch' && f.clientId === 'b', fromA), { documentPatches: [{ [`b${i}`]: { v: i } }], timestamp: 6 + i }, 'and broadcast to a')
+  }
+  t.notOk(b.frames.some((f) => f.type === 'error'), 'b never refused')
+  await Promise.all([a.close(), b.close()])
+})
+
+t.test('rateLimit: closeAfter refused frames in a row close the session with 4429', async (t) => {
+  const app = await build(t, { rateLimit: { framesPerSecond: SLOW_REFILL, burstFrames: 5, closeAfter: 20 } })
+  const a = await connected(app, 'a', 1)
+  const b = await connected(app, 'b', 2)
+  const fromB = b.frames.length
+  await write(a, 'cursor', undefined, [{ 'cursor/a': { _exists: true } }])
+  for (let i = 0; i < 30; i++) a.send({ type: 'patch', messageId: `m${i}`, ephemeralPatches: [{ 'cursor/a': { x: i } }] })
+  t.strictSame(await a.closed, { code: 4429, reason: 'Rate limit exceeded' })
+  const errors = a.frames.filter((f) => f.type === 'error')
+  t.equal(errors.length, 20, 'closed at the 20th refused frame in a row')
+  t.ok(errors.every((f) => f.code === RATE_LIMITED))
+  t.equal(errors.at(-1).messageId, 'm23', 'the cursor frame and m0..m3 took the five tokens; m4..m23 were refused')
+  t.equal(a.frames.filter((f) => f.type === 'ack').length, 25, 'every handled frame was acked')
+
+  await b.next(CLIENT_COUNT(1), fromB)
+  t.strictSame(b.frames.slice(fromB).filter((f) => f.clientId === 'a').at(-1), { type: 'patch', clientId: 'a', ephemeralPatches: [{ 'cursor/a': { _exists: false } }] }, 'the others got its presence tombstone')
+  t.equal(roomOf(app).getSessionCount(), 1)
+  await b.close()
+})
+
+t.test('rateLimit: the byte bucket refuses a frame larger than what is left of burstBytes', async (t) => {
+  const app = await build(t, { rateLimit: { bytesPerSecond: SLOW_REFILL, burstBytes: 300 } })
+  const a = await connected(app, 'a', 1)
+  const b = await connected(app, 'b', 2)
+  await a.next(CLIENT_COUNT(2))
+  const fromB = b.frames.length
+  t.equal((await write(a, 'm1', [{ k1: { _exists: true } }])).timestamp, 1, 'a small frame passes')
+
+  const from = a.frames.length
+  const done = a.next((f) => f.type === 'patch' && f.clientId === '', from)
+  a.send({ type: 'patch', messageId: 'big', documentPatches: [{ k2: { _exists: true, text: 'x'.repeat(400) } }] })
+  await done
+  t.match(a.frames.slice(from), [
+    { type: 'ack', messageId: 'big', timestamp: 1 },
+    { type: 'error', code: RATE_LIMITED, messageId: 'big' },
+    { type: 'patch', clientId: '', documentPatches: [{ k2: { _exists: false } }], timestamp: 1 }
+  ])
+  t.equal(a.frames.length - from, 3)
+  t.strictSame(stateOf(app), { k1: { _exists: true } }, 'not applied')
+
+  t.equal((await write(a, 'm3', [{ k3: { _exists: true } }])).timestamp, 2, 'the refused frame took no bytes: a small one still passes')
+  const seen = b.frames.slice(fromB).filter((f) => f.type === 'patch')
+  t.strictSame(seen.map((f) => f.timestamp), [1, 2], 'b saw the two accepted frames, not the big one')
+  await Promise.all([a.close(), b.close()])
+})
+
+t.test('rateLimit: false turns the per-session limit off', async (t) => {
+  const app = await build(t, { rateLimit: false })
+  const a = await connected(app, 'a', 1)
+  const n = 1000 // more than the default burst of 400 frames
+  const last = a.next(ACK(`m${n - 1}`))
+  for (let i = 0; i < n; i++) a.send({ type: 'patch', messageId: `m${i}`, documentPatches: [{ [`k${i % 10}`]: { _exists: true, v: i } }] })
+  t.equal((await last).timestamp, n)
+  t.equal(a.frames.filter((f) => f.type === 'ack').length, n)
+  t.notOk(a.frames.some((f) => f.type === 'error'), 'no frame refused')
+  await a.close()
+})
+
+t.test('connectionRateLimit: past max attempts the upgrade is answered with HTTP 429', async (t) => {
+  const app = await build(t, { connectionRateLimit: { max: 2, timeWindow: 60_000, allowList: [] } })
+  const a = await connected(app, 'a', 1)
+  const b = await connected(app, 'b', 2)
+  await t.rejects(app.injectWS('/sync?roomId=r&clientId=c'), { message: 'Unexpected server response: 429' })
+  t.equal(roomOf(app).getSessionCount(), 2, 'no session for the refused attempt')
+  t.equal((await write(a, 'm1', [{ k: { _exists: true } }])).timestamp, 1, 'the accepted sockets keep working')
+  await Promise.all([a.close(), b.close()])
+})
+
+t.test('connectionRateLimit: real sockets from 127.0.0.1 are limited with an empty allowList', async (t) => {
+  const app = await build(t, { connectionRateLimit: { max: 2, timeWindow: 60_000, allowList: [] } })
+  const base = await listen(app)
+  const a = await connectReal(base, { roomId: 'r', clientId: 'a' })
+  const b = await connectReal(base, { roomId: 'r', clientId: 'b' })
+  await t.rejects(connectReal(base, { roomId: 'r', clientId: 'c' }), { message: 'Unexpected server response: 429' })
+  await Promise.all([a.close(), b.close()])
+})
+
+t.test('connectionRateLimit: with the default allowList, loopback is exempt', async (t) => {
+  const app = await build(t, { connectionRateLimit: { max: 2, timeWindow: 60_000 } })
+  const base = await listen(app)
+  const peers: Peer[] = []
+  for (let i = 0; i < 10; i++) {
+    const peer = await connectReal(base, { roomId: 'r', clientId: `c${i}` })
+    await peer.next(CLIENT_COUNT(i + 1))
+    peers.push(peer)
+  }
+  t.equal(roomOf(app).getSessionCount(), 10, 'ten connections from 127.0.0.1 with max 2')
+  await Promise.all(peers.map((p) => p.close()))
+})
+
+t.test('connectionRateLimit: false turns the connection limit off', async (t) => {
+  const app = await build(t, { connectionRateLimit: false })
+  const n = 130 // more than the default max of 120 (injectWS requests have no loopback address to exempt)
+  const peers: Peer[] = []
+  for (let i = 0; i < n; i++) peers.push(await connect(app, { roomId: `r${i}`, clientId: 'c' }))
+  await Promise.all(peers.map((p) => p.next(CLIENT_COUNT(1))))
+  t.equal(app.canvasStore.getRoomIds().length, n, `${n} connections accepted`)
+})
+
+t.test('rateLimit: a rate-limited reconnect still gets its diff and synced; only its carried patches are refused', async (t) => {
+  const app = await build(t, { rateLimit: { framesPerSecond: SLOW_REFILL, burstFrames: 1, closeAfter: 20 } })
+  const a = await connected(app, 'a', 1)
+  await write(a, 'm1', [{ k: { _exists: true, v: 1 } }])
+  const from = a.frames.length
+  const synced = a.next((f) => f.type === 'synced', from)
+  a.send({ type: 'reconnect', lastTimestamp: 0, protocolVersion: 2, documentPatches: [{ j: { _exists: true } }] })
+  t.same(await synced, { type: 'synced', timestamp: 1 })
+  const types = a.frames.slice(from).map((f) => f.type)
+  t.same(types, ['error', 'patch', 'patch', 'synced'], 'error, corrective, diff, synced')
+  t.equal(a.frames[from].code, RATE_LIMITED)
+  t.same(a.frames[from + 2].documentPatches, [{ k: { _exists: true, v: 1 } }])
+  t.same(stateOf(app), { k: { _exists: true, v: 1 } }, 'the carried patch was not applied')
+})
+
+t.test('rateLimit: frames held during an auth-refresh are rate limited too', async (t) => {
+  let open: () => void = () => {}
+  const gate = new Promise<void>((resolve) => { open = resolve })
+  const app = await build(t, {
+    rateLimit: { framesPerSecond: SLOW_REFILL, burstFrames: 3, closeAfter: 100 },
+    authorize: async ({ request }) => {
+      if (request === undefined) await gate
+      return { permissions: 'readwrite' }
+    }
+  })
+  // Count frames as the server's socket receives them.
+  let received = 0
+  let allIn: () => void = () => {}
+  const arrived = new Promise<void>((resolve) => { allIn = resolve })
+  app.websocketServer.on('connection', (socket) => socket.on('message', () => { if (++received === 6) allIn() }))
+  const a = await connected(app, 'a', 1)
+  const from = a.frames.length
+  a.send({ type: 'auth-refresh', token: 't' })
+  for (let i = 0; i < 5; i++) a.send({ type: 'patch', messageId: `m${i}`, documentPatches: [{ [`k${i}`]: { _exists: true } }] })
+  const lastAck = a.next(ACK('m4'), from)
+  // Every frame reached the server while the refresh was still pending, so all five patches were held.
+  await arrived
+  t.same(a.frames.slice(from), [], 'nothing answered while held')
+  open()
+  await lastAck
+  const errors = a.frames.slice(from).filter((f) => f.type === 'error' && f.code === RATE_LIMITED).map((f) => f.messageId)
+  t.same(errors, ['m2', 'm3', 'm4'], 'the refresh took one token, two patches passed, three were refused')
+  t.same(Object.keys(stateOf(app)).sort(), ['k0', 'k1'])
+})

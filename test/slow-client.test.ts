@@ -1,0 +1,176 @@
+import t from 'tap'
+import { Room, type RoomOptions } from '../lib/index.js'
+
+interface FakeSocket {
+  sent: any[]
+  closes: Array<[number | undefined, string | undefined]>
+  terminated: number
+  readyState: number
+  /** Set by the test: what the slow-client policy reads. */
+  bufferedAmount: number
+  send (data: string): void
+  close (code?: number, reason?: string): void
+  terminate?: () => void
+}
+
+/** A socket double that records what the room sends, synchronously, with a settable bufferedAmount. */
+function fakeSocket ({ terminate = true } = {}): FakeSocket {
+  const socket: FakeSocket = {
+    sent: [],
+    closes: [],
+    terminated: 0,
+    readyState: 1,
+    bufferedAmount: 0,
+    send (data: string) { this.sent.push(JSON.parse(data)) },
+    close (code?: number, reason?: string) { this.closes.push([code, reason]); this.readyState = 3 }
+  }
+  if (terminate) socket.terminate = function () { this.terminated++; this.readyState = 3 }
+  return socket
+}
+
+const SOFT = 1000
+const HARD = 10_000
+const options: RoomOptions = { roomId: 'r', rateLimit: false, slowClient: { softBytes: SOFT, hardBytes: HARD } }
+
+/** A room with readwrite sessions a, b, c, ...; every socket's record is cleared after the joins. */
+function setup (clients: string[], socketOptions: Record<string, { terminate?: boolean }> = {}) {
+  const room = new Room(options)
+  const sockets: Record<string, FakeSocket> = {}
+  const ids: Record<string, string> = {}
+  for (const client of clients) {
+    sockets[client] = fakeSocket(socketOptions[client])
+    ids[client] = room.handleSocketConnect({ socket: sockets[client], clientId: client, permissions: 'readwrite' })
+  }
+  for (const socket of Object.values(sockets)) socket.sent.length = 0
+  let n = 0
+  const send = (client: string, frame: { documentPatches?: unknown[], ephemeralPatches?: unknown[] }): string => {
+    const messageId = `m${++n}`
+    room.handleSocketMessage(ids[client], JSON.stringify({ type: 'patch', messageId, ...frame }))
+    return messageId
+  }
+  const clear = (): void => { for (const socket of Object.values(sockets)) socket.sent.length = 0 }
+  return { room, sockets, ids, send, clear }
+}
+
+t.test('above softBytes: presence-only broadcasts to the slow session are dropped; document broadcasts and acks still go', async (t) => {
+  const { room, sockets: { a, b }, send } = setup(['a', 'b'])
+  a.bufferedAmount = SOFT + 1
+
+  send('b', { ephemeralPatches: [{ 'cursor/b': { _exists: true, x: 1 } }] })
+  send('b', { ephemeralPatches: [{ 'cursor/b': { x: 2 } }] })
+  t.strictSame(a.sent, [], 'presence-only frames dropped')
+
+  send('b', { documentPatches: [{ k: { _exists: true, v: 1 } }] })
+  t.strictSame(a.sent, [{ type: 'patch', clientId: 'b', documentPatches: [{ k: { _exists: true, v: 1 } }], timestamp: 1 }], 'a document broadcast is sent')
+  send('b', { documentPatches: [{ k: { v: 2 } }], ephemeralPatches: [{ 'cursor/b': { x: 3 } }] })
+  t.strictSame(a.sent[1], { type: 'patch', clientId: 'b', documentPatches: [{ k: { v: 2 } }], timestamp: 2, ephemeralPatches: [{ 'cursor/b': { x: 3 } }] }, 'presence riding with document patches is sent too')
+
+  a.sent.length = 0
+  const id = send('a', { documentPatches: [{ j: { _exists: true } }] })
+  t.strictSame(a.sent, [{ type: 'ack', messageId: id, timestamp: 3 }], 'the slow session\'s own ack is sent')
+  const eph = send('a', { ephemeralPatches: [{ 'cursor/a': { _exists: true } }] })
+  t.strictSame(a.sent[1], { type: 'ack', messageId: eph, timestamp: 3 }, 'also for a presence-only frame')
+
+  t.equal(b.sent.filter((f) => f.type === 'ack').length, 4, 'the sender got every ack')
+  t.equal(room.getSessionCount(), 2, 'soft limit: nobody closed')
+  t.equal(a.closes.length + a.terminated, 0)
+})
+
+t.test('presence frames with deletions are never dropped', async (t) => {
+  const { sockets: { a }, send } = setup(['a', 'b'])
+  send('b', { ephemeralPatches: [{ 'cursor/b': { _exists: true }, 'sel/b': { _exists: true } }] })
+  a.sent.length = 0
+  a.bufferedAmount = SOFT + 1
+  send('b', { ephemeralPatches: [{ 'sel/b': { _exists: false } }] })
+  send('b', { ephemeralPatches: [{ 'cursor/b': { x: 1 }, 'hover/b': { _exists: false } }] })
+  t.strictSame(a.sent, [
+    { type: 'patch', clientId: 'b', ephemeralPatches: [{ 'sel/b': { _exists: false } }] },
+    { type: 'patch', clientId: 'b', ephemeralPatches: [{ 'cursor/b': { x: 1 }, 'hover/b': { _exists: false } }] }
+  ])
+})
+
+t.test('back under softBytes: the next frame is preceded by a fresh presence snapshot', async (t) => {
+  const { sockets: { a }, send } = setup(['a', 'b', 'c'])
+  send('b', { ephemeralPatches: [{ 'cursor/b': { _exists: true, x: 0 } }] })
+  a.sent.length = 0
+  a.bufferedAmount = SOFT + 1
+  send('b', { ephemeralPatches: [{ 'cursor/b': { x: 1 } }] })
+  send('b', { ephemeralPatches: [{ 'cursor/b': { x: 2 } }] })
+  send('c', { ephemeralPatches: [{ 'cursor/c': { _exists: true, y: 1 } }] })
+  send('a', { ephemeralPatches: [{ 'cursor/a': { _exists: true } }] })
+  t.strictSame(a.sent.map((f) => f.type), ['ack'], 'only its own ack while slow')
+
+  a.sent.length = 0
+  a.bufferedAmount = SOFT
+  send('b', { documentPatches: [{ k: { _exists: true } }] })
+  t.strictSame(a.sent, [
+    { type: 'patch', ephemeralPatches: [{ 'cursor/b': { _exists: true, x: 2 }, 'cursor/c': { _exists: true, y: 1 } }], clientId: '' },
+    { type: 'patch', clientId: 'b', documentPatches: [{ k: { _exists: true } }], timestamp: 1 }
+  ], 'the other clients\' current presence (not its own), then the frame')
+
+  a.sent.length = 0
+  send('b', { ephemeralPatches: [{ 'cursor/b': { x: 3 } }] })
+  t.strictSame(a.sent, [{ type: 'patch', clientId: 'b', ephemeralPatches: [{ 'cursor/b': { x: 3 } }] }], 'once only: later frames come as usual')
+})
+
+t.test('back under softBytes: the snapshot also precedes the session\'s own ack', async (t) => {
+  const { sockets: { a }, send } = setup(['a', 'b'])
+  a.bufferedAmount = SOFT + 1
+  send('b', { ephemeralPatches: [{ 'cursor/b': { _exists: true, x: 1 } }] })
+  t.strictSame(a.sent, [])
+  a.bufferedAmount = 0
+  const id = send('a', { documentPatches: [{ k: { _exists: true } }] })
+  t.strictSame(a.sent, [
+    { type: 'patch', ephemeralPatches: [{ 'cursor/b': { _exists: true, x: 1 } }], clientId: '' },
+    { type: 'ack', messageId: id, timestamp: 1 }
+  ])
+})
+
+t.test('above hardBytes: the session is terminated and removed; the others get its tombstones and clientCount', async (t) => {
+  const { room, sockets: { a, b, c }, send, clear } = setup(['a', 'b', 'c'])
+  send('a', { ephemeralPatches: [{ 'cursor/a': { _exists: true } }] })
+  clear()
+  a.bufferedAmount = HARD + 1
+  send('b', { documentPatches: [{ k: { _exists: true } }] })
+  t.equal(a.terminated, 1, 'terminated')
+  t.strictSame(a.closes, [], 'terminate, not close')
+  t.strictSame(a.sent, [], 'the frame was not sent to it')
+  t.equal(room.getSessionCount(), 2, 'removed')
+  for (const [name, socket] of [['b', b], ['c', c]] as const) {
+    t.ok(socket.sent.some((f) => f.type === 'clientCount' && f.count === 2), `${name} got clientCount 2`)
+    t.ok(socket.sent.some((f) => f.type === 'patch' && f.clientId === 'a' && f.ephemeralPatches?.[0]?.['cursor/a']?._exists === false), `${name} got a's presence tombstone`)
+  }
+  t.ok(c.sent.some((f) => f.type === 'patch' && f.clientId === 'b' && f.timestamp === 1), 'c still got the document broadcast')
+  t.ok(b.sent.some((f) => f.type === 'ack'), 'b got its ack')
+
+  clear()
+  send('b', { documentPatches: [{ k: { v: 2 } }] })
+  t.strictSame(a.sent, [], 'nothing more is sent to it')
+  t.equal(a.terminated, 1)
+})
+
+t.test('above hardBytes, a socket without terminate() is closed with 4002', async (t) => {
+  const { room, sockets: { a, b }, send } = setup(['a', 'b'], { a: { terminate: false } })
+  a.bufferedAmount = HARD + 1
+  send('b', { ephemeralPatches: [{ 'cursor/b': { _exists: true } }] })
+  t.strictSame(a.closes, [[4002, 'Too slow: reconnect to catch up']])
+  t.equal(room.getSessionCount(), 1)
+  t.ok(b.sent.some((f) => f.type === 'clientCount' && f.count === 1), 'b got clientCount 1')
+})
+
+t.test('one slow session never delays the others: they receive everything', async (t) => {
+  const { room, sockets: { a, b, c }, send } = setup(['a', 'b', 'c'])
+  b.bufferedAmount = SOFT + 1
+  const expected: any[] = []
+  for (let i = 0; i < 20; i++) {
+    const frame = i % 2 === 0
+      ? { ephemeralPatches: [{ 'cursor/a': i === 0 ? { _exists: true, x: i } : { x: i } }] }
+      : { documentPatches: [{ [`k${i}`]: { _exists: true, v: i } }] }
+    send('a', frame)
+    expected.push({ type: 'patch', clientId: 'a', ...('documentPatches' in frame ? { documentPatches: frame.documentPatches, timestamp: (i + 1) / 2 } : frame) })
+  }
+  t.strictSame(c.sent, expected, 'c got every frame, in order, at once')
+  t.equal(a.sent.filter((f) => f.type === 'ack').length, 20, 'a got every ack')
+  t.equal(b.sent.length, 10, 'b got the document frames only')
+  t.equal(room.getSessionCount(), 3)
+})
