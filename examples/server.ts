@@ -1,51 +1,29 @@
 /**
- * The example server that `npm start` runs: one WebSocket route on
- * SQLite (./data/canvas-store.db, durable acks), with a demo token policy:
+ * The example server that `npm start` runs: the demo app of examples/demo-app.ts
+ * (one WebSocket route on SQLite, ./data/canvas-store.db, durable acks, and the
+ * whiteboard page on `/`), with a demo token policy:
  *   no token -> refused; `deny-...` -> refused; `ro-...` -> readonly; anything else -> readwrite.
- * Admin routes are enabled when ADMIN_TOKEN is set (Bearer auth).
+ * The admin routes and page use ADMIN_TOKEN (a random one is made and printed when unset).
+ * SIGTERM/SIGINT drain the server: readiness flips, new connections get 1013,
+ * sessions are closed with 1001 over a few seconds, every room is saved, then it exits.
  */
-import Fastify from 'fastify'
-import canvasStore, { SqliteStorage } from '../lib/index.js'
+import { randomBytes } from 'node:crypto'
+import { buildDemoServer } from './demo-app.js'
 
 const port = Number(process.env.PORT ?? 8087)
 const host = process.env.HOST ?? '127.0.0.1'
-const dbFile = process.env.DB_FILE ?? './data/canvas-store.db'
-const adminToken = process.env.ADMIN_TOKEN
+const adminToken = process.env.ADMIN_TOKEN ?? randomBytes(12).toString('base64url')
 
-const app = Fastify({ logger: { level: process.env.LOG_LEVEL ?? 'info' } })
-const storage = new SqliteStorage({ file: dbFile })
-// The plugin never closes a storage it was given. onClose hooks run last-added
-// first, so this one, added before the plugin, runs after its final saves.
-app.addHook('onClose', async () => storage.close())
-
-await app.register(canvasStore, {
-  path: '/sync',
-  authorize: async ({ token }) => {
-    if (token === '') throw Object.assign(new Error('A token is required'), { statusCode: 401 })
-    if (token.startsWith('deny-')) throw Object.assign(new Error('Access denied'), { statusCode: 403 })
-    return { permissions: token.startsWith('ro-') ? 'readonly' : 'readwrite' }
-  },
-  storage,
-  saveThrottleMs: 1_000,
-  idleTimeout: 30_000,
-  admin: adminToken === undefined
-    ? undefined
-    : {
-        prefix: '/admin',
-        onRequest: async (request, reply) => {
-          if (request.headers.authorization !== `Bearer ${adminToken}`) {
-            await reply.code(401).send({ statusCode: 401, code: 'UNAUTHORIZED', error: 'Unauthorized', message: 'Bearer token required' })
-          }
-        }
-      }
+const app = await buildDemoServer({
+  dbFile: process.env.DB_FILE ?? './data/canvas-store.db',
+  adminToken,
+  logger: { level: process.env.LOG_LEVEL ?? 'info' }
 })
-
-app.get('/', async () => ({ name: 'fastify-canvas-store example', sync: '/sync?roomId=ROOM&clientId=CLIENT&token=TOKEN' }))
 
 for (const signal of ['SIGINT', 'SIGTERM'] as const) {
   process.once(signal, () => {
-    app.log.info({ signal }, 'shutting down: closing sessions, saving rooms')
-    app.close().then(() => process.exit(0), (err) => {
+    app.log.info({ signal }, 'draining: closing sessions over a few seconds, saving rooms')
+    app.canvasStore.drain({ graceMs: 1_000, jitterMs: 2_000 }).then(() => app.close()).then(() => process.exit(0), (err) => {
       app.log.error({ err }, 'shutdown failed')
       process.exit(1)
     })
@@ -54,3 +32,5 @@ for (const signal of ['SIGINT', 'SIGTERM'] as const) {
 
 await app.listen({ port, host })
 console.log(`canvas-store sync server: ws://${host}:${port}/sync?roomId=myRoom&clientId=myClient&token=demo`)
+console.log(`whiteboard demo: http://${host}:${port}/?room=demo (open it in two windows; add &token=ro-me for a read-only view)`)
+console.log(`admin page: http://${host}:${port}/admin/ui?token=${adminToken}`)
