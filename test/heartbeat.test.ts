@@ -8,7 +8,7 @@ const CLIENT_COUNT = (count: number) => (f: any) => f.type === 'clientCount' && 
 const ACK = (messageId: string) => (f: any) => f.type === 'ack' && f.messageId === messageId
 // Small, but not so small that a busy machine descheduling the process for one
 // interval between a ping and its pong gets a healthy client cut.
-const INTERVAL = 100
+const INTERVAL = 250
 
 /** Opens a real socket with `ws` options (autoPong) and waits for this peer's clientCount. */
 async function open (base: string, clientId: string, count: number, options: WebSocket.ClientOptions = {}, onCreate?: (ws: WebSocket) => void): Promise<Peer> {

@@ -44,16 +44,23 @@ export const wsRoutes: FastifyPluginAsync<WsRouteOptions> = async (fastify: Fast
   // Heartbeat: one timer for every socket. A socket that did not answer the previous ping is cut.
   const alive = new WeakMap<WebSocket, boolean>()
   if (options.heartbeatInterval > 0) {
+    const interval = options.heartbeatInterval
+    let lastTick = performance.now()
     const timer = setInterval(() => {
+      const now = performance.now()
+      // A late tick means this process stalled (GC, a busy loop): the pongs may be unread in the
+      // sockets, as timers run before I/O. Cut nobody this round; just ping again.
+      const stalled = now - lastTick > interval * 1.5
+      lastTick = now
       for (const socket of sockets) {
-        if (alive.get(socket) === false) {
+        if (alive.get(socket) === false && !stalled) {
           socket.terminate()
           continue
         }
         alive.set(socket, false)
         socket.ping()
       }
-    }, options.heartbeatInterval)
+    }, interval)
     timer.unref()
     app.addHook('onClose', async () => clearInterval(timer))
   }
