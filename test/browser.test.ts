@@ -2,7 +2,8 @@
  * The whiteboard demo (examples/demo-app.ts + examples/whiteboard/) in real
  * browsers: Debian's Chromium at /usr/bin/chromium driven by playwright-core,
  * one browser context per person, against the demo server started in-process
- * on 127.0.0.1, port 0, with a temporary SQLite file.
+ * on 127.0.0.1, port 0, with a temporary SQLite file and the admin routes and
+ * page on (admin token ADMIN_TOKEN).
  *
  * Skipped, with the reason printed, when /usr/bin/chromium (or CHROMIUM_PATH)
  * is missing (`apt-get install -y chromium`). When a case fails, each of its pages is
@@ -22,6 +23,7 @@ import { fileURLToPath } from 'node:url'
 import type { FastifyInstance } from 'fastify'
 import type { Browser, Page } from 'playwright-core'
 import type { DemoStatus, ShapeView } from '../examples/whiteboard/app.js'
+import type { SessionInfo } from '../lib/index.js'
 
 /** Debian's Chromium (`apt-get install -y chromium`); CHROMIUM_PATH points elsewhere. */
 const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium'
@@ -30,8 +32,10 @@ const CHROMIUM_ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable
 /** Longest any one wait may take. */
 const WAIT_MS = 15_000
 const RESULTS = fileURLToPath(new URL('../test-results/', import.meta.url))
+const ADMIN_TOKEN = 'admin-secret'
 
-interface Person { label: string, page: Page, problems: string[] }
+/** One page; `received` holds the text frames its websockets received, in order. */
+interface Person { label: string, page: Page, problems: string[], received: string[] }
 
 /** The document of `room` as the server holds it now ({} when the room is not loaded). */
 function stored (app: FastifyInstance, room: string): Record<string, any> {
@@ -46,6 +50,16 @@ function storedShapes (app: FastifyInstance, room: string): ShapeView[] {
     shapes.push({ id: key.slice(0, -'/Shape'.length), x: value.x, y: value.y, w: value.w, h: value.h, color: value.color })
   }
   return shapes.sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0))
+}
+
+/** The server's sessions of `room` (none when the room is not loaded). */
+function sessionsOf (app: FastifyInstance, room: string): SessionInfo[] {
+  return app.canvasStore.getExistingRoom(room)?.getSessions() ?? []
+}
+
+/** The frames `person` received from index `from` on, parsed. */
+function receivedOf (person: Person, from = 0): Array<Record<string, any>> {
+  return person.received.slice(from).map((data) => JSON.parse(data) as Record<string, any>)
 }
 
 /** Polls `check` in Node until it returns true; fails after WAIT_MS with `what`. */
@@ -64,7 +78,7 @@ if (!existsSync(CHROMIUM)) {
   const { buildDemoServer } = await import('../examples/demo-app.js')
 
   const dir = await mkdtemp(join(tmpdir(), 'canvas-store-browser-'))
-  const app = await buildDemoServer({ dbFile: join(dir, 'demo.db'), logger: false })
+  const app = await buildDemoServer({ dbFile: join(dir, 'demo.db'), adminToken: ADMIN_TOKEN, logger: false })
   await app.listen({ port: 0, host: '127.0.0.1' })
   const base = `http://127.0.0.1:${(app.server.address() as AddressInfo).port}`
   // Playwright gives the browser a fresh temporary profile (user-data dir), removed on close.
@@ -81,10 +95,12 @@ if (!existsSync(CHROMIUM)) {
   })
 
   /**
-   * The people of one case: each opens the page in a context of its own.
-   * When the case ends, failing cases get a screenshot per page, then the contexts close.
+   * The people of one case: each opens a page in a context of its own, the
+   * whiteboard (then waits until it is online and synced) unless `path` says
+   * otherwise. When the case ends, failing cases get a screenshot per page,
+   * then the contexts close.
    */
-  function people (t: Test): (label: string, query: Record<string, string>) => Promise<Person> {
+  function people (t: Test): (label: string, query: Record<string, string>, path?: string) => Promise<Person> {
     const opened: Person[] = []
     t.teardown(async () => {
       if (!t.passing()) {
@@ -97,15 +113,18 @@ if (!existsSync(CHROMIUM)) {
       }
       await Promise.all(opened.map((person) => person.page.context().close()))
     })
-    return async (label, query) => {
+    return async (label, query, path = '/') => {
       const context = await browser.newContext({ viewport: { width: 900, height: 640 } })
       const page = await context.newPage()
-      const person: Person = { label, page, problems: [] }
+      const person: Person = { label, page, problems: [], received: [] }
       opened.push(person)
-      page.on('console', (message) => { if (message.type() === 'error') person.problems.push(message.text()) })
+      page.on('console', (message) => {
+        if (message.type() === 'error') person.problems.push(message.location().url === '' ? message.text() : `${message.text()} (${message.location().url})`)
+      })
       page.on('pageerror', (err) => person.problems.push(String(err)))
-      await page.goto(`${base}/?${new URLSearchParams(query)}`)
-      await waitIn(person, 'online and synced', () => window.demo?.status().online === true && window.demo.status().synced)
+      page.on('websocket', (ws) => ws.on('framereceived', ({ payload }) => { if (typeof payload === 'string') person.received.push(payload) }))
+      await page.goto(`${base}${path}?${new URLSearchParams(query)}`)
+      if (path === '/') await waitIn(person, 'online and synced', () => window.demo?.status().online === true && window.demo.status().synced)
       return person
     }
   }
@@ -117,7 +136,7 @@ if (!existsSync(CHROMIUM)) {
       await person.page.waitForFunction(check as (arg: any) => unknown, arg, { timeout: WAIT_MS })
     } catch (err) {
       const state = await person.page.evaluate(() => window.demo === undefined
-        ? 'window.demo is missing'
+        ? `no window.demo; the page says: ${JSON.stringify(document.body.innerText.slice(0, 600))}`
         : JSON.stringify({ status: window.demo.status(), shapes: window.demo.shapes(), cursors: window.demo.cursors() }))
         .catch((e: unknown) => String(e))
       throw new Error(`${person.label}: ${what}: ${(err as Error).message.split('\n')[0]}\n  page state: ${state}\n  console errors: ${JSON.stringify(person.problems)}`)
@@ -312,6 +331,110 @@ if (!existsSync(CHROMIUM)) {
     t.pass('bob keeps his offline edits and catches up with alice\'s')
     await eventually('the server to store the merge', () => JSON.stringify(storedShapes(app, room)) === JSON.stringify(expected))
     t.same(storedShapes(app, room), expected, 'the server holds the merged board')
+    noConsoleErrors(t, alice, bob)
+  })
+
+  t.test('the admin page makes an editor read-only and disconnects another', async (t) => {
+    const open = people(t)
+    const room = 'admin'
+    const alice = await open('alice', { room, token: 'demo-alice', name: 'Alice' })
+    const bob = await open('bob', { room, token: 'demo-bob', name: 'Bob' })
+    const shape = await addByButton(alice)
+    await waitForShapes(bob, 'alice\'s rectangle', [shape])
+    await eventually('the server to store the rectangle', () => storedShapes(app, room).length === 1)
+    const aliceId = await alice.page.evaluate(() => window.demo.clientId)
+    const bobId = await bob.page.evaluate(() => window.demo.clientId)
+    const sessionOf = (clientId: string): SessionInfo | undefined => sessionsOf(app, room).find((s) => s.clientId === clientId)
+    const aliceSession = sessionOf(aliceId)?.sessionId
+    const bobSession = sessionOf(bobId)?.sessionId
+    if (aliceSession === undefined || bobSession === undefined) throw new Error(`no server session for alice or bob: ${JSON.stringify(sessionsOf(app, room))}`)
+
+    const admin = await open('admin', { token: ADMIN_TOKEN }, '/admin/ui')
+    t.match(new URL(admin.page.url()).search, /token=/, 'the token stays in the address bar, so a reload keeps working')
+    await admin.page.locator(`#rooms tr[data-room-id="${room}"]`).click()
+    const aliceRow = admin.page.locator(`#sessions tr[data-client-id="${aliceId}"]`)
+    await aliceRow.waitFor({ timeout: WAIT_MS })
+    t.equal(await aliceRow.getAttribute('data-session-id'), aliceSession, 'the admin page lists alice\'s page by its clientId, with her server session')
+
+    // Alice's page gets read-only from the admin page.
+    await aliceRow.getByRole('button', { name: 'make readonly' }).click()
+    await waitIn(admin, 'alice\'s session to show readonly', (id) =>
+      document.querySelector(`#sessions tr[data-session-id="${id}"] .permissions`)?.textContent === 'readonly make readwrite', aliceSession)
+    t.pass('the admin page shows alice\'s session readonly, with a "make readwrite" toggle')
+    t.equal(app.canvasStore.getExistingRoom(room)?.getSession(aliceSession)?.permissions, 'readonly', 'the server says alice\'s session is readonly')
+    t.equal(app.canvasStore.getExistingRoom(room)?.getSession(bobSession)?.permissions, 'readwrite', 'and bob\'s is still readwrite')
+    await eventually('alice\'s page to be told', () => receivedOf(alice).some((f) => f.type === 'permissions'))
+    t.same(receivedOf(alice).filter((f) => f.type === 'permissions'), [{ type: 'permissions', permissions: 'readonly' }], 'alice\'s page received one permissions frame: readonly')
+
+    // The page only knows its token (an editor's): its own UI still drags, and the server refuses.
+    const before = structuredClone(app.canvasStore.getExistingRoom(room)!.getSnapshot())
+    const bobMark = bob.received.length
+    const [dx, dy] = towardsMiddle(shape)
+    await dragBy(alice, shape.id, dx, dy, false)
+    const framesAfter = await framesOf(alice)
+    await waitIn(alice, 'a few frames after the drag', (n) => window.demo.frames() >= n, framesAfter + 10)
+    await waitIn(alice, 'the server to refuse the drag', () => window.demo.status().refusals.includes('CANVAS_STORE_READONLY'))
+    await waitForShapes(alice, 'the corrective patch to undo the drag', [shape])
+    await t.resolveMatch(alice.page.locator('#notice').textContent(), 'read-only', 'alice\'s page tells why')
+    t.pass('the server refused alice\'s drag and her board reverted')
+    t.same(app.canvasStore.getExistingRoom(room)!.getSnapshot(), before, 'the server document did not change')
+
+    // Barrier: bob's move is handled after alice's drag; once bob has its ack, anything of
+    // alice's drag the server had forwarded to him would have reached him.
+    const bobBarrier = bob.received.length
+    const { shape: marker } = await dragBy(bob, shape.id, dx / 2, dy / 2)
+    await waitForShapes(alice, 'bob\'s move', [marker])
+    t.pass('alice, read-only, still follows the board')
+    await eventually('the server to store bob\'s move', () => JSON.stringify(storedShapes(app, room)) === JSON.stringify([marker]))
+    await eventually('bob\'s move to be acked', () => receivedOf(bob, bobBarrier).some((f) => f.type === 'ack'))
+    t.same(receivedOf(bob, bobMark).filter((f) => f.documentPatches !== undefined), [], 'alice\'s drag never reached bob\'s page')
+    t.same(storedShapes(app, room), [marker], 'the server holds the rectangle where bob put it')
+
+    // Bob is disconnected from the admin page: his page goes offline, then reconnects as a new session.
+    await bob.page.evaluate(() => {
+      const label = document.getElementById('status')!
+      const seen: string[] = []
+      Object.assign(window, { statusSeen: seen })
+      new MutationObserver(() => seen.push(`${label.dataset.state}: ${label.textContent}`)).observe(label, { childList: true, characterData: true, subtree: true })
+    })
+    await admin.page.locator(`#sessions tr[data-session-id="${bobSession}"]`).getByRole('button', { name: 'disconnect' }).click()
+    await eventually('the server to remove bob\'s session', () => app.canvasStore.getExistingRoom(room)?.getSession(bobSession) === undefined)
+    t.pass('the server removed bob\'s session')
+    await waitIn(bob, 'bob\'s page to go offline and come back online', () =>
+      window.demo.status().online && window.demo.status().clientCount === 2 && (window as unknown as { statusSeen: string[] }).statusSeen.some((s) => s.startsWith('offline')))
+    const seen = await bob.page.evaluate(() => (window as unknown as { statusSeen: string[] }).statusSeen)
+    t.match(seen.find((s) => s.startsWith('offline')), /^offline: offline · disconnected by an administrator/, 'bob\'s page showed offline (closed with 4000), then reconnected by itself')
+    await eventually('bob\'s new session', () => (sessionOf(bobId)?.sessionId ?? bobSession) !== bobSession)
+    const bobNew = sessionOf(bobId)!
+    t.equal(bobNew.permissions, 'readwrite', 'bob is back as a new readwrite session')
+    t.equal(app.canvasStore.getExistingRoom(room)?.getSession(aliceSession)?.permissions, 'readonly', 'alice\'s session is still readonly')
+    await waitIn(admin, 'the admin page to list bob\'s new session', (p) =>
+      document.querySelector(`#sessions tr[data-client-id="${p.clientId}"]`)?.getAttribute('data-session-id') === p.sessionId &&
+      document.querySelector(`#sessions tr[data-session-id="${p.old}"]`) === null, { clientId: bobId, sessionId: bobNew.sessionId, old: bobSession })
+    t.pass('the admin page lists bob\'s new session and not the old one')
+    await waitForShapes(bob, 'the board after reconnecting', [marker])
+
+    // Without a token the server answers the page itself with 401 ...
+    const stranger = await open('no-token', {}, '/admin/ui')
+    // (open() does not return the response: a reload asks again and gives it.)
+    t.equal((await stranger.page.reload())?.status(), 401, 'the admin page without a token is a 401')
+    t.equal(await stranger.page.locator('#rooms, #sessions').count(), 0, 'with no rooms nor sessions')
+    // ... and the page, served without giving it the token (only the document request carries
+    // one), gets 401 from the API: it shows the token form, not data; the right token brings the data.
+    await stranger.page.route((url) => url.pathname === '/admin/ui', (route) =>
+      route.continue({ headers: { ...route.request().headers(), authorization: `Bearer ${ADMIN_TOKEN}` } }))
+    await stranger.page.goto(`${base}/admin/ui`)
+    await stranger.page.locator('#auth').waitFor({ state: 'visible', timeout: WAIT_MS })
+    await waitIn(stranger, 'the 401 message', () => document.getElementById('status')?.textContent === 'not authorized (401)')
+    t.equal(await stranger.page.locator('#rooms tbody tr').count(), 0, 'the page shows the token form and no rooms')
+    await stranger.page.locator('#token').fill(ADMIN_TOKEN)
+    await stranger.page.getByRole('button', { name: 'Use' }).click()
+    await stranger.page.locator(`#rooms tr[data-room-id="${room}"]`).waitFor({ timeout: WAIT_MS })
+    t.ok(await stranger.page.locator('#auth').isHidden(), 'with the token typed in, the form goes and the rooms show')
+    // The 401 JSON reply to the page itself has no <link rel="icon">, so Chromium asks for /favicon.ico there (a 404).
+    const favicon = (problem: string): boolean => problem.endsWith('/favicon.ico)')
+    t.same(stranger.problems.filter((p) => !p.includes('status of 401') && !favicon(p)), [], 'the no-token page\'s only console errors are the 401s')
+    t.same(admin.problems, [], 'admin: no console errors')
     noConsoleErrors(t, alice, bob)
   })
 }

@@ -176,7 +176,9 @@ function renderStatus (): void {
     text = 'offline (edits are kept and sent when you go online)'
   } else if (closedBy !== null) {
     state = 'offline'
-    text = `offline · refused by the server (${closedBy}) · retrying`
+    text = closedBy.startsWith('4000')
+      ? 'offline · disconnected by an administrator · reconnecting'
+      : `offline · refused by the server (${closedBy}) · retrying`
   } else {
     state = everOnline ? 'offline' : 'connecting'
     text = everOnline ? 'offline · reconnecting…' : 'connecting…'

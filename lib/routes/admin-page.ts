@@ -4,9 +4,8 @@
  * with textContent only, never as HTML.
  *
  * Authentication: the page sends the cookies of the site, and, when it has
- * one, `Authorization: Bearer <token>` with a token taken from `?token=` (then
- * kept in sessionStorage and removed from the address bar) or typed in when a
- * route answers 401/403.
+ * one, `Authorization: Bearer <token>` with a token taken from `?token=` (kept
+ * in sessionStorage) or typed in when a route answers 401/403.
  */
 export function adminPage (prefix: string): string {
   return `<!doctype html>
@@ -15,6 +14,7 @@ export function adminPage (prefix: string): string {
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>canvas-store admin</title>
+<link rel="icon" href="data:,">
 <style>
   body { font: 14px/1.4 system-ui, sans-serif; margin: 2rem; color: #222; }
   h1 { font-size: 1.3rem; } h2 { font-size: 1.1rem; margin-top: 2rem; }
@@ -36,12 +36,9 @@ export function adminPage (prefix: string): string {
 <script>
 (() => {
   const base = ${JSON.stringify(prefix)}
+  // A ?token= stays in the address bar: hooks that read it for the page itself keep working on reload.
   const params = new URLSearchParams(location.search)
-  if (params.has('token')) {
-    sessionStorage.setItem('canvas-store-admin-token', params.get('token'))
-    params.delete('token')
-    history.replaceState(null, '', location.pathname + (params.size ? '?' + params : ''))
-  }
+  if (params.has('token')) sessionStorage.setItem('canvas-store-admin-token', params.get('token'))
   let selected = null
   const status = document.getElementById('status')
   const auth = document.getElementById('auth')
@@ -52,7 +49,11 @@ export function adminPage (prefix: string): string {
     if (token) headers.authorization = 'Bearer ' + token
     if (body !== undefined) headers['content-type'] = 'application/json'
     const res = await fetch(base + path, { method, headers, credentials: 'same-origin', body: body === undefined ? undefined : JSON.stringify(body) })
-    if (res.status === 401 || res.status === 403) { auth.style.display = 'block'; throw new Error('not authorized (' + res.status + ')') }
+    if (res.status === 401 || res.status === 403) {
+      auth.style.display = 'block'
+      for (const body of document.querySelectorAll('tbody')) body.replaceChildren()
+      throw new Error('not authorized (' + res.status + ')')
+    }
     if (!res.ok && res.status !== 204) throw new Error(method + ' ' + path + ': ' + res.status)
     return res.status === 204 ? null : res.json()
   }
@@ -76,8 +77,8 @@ export function adminPage (prefix: string): string {
     try {
       const rooms = await api('GET', '/rooms')
       auth.style.display = 'none'
-      const tbody = document.querySelector('#rooms tbody')
-      tbody.replaceChildren()
+      // Built aside and swapped in at once, so rows never flicker.
+      const tbody = document.createElement('tbody')
       for (const room of rooms) {
         const row = tbody.insertRow()
         row.className = 'room' + (room.roomId === selected ? ' selected' : '')
@@ -86,6 +87,7 @@ export function adminPage (prefix: string): string {
         row.addEventListener('click', () => { selected = room.roomId; refresh() })
       }
       if (rooms.length === 0) cell(tbody.insertRow(), 'No room is loaded.', 'muted').colSpan = 4
+      document.querySelector('#rooms tbody').replaceWith(tbody)
       if (selected !== null && !rooms.some((r) => r.roomId === selected)) selected = null
       await refreshSessions()
       status.textContent = 'Updated ' + new Date().toLocaleTimeString()
@@ -97,10 +99,9 @@ export function adminPage (prefix: string): string {
   }
 
   async function refreshSessions () {
-    const tbody = document.querySelector('#sessions tbody')
-    tbody.replaceChildren()
+    const tbody = document.createElement('tbody')
     document.getElementById('sessions-title').textContent = selected === null ? 'Sessions (click a room)' : 'Sessions of ' + selected
-    if (selected === null) return
+    if (selected === null) { document.querySelector('#sessions tbody').replaceWith(tbody); return }
     const room = encodeURIComponent(selected)
     const sessions = await api('GET', '/rooms/' + room + '/sessions')
     for (const s of sessions) {
@@ -118,6 +119,7 @@ export function adminPage (prefix: string): string {
       button(cell(row, ''), 'disconnect', () => api('DELETE', '/rooms/' + room + '/sessions/' + encodeURIComponent(s.sessionId))).className = 'disconnect'
     }
     if (sessions.length === 0) cell(tbody.insertRow(), 'No session.', 'muted').colSpan = 5
+    document.querySelector('#sessions tbody').replaceWith(tbody)
   }
 
   auth.addEventListener('submit', (e) => {

@@ -102,7 +102,7 @@ export const adminRoutes: FastifyPluginAsync<AdminRouteOptions> = async (fastify
   if (admin.page !== undefined) {
     const html = adminPage(admin.prefix)
     app.get(admin.page, { schema: { hide: true } }, async (_request, reply) => {
-      reply.type('text/html; charset=utf-8').header('content-security-policy', "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'")
+      reply.type('text/html; charset=utf-8').header('content-security-policy', "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data:")
       return html
     })
   }
