@@ -47,6 +47,33 @@ const checkers = {
   'auth-refresh': TypeCompiler.Compile(AuthRefreshFrame)
 } satisfies Record<ClientMessage['type'], { Check(value: unknown): boolean }>
 
+/**
+ * Deepest nesting of arrays and objects allowed in a patch (the patch and
+ * its component count as two levels). Deeper values could not be serialized
+ * again (JSON.stringify recurses), so one frame could break a room.
+ */
+export const MAX_DEPTH = 64
+
+/** True when no value in the patches is nested deeper than MAX_DEPTH. Iterative, so it cannot overflow itself. */
+function withinDepth (patches: unknown[] | undefined): boolean {
+  if (patches === undefined) return true
+  const stack: Array<[unknown, number]> = [[patches, 0]]
+  while (stack.length > 0) {
+    const [value, depth] = stack.pop()!
+    if (typeof value !== 'object' || value === null) continue
+    if (depth > MAX_DEPTH) return false
+    if (Array.isArray(value)) {
+      for (const item of value) if (typeof item === 'object' && item !== null) stack.push([item, depth + 1])
+    } else {
+      for (const key in value) {
+        const item = (value as Record<string, unknown>)[key]
+        if (typeof item === 'object' && item !== null) stack.push([item, depth + 1])
+      }
+    }
+  }
+  return true
+}
+
 /** Result of reading one client frame. */
 export type ParsedFrame =
   | { kind: 'frame', frame: ClientMessage }
@@ -72,7 +99,17 @@ export function parseClientFrame (raw: string): ParsedFrame {
     return { kind: 'version-mismatch' }
   }
   const checker = checkers[type as ClientMessage['type']]
-  if (checker.Check(value)) return { kind: 'frame', frame: value as ClientMessage }
+  if (checker.Check(value)) {
+    const frame = value as ClientMessage
+    if (frame.type === 'auth-refresh' || (withinDepth(frame.documentPatches) && withinDepth(frame.ephemeralPatches))) return { kind: 'frame', frame }
+    const messageId = (frame as { messageId?: unknown }).messageId
+    return {
+      kind: 'invalid',
+      type,
+      message: `invalid ${type} frame (values nested deeper than ${MAX_DEPTH} levels)`,
+      ...(typeof messageId === 'string' ? { messageId } : {})
+    }
+  }
   const first = checker.Errors(value).First()
   const where = first === undefined ? '' : `${first.path || '/'}: ${first.message}`
   const messageId = (value as { messageId?: unknown }).messageId

@@ -115,7 +115,8 @@ export class Document {
         const incoming = patch[key]
         const entry = this.#entries.get(key)
         const [kind, value] = applyValue(entry?.value, incoming)
-        if (kind === 'dropped') continue
+        // An empty update of a live key stores nothing: no stamp, no change to report.
+        if (kind === 'dropped' || (kind === 'merge' && isEmpty(incoming))) continue
         let stamps: Record<string, number>
         if (kind === 'merge') {
           stamps = entry!.stamps
@@ -167,9 +168,14 @@ export class Document {
       // An older log line of a key that changed again later: the newer line covers it.
       if (entry.last !== stamps[i] || key in patch) continue
       const out = emptyRecord()
+      let fields = 0
       for (const field in entry.stamps) {
-        if (entry.stamps[field] > since && field in entry.value) out[field] = entry.value[field]
+        if (entry.stamps[field] > since && field in entry.value) {
+          out[field] = entry.value[field]
+          fields++
+        }
       }
+      if (fields === 0) continue
       patch[key] = out as ComponentData
       keys++
     }
@@ -247,6 +253,10 @@ export class Document {
 export function hasContent (patches: readonly Patch[] | undefined): patches is Patch[] {
   if (patches === undefined) return false
   return patches.some(isNonEmpty)
+}
+
+function isEmpty (value: object): boolean {
+  return Object.keys(value).length === 0
 }
 
 function isNonEmpty (patch: Patch): boolean {

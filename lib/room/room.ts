@@ -211,7 +211,15 @@ export class Room {
       session.held.push([text, limited])
       return
     }
-    const type = this.#handleFrame(session, text, limited)
+    let type: string
+    try {
+      type = this.#handleFrame(session, text, limited)
+    } catch (err) {
+      // A bug must cost one session, never the room or the process.
+      this.#log.error({ err, roomId: this.roomId, sessionId }, 'handling a frame failed; closing the session')
+      this.disconnectSession(sessionId, CloseCode.INTERNAL_ERROR, 'Internal error')
+      type = 'failed'
+    }
     this.#observer?.frameIn(type, bytes, (performance.now() - start) / 1000)
   }
 
