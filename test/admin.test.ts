@@ -2,16 +2,7 @@ import fastifyAuth from '@fastify/auth'
 import type { FastifyInstance, FastifyReply, FastifyRequest, onRequestHookHandler } from 'fastify'
 import t from 'tap'
 import type { AuthorizeInfo, CanvasStoreOptions } from '../lib/index.js'
-import { build, connect, Peer } from './helper.js'
-
-const CLIENT_COUNT = (count: number) => (f: any) => f.type === 'clientCount' && f.count === count
-const ACK = (messageId: string) => (f: any) => f.type === 'ack' && f.messageId === messageId
-
-async function write (peer: Peer, messageId: string, documentPatches?: unknown[], ephemeralPatches?: unknown[]): Promise<any> {
-  const ack = peer.next(ACK(messageId), peer.frames.length)
-  peer.send({ type: 'patch', messageId, documentPatches, ephemeralPatches })
-  return ack
-}
+import { ACK, CLIENT_COUNT, Peer, build, connect, write } from './helper.js'
 
 async function joined (app: FastifyInstance, roomId: string, clientId: string, token = ''): Promise<Peer> {
   const peer = await connect(app, { roomId, clientId, token })

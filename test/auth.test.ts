@@ -1,53 +1,13 @@
 import type { FastifyInstance } from 'fastify'
 import t from 'tap'
-import type { AuthorizeInfo, AuthorizeResult, Room } from '../lib/index.js'
-import { build, connect, Peer } from './helper.js'
-
-const CLIENT_COUNT = (count: number) => (f: any) => f.type === 'clientCount' && f.count === count
-const ACK = (messageId: string) => (f: any) => f.type === 'ack' && f.messageId === messageId
-
-function roomOf (app: FastifyInstance, roomId = 'r'): Room {
-  const room = app.canvasStore.getExistingRoom(roomId)
-  if (room === undefined) throw new Error(`room ${roomId} is not loaded`)
-  return room
-}
-
-function snapshotOf (app: FastifyInstance, roomId = 'r'): any {
-  return JSON.parse(JSON.stringify(roomOf(app, roomId).getSnapshot()))
-}
-
-async function write (peer: Peer, messageId: string, documentPatches?: unknown[], ephemeralPatches?: unknown[]): Promise<any> {
-  const ack = peer.next(ACK(messageId), peer.frames.length)
-  peer.send({ type: 'patch', messageId, documentPatches, ephemeralPatches })
-  return ack
-}
+import type { AuthorizeInfo, AuthorizeResult } from '../lib/index.js'
+import { ACK, CLIENT_COUNT, Peer, build, connect, gate, roomOf, serverReceived, snapshotOf, write } from './helper.js'
 
 async function joined (app: FastifyInstance, query: Record<string, string>): Promise<Peer> {
   const peer = await connect(app, { roomId: 'r', ...query })
   await peer.next((f) => f.type === 'clientCount')
   await peer.join()
   return peer
-}
-
-function serverReceived (app: FastifyInstance): (n: number) => Promise<void> {
-  let count = 0
-  const waiters: Array<{ n: number, resolve: () => void }> = []
-  app.websocketServer.on('connection', (socket) => {
-    socket.on('message', () => {
-      count++
-      for (const w of waiters.filter((w) => w.n <= count)) {
-        waiters.splice(waiters.indexOf(w), 1)
-        w.resolve()
-      }
-    })
-  })
-  return (n) => n <= count ? Promise.resolve() : new Promise((resolve) => waiters.push({ n, resolve }))
-}
-
-function gate<T = void> (): { promise: Promise<T>, open: (value: T) => void } {
-  let open!: (value: T) => void
-  const promise = new Promise<T>((resolve) => { open = resolve })
-  return { promise, open }
 }
 
 function httpError (statusCode: number, message: string): Error {

@@ -1,21 +1,7 @@
 import t from 'tap'
 import type { RoomSnapshot, Storage } from '../lib/index.js'
 import { MemoryStorage } from '../lib/index.js'
-import { build, connect, connectReal, listen, Peer } from './helper.js'
-
-const ACK = (messageId: string) => (f: any) => f.type === 'ack' && f.messageId === messageId
-
-async function write (peer: Peer, messageId: string, documentPatches?: unknown[], ephemeralPatches?: unknown[]): Promise<any> {
-  const ack = peer.next(ACK(messageId), peer.frames.length)
-  peer.send({ type: 'patch', messageId, documentPatches, ephemeralPatches })
-  return ack
-}
-
-function gate<T = void> (): { promise: Promise<T>, open: (value: T) => void } {
-  let open!: (value: T) => void
-  const promise = new Promise<T>((resolve) => { open = resolve })
-  return { promise, open }
-}
+import { build, connect, connectReal, gate, listen, write } from './helper.js'
 
 t.test('20 clients connecting to a new room at the same instant end up in one room, loaded once', async (t) => {
   const release = gate()

@@ -2,10 +2,8 @@ import type { FastifyInstance } from 'fastify'
 import t, { type Test } from 'tap'
 import WebSocket from 'ws'
 import type { CanvasStoreOptions } from '../lib/index.js'
-import { build, listen, Peer } from './helper.js'
+import { CLIENT_COUNT, Peer, build, listen, write } from './helper.js'
 
-const CLIENT_COUNT = (count: number) => (f: any) => f.type === 'clientCount' && f.count === count
-const ACK = (messageId: string) => (f: any) => f.type === 'ack' && f.messageId === messageId
 // Small, but not so small that a busy machine descheduling the process for one
 // interval between a ping and its pong gets a healthy client cut.
 const INTERVAL = 250
@@ -34,13 +32,6 @@ function pings (ws: WebSocket, n: number): Promise<void> {
     }
     ws.on('ping', onPing)
   })
-}
-
-/** Sends a patch frame and waits for its ack. */
-async function write (peer: Peer, messageId: string, documentPatches?: unknown[], ephemeralPatches?: unknown[]): Promise<any> {
-  const ack = peer.next(ACK(messageId), peer.frames.length)
-  peer.send({ type: 'patch', messageId, documentPatches, ephemeralPatches })
-  return ack
 }
 
 /**

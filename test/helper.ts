@@ -1,7 +1,7 @@
 import Fastify, { type FastifyInstance } from 'fastify'
 import type { AddressInfo } from 'node:net'
 import WebSocket from 'ws'
-import canvasStore, { type CanvasStoreOptions } from '../lib/index.js'
+import canvasStore, { type CanvasStoreOptions, type Room } from '../lib/index.js'
 
 type Test = { teardown(fn: () => unknown): void }
 
@@ -97,4 +97,58 @@ export function connectReal (base: string, query: Record<string, string>, path =
     ws.once('open', () => resolve(peer))
     ws.once('error', reject)
   })
+}
+
+// ------------------------------------------------- shared frame matchers and steps
+
+/** Matches a `clientCount` frame with that count. */
+export const CLIENT_COUNT = (count: number) => (f: any) => f.type === 'clientCount' && f.count === count
+/** Matches the `ack` of that messageId. */
+export const ACK = (messageId: string) => (f: any) => f.type === 'ack' && f.messageId === messageId
+
+/** The loaded room, or an error naming it. */
+export function roomOf (app: FastifyInstance, roomId = 'r'): Room {
+  const room = app.canvasStore.getExistingRoom(roomId)
+  if (room === undefined) throw new Error(`room ${roomId} is not loaded`)
+  return room
+}
+
+/** The room's snapshot as plain JSON objects (the live one has prototype-less records). */
+export function snapshotOf (app: FastifyInstance, roomId = 'r'): any {
+  return JSON.parse(JSON.stringify(roomOf(app, roomId).getSnapshot()))
+}
+
+/** The room's document state as plain JSON objects. */
+export function stateOf (app: FastifyInstance, roomId = 'r'): any {
+  return snapshotOf(app, roomId).state
+}
+
+/** Sends a patch frame and waits for its ack. */
+export async function write (peer: Peer, messageId: string, documentPatches?: unknown[], ephemeralPatches?: unknown[]): Promise<any> {
+  const ack = peer.next(ACK(messageId), peer.frames.length)
+  peer.send({ type: 'patch', messageId, documentPatches, ephemeralPatches })
+  return ack
+}
+
+/** Counts the frames the server received on any socket, and lets a test wait until it saw `n`. */
+export function serverReceived (app: FastifyInstance): (n: number) => Promise<void> {
+  let count = 0
+  const waiters: Array<{ n: number, resolve: () => void }> = []
+  app.websocketServer.on('connection', (socket) => {
+    socket.on('message', () => {
+      count++
+      for (const w of waiters.filter((w) => w.n <= count)) {
+        waiters.splice(waiters.indexOf(w), 1)
+        w.resolve()
+      }
+    })
+  })
+  return (n) => n <= count ? Promise.resolve() : new Promise((resolve) => waiters.push({ n, resolve }))
+}
+
+/** A promise and the function that resolves it. */
+export function gate<T = void> (): { promise: Promise<T>, open: (value: T) => void } {
+  let open!: (value: T) => void
+  const promise = new Promise<T>((resolve) => { open = resolve })
+  return { promise, open }
 }

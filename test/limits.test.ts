@@ -1,28 +1,7 @@
 import type { FastifyInstance } from 'fastify'
 import t, { type Test } from 'tap'
-import type { CanvasStoreOptions, Room } from '../lib/index.js'
-import { build, connect, Peer } from './helper.js'
-
-const CLIENT_COUNT = (count: number) => (f: any) => f.type === 'clientCount' && f.count === count
-const ACK = (messageId: string) => (f: any) => f.type === 'ack' && f.messageId === messageId
-
-function roomOf (app: FastifyInstance, roomId = 'r'): Room {
-  const room = app.canvasStore.getExistingRoom(roomId)
-  if (room === undefined) throw new Error(`room ${roomId} is not loaded`)
-  return room
-}
-
-/** The room's document state as plain JSON (the live one has prototype-less records). */
-function stateOf (app: FastifyInstance, roomId = 'r'): any {
-  return JSON.parse(JSON.stringify(roomOf(app, roomId).getSnapshot().state))
-}
-
-/** Sends a patch frame and waits for its ack. */
-async function write (peer: Peer, messageId: string, documentPatches?: unknown[], ephemeralPatches?: unknown[]): Promise<any> {
-  const ack = peer.next(ACK(messageId), peer.frames.length)
-  peer.send({ type: 'patch', messageId, documentPatches, ephemeralPatches })
-  return ack
-}
+import type { CanvasStoreOptions } from '../lib/index.js'
+import { CLIENT_COUNT, Peer, build, connect, roomOf, stateOf, write } from './helper.js'
 
 /**
  * Sends a patch frame that the server refuses and returns the frames it

@@ -2,15 +2,7 @@ import websocket from '@fastify/websocket'
 import Fastify from 'fastify'
 import t from 'tap'
 import canvasStore, { RoomManager, type CanvasStoreOptions, type RoomSnapshot, type Storage } from '../lib/index.js'
-import { build, connect, connectReal, listen, Peer } from './helper.js'
-
-const ACK = (messageId: string) => (f: any) => f.type === 'ack' && f.messageId === messageId
-
-async function write (peer: Peer, messageId: string, documentPatches?: unknown[], ephemeralPatches?: unknown[]): Promise<any> {
-  const ack = peer.next(ACK(messageId), peer.frames.length)
-  peer.send({ type: 'patch', messageId, documentPatches, ephemeralPatches })
-  return ack
-}
+import { build, connect, connectReal, listen, write } from './helper.js'
 
 const invalid: Array<[string, string, unknown]> = [
   ['path not starting with "/"', 'path', { path: 'sync' }],

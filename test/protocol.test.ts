@@ -1,28 +1,6 @@
 import type { FastifyInstance } from 'fastify'
 import t from 'tap'
-import type { Room } from '../lib/index.js'
-import { build, connect, connectReal, listen, Peer } from './helper.js'
-
-const CLIENT_COUNT = (count: number) => (f: any) => f.type === 'clientCount' && f.count === count
-const ACK = (messageId: string) => (f: any) => f.type === 'ack' && f.messageId === messageId
-
-function roomOf (app: FastifyInstance, roomId = 'r'): Room {
-  const room = app.canvasStore.getExistingRoom(roomId)
-  if (room === undefined) throw new Error(`room ${roomId} is not loaded`)
-  return room
-}
-
-/** The room's snapshot as plain JSON objects (the live one has prototype-less records). */
-function snapshotOf (app: FastifyInstance, roomId = 'r'): any {
-  return JSON.parse(JSON.stringify(roomOf(app, roomId).getSnapshot()))
-}
-
-/** Sends a patch frame and waits for its ack. */
-async function write (peer: Peer, messageId: string, documentPatches?: unknown[], ephemeralPatches?: unknown[]): Promise<any> {
-  const ack = peer.next(ACK(messageId), peer.frames.length)
-  peer.send({ type: 'patch', messageId, documentPatches, ephemeralPatches })
-  return ack
-}
+import { ACK, CLIENT_COUNT, Peer, build, connect, connectReal, gate, listen, roomOf, serverReceived, snapshotOf, write } from './helper.js'
 
 /** Connects, waits for the clientCount that includes this peer, and sends `reconnect`. */
 async function joined (app: FastifyInstance, clientId: string, count: number, roomId = 'r'): Promise<Peer> {
@@ -31,29 +9,6 @@ async function joined (app: FastifyInstance, clientId: string, count: number, ro
   if (first.count !== count) throw new Error(`${clientId} joined with clientCount ${first.count}, expected ${count}`)
   await peer.join()
   return peer
-}
-
-/** Counts the frames the server received on any socket, and lets a test wait until it saw `n`. */
-function serverReceived (app: FastifyInstance): (n: number) => Promise<void> {
-  let count = 0
-  const waiters: Array<{ n: number, resolve: () => void }> = []
-  app.websocketServer.on('connection', (socket) => {
-    socket.on('message', () => {
-      count++
-      for (const w of waiters.filter((w) => w.n <= count)) {
-        waiters.splice(waiters.indexOf(w), 1)
-        w.resolve()
-      }
-    })
-  })
-  return (n) => n <= count ? Promise.resolve() : new Promise((resolve) => waiters.push({ n, resolve }))
-}
-
-/** A promise and its resolve function. */
-function gate<T = void> (): { promise: Promise<T>, open: (value: T) => void } {
-  let open!: (value: T) => void
-  const promise = new Promise<T>((resolve) => { open = resolve })
-  return { promise, open }
 }
 
 t.test('connect: the newcomer gets the other clients\' presence, then every session gets clientCount', async (t) => {

@@ -1,29 +1,8 @@
 import type { FastifyInstance } from 'fastify'
 import t from 'tap'
-import type { Room } from '../lib/index.js'
-import { build, connect, connectReal, listen, Peer } from './helper.js'
+import { ACK, CLIENT_COUNT, Peer, build, connect, connectReal, listen, roomOf, stateOf, write } from './helper.js'
 
-const CLIENT_COUNT = (count: number) => (f: any) => f.type === 'clientCount' && f.count === count
-const ACK = (messageId: string) => (f: any) => f.type === 'ack' && f.messageId === messageId
 const RATE_LIMITED = 'CANVAS_STORE_RATE_LIMITED'
-
-function roomOf (app: FastifyInstance, roomId = 'r'): Room {
-  const room = app.canvasStore.getExistingRoom(roomId)
-  if (room === undefined) throw new Error(`room ${roomId} is not loaded`)
-  return room
-}
-
-/** The room's document state as plain JSON. */
-function stateOf (app: FastifyInstance, roomId = 'r'): any {
-  return JSON.parse(JSON.stringify(roomOf(app, roomId).getSnapshot().state))
-}
-
-/** Sends a patch frame and waits for its ack. */
-async function write (peer: Peer, messageId: string, documentPatches?: unknown[], ephemeralPatches?: unknown[]): Promise<any> {
-  const ack = peer.next(ACK(messageId), peer.frames.length)
-  peer.send({ type: 'patch', messageId, documentPatches, ephemeralPatches })
-  return ack
-}
 
 /**
  * Connects and waits for the clientCount that includes this peer. No
