@@ -1,7 +1,7 @@
 import { createRequire } from 'node:module'
 import type pg from 'pg'
 import type { ComponentData, FieldTimestamps, RoomSnapshot } from '../protocol/types.js'
-import type { IncrementalStorage, RoomChanges, RoomStore } from './storage.js'
+import type { IncrementalStorage, PendingAppend as Pending, RoomChanges, RoomStore } from './storage.js'
 
 /** Options of {@link PostgresStorage}: give `pool` or `connectionString`. */
 export interface PostgresStorageOptions {
@@ -14,13 +14,6 @@ export interface PostgresStorageOptions {
    * @default 'canvas_store'
    */
   tablePrefix?: string
-}
-
-interface Pending {
-  roomId: string
-  changes: RoomChanges
-  resolve: () => void
-  reject: (err: unknown) => void
 }
 
 /**

@@ -3,7 +3,7 @@ import { createRequire } from 'node:module'
 import { dirname } from 'node:path'
 import type BetterSqlite3 from 'better-sqlite3'
 import type { ComponentData, FieldTimestamps, RoomSnapshot } from '../protocol/types.js'
-import type { IncrementalStorage, RoomChanges, RoomStore } from './storage.js'
+import type { IncrementalStorage, PendingAppend as Pending, RoomChanges, RoomStore } from './storage.js'
 
 /** Options of {@link SqliteStorage}. */
 export interface SqliteStorageOptions {
@@ -26,13 +26,6 @@ export interface SqliteStorageOptions {
    * @default 'canvas_store'
    */
   tablePrefix?: string
-}
-
-interface Pending {
-  roomId: string
-  changes: RoomChanges
-  resolve: () => void
-  reject: (err: unknown) => void
 }
 
 /**

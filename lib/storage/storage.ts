@@ -49,6 +49,14 @@ export interface IncrementalStorage extends Storage {
   append(changes: RoomChanges): Promise<void>
 }
 
+/** An append waiting for the next group commit of a shared store (SQLite, PostgreSQL). */
+export interface PendingAppend {
+  roomId: string
+  changes: RoomChanges
+  resolve: () => void
+  reject: (err: unknown) => void
+}
+
 /** True when the storage offers the incremental path. */
 export function isIncremental (storage: Storage): storage is IncrementalStorage {
   return typeof (storage as Partial<IncrementalStorage>).append === 'function'
