@@ -1,14 +1,24 @@
 import type { BufferDelta, ComponentData, FieldTimestamps, Patch, RoomSnapshot } from '../protocol/types.js'
 
 /**
- * A record with no prototype: a key such as `__proto__` is an ordinary own
- * property here, so nothing a client sends can reach `Object.prototype`.
+ * A record whose prototype chain does not reach `Object.prototype`: a key
+ * such as `__proto__` is an ordinary own property here, so nothing a client
+ * sends can reach `Object.prototype`.
  */
 export type Fields = Record<string, unknown>
 
-/** Creates an empty prototype-less record. */
+/**
+ * Records are made with `new SafeRecord()` rather than `Object.create(null)`:
+ * V8 keeps the latter in dictionary mode, several times larger, and a room
+ * holds two records per document key. The prototype is an empty object with
+ * a null prototype, so there is no `__proto__` setter anywhere up the chain.
+ */
+const SafeRecord = function SafeRecord () {} as unknown as new () => Record<string, unknown>
+SafeRecord.prototype = Object.create(null)
+
+/** Creates an empty record that cannot be polluted. */
 export function emptyRecord<T = unknown> (): Record<string, T> {
-  return Object.create(null) as Record<string, T>
+  return new SafeRecord() as Record<string, T>
 }
 
 /** True for a `{ __buf: 1, len, runs }` value. The frame validator has already checked its shape. */
