@@ -43,6 +43,7 @@ const canvasStore: FastifyPluginAsync<CanvasStoreOptions> = async (fastify, opts
     rateLimit: options.rateLimit,
     slowClient: options.slowClient,
     observer: metrics,
+    presenceBatching: options.presenceBatching,
     logger: log,
     onTokenRefresh: options.authorize === undefined
       ? undefined

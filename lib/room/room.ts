@@ -16,6 +16,7 @@ import type { Storage } from '../storage/storage.js'
 import { Document, emptyRecord, hasContent, applyValue, type Fields } from './document.js'
 import { DEFAULT_LIMITS, DEFAULT_RATE_LIMIT, DEFAULT_SLOW_CLIENT, TokenBucket, countKeys, type RateLimit, type RoomLimits, type SlowClientPolicy } from './limits.js'
 import { Persistence, type Durability } from './persistence.js'
+import { PresenceBatch } from './presence-batch.js'
 import { MAX_HELD_FRAMES, silentLogger, type RoomLogger, type RoomObserver, type Session, type WebSocketLike } from './session.js'
 
 /** What an `auth-refresh` decides. */
@@ -67,6 +68,14 @@ export interface RoomOptions {
   logger?: RoomLogger
   /** Receives measurements (frames, bytes, apply and storage times). */
   observer?: RoomObserver
+  /**
+   * Batch presence per event-loop turn: each session gets at most one
+   * presence frame per turn with every other client's latest values, instead
+   * of one frame per sender frame. The plugin turns it on; off here, presence
+   * frames are forwarded as received, at once.
+   * @default false
+   */
+  presenceBatching?: boolean
   /** The room's id, used for storage and logs. */
   roomId?: string
 }
@@ -103,6 +112,10 @@ export class Room {
   readonly #limits: RoomLimits
   readonly #rateLimit: RateLimit | null
   readonly #slow: SlowClientPolicy | null
+  /** Presence of this loop turn, sent once per session at its end (when batching). */
+  readonly #presence = new PresenceBatch()
+  readonly #batchPresence: boolean
+  #presenceScheduled = false
   /** With durable acks: messages waiting for the write that holds what they report. */
   #outbox: Array<{ need: number, session: Session, data: string, droppable: boolean }> = []
   #closed = false
@@ -117,6 +130,7 @@ export class Room {
     if (!Number.isFinite(throttle) || throttle < 0) throw new RangeError('saveThrottleMs must be a number >= 0')
     this.#log = options.logger ?? silentLogger
     this.#observer = options.observer
+    this.#batchPresence = options.presenceBatching === true
     this.#limits = { ...DEFAULT_LIMITS, ...options.limits }
     this.#rateLimit = options.rateLimit === false ? null : { ...DEFAULT_RATE_LIMIT, ...options.rateLimit }
     this.#slow = options.slowClient === false ? null : { ...DEFAULT_SLOW_CLIENT, ...options.slowClient }
@@ -467,6 +481,19 @@ export class Room {
     }
     if (ephs !== undefined) this.#applyPresence(session.clientId, ephs)
 
+    if (docs === undefined && this.#batchPresence) {
+      // Presence only: batched per loop turn (see #flushPresence).
+      if (this.#sessions.size > 1) {
+        this.#presence.add(session.clientId, ephs!)
+        if (!this.#presenceScheduled) {
+          this.#presenceScheduled = true
+          setImmediate(() => this.#flushPresence())
+        }
+      }
+      return
+    }
+    // Presence batched earlier in this turn leaves first, so that no older value overtakes a newer one.
+    this.#flushPresence()
     if (this.#sessions.size > 1) {
       const broadcast: ServerMessage = { type: 'patch', clientId: session.clientId }
       if (docs !== undefined) {
@@ -476,12 +503,46 @@ export class Room {
       if (ephs !== undefined) broadcast.ephemeralPatches = ephs
       const data = JSON.stringify(broadcast)
       // Presence-only frames without deletions may be dropped for a slow session (it gets fresh presence later).
-      const droppable = docs === undefined && this.#slow !== null && !hasTombstone(ephs!)
+      const droppable = docs === undefined && this.#slow !== null && !ephs!.some((patch) => Object.keys(patch).some((key) => patch[key]._exists === false))
       for (const other of this.#sessions.values()) {
         if (other !== session) this.#send(other, data, droppable)
       }
     }
     if (docs !== undefined) this.#options.onDocumentPatch?.(this, docs)
+  }
+
+  /**
+   * Sends the presence batched during this loop turn: at most one frame per
+   * session, holding every other client's latest values, never the
+   * session's own. A frame with one sender carries its clientId, as a
+   * forwarded frame would. Frames without deletions may be dropped for a slow
+   * session (it gets fresh presence once it catches up).
+   */
+  #flushPresence (): void {
+    this.#presenceScheduled = false
+    if (this.#presence.size === 0) return
+    const senders = this.#presence.take()
+    const slow = this.#slow !== null
+    if (senders.length === 1) {
+      const { clientId, json, deletes } = senders[0]
+      const data = `{"type":"patch","clientId":${JSON.stringify(clientId)},"ephemeralPatches":[${json}]}`
+      for (const session of this.#sessions.values()) {
+        if (session.clientId !== clientId) this.#send(session, data, slow && !deletes)
+      }
+      return
+    }
+    const all = `{"type":"patch","clientId":"","ephemeralPatches":[${senders.map((s) => s.json).join(',')}]}`
+    const deletes = senders.some((s) => s.deletes)
+    for (const session of this.#sessions.values()) {
+      const own = senders.findIndex((s) => s.clientId === session.clientId)
+      if (own === -1) {
+        this.#send(session, all, slow && !deletes)
+        continue
+      }
+      const others = senders.filter((_, i) => i !== own)
+      const only = others.length === 1 ? JSON.stringify(others[0].clientId) : '""'
+      this.#send(session, `{"type":"patch","clientId":${only},"ephemeralPatches":[${others.map((s) => s.json).join(',')}]}`, slow && !others.some((s) => s.deletes))
+    }
   }
 
   /**
@@ -604,6 +665,7 @@ export class Room {
   #removeSession (sessionId: string): void {
     const session = this.#sessions.get(sessionId)
     if (session === undefined) return
+    this.#flushPresence()
     this.#sessions.delete(sessionId)
     const clientId = session.clientId
     // Another live session of the same client (a reconnect that raced the old socket's close) keeps the presence.
@@ -731,14 +793,6 @@ const FRAME_TOO_LARGE = [frameErrorCodes.FRAME_TOO_LARGE, 'Too many patches or k
 const DOCUMENT_FULL = [frameErrorCodes.DOCUMENT_FULL, 'The document has reached its key limit: not applied'] as const
 const PRESENCE_FULL = [frameErrorCodes.PRESENCE_FULL, 'Too many presence keys for this client: not applied'] as const
 const RATE_LIMITED = [frameErrorCodes.RATE_LIMITED, 'Too many frames or bytes per second: not applied'] as const
-
-/** True when a patch list deletes a key. */
-function hasTombstone (patches: Patch[]): boolean {
-  for (const patch of patches) {
-    for (const key in patch) if (patch[key]?._exists === false) return true
-  }
-  return false
-}
 
 function byteSize (data: string | Buffer | ArrayBuffer | Buffer[], text: string): number {
   if (typeof data === 'string') return text.length

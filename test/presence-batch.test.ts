@@ -1,0 +1,102 @@
+import t from 'tap'
+import fc from 'fast-check'
+import { Room } from '../lib/index.js'
+import { applyValue, type Fields } from '../lib/room/document.js'
+import { PresenceBatch } from '../lib/room/presence-batch.js'
+
+/** A receiver's state after applying patches in order, with the protocol's rules. */
+function receive (patches: any[]): Record<string, unknown> {
+  const state = new Map<string, Fields>()
+  for (const patch of patches) {
+    for (const key of Object.keys(patch)) {
+      const [kind, value] = applyValue(state.get(key), patch[key])
+      if (kind !== 'dropped') state.set(key, value!)
+    }
+  }
+  return JSON.parse(JSON.stringify(Object.fromEntries(state)))
+}
+
+const value = fc.oneof(
+  fc.constant({ _exists: false }),
+  fc.record({ _exists: fc.constant(true), x: fc.integer({ min: 0, max: 9 }) }),
+  fc.record({ x: fc.integer({ min: 0, max: 9 }) }, { requiredKeys: [] }),
+  fc.record({ y: fc.integer({ min: 0, max: 9 }), pts: fc.constant({ __buf: 1, len: 3, runs: [[1, [7]]] }) }, { requiredKeys: ['y'] })
+)
+const patch = fc.dictionary(fc.constantFrom('cursor', 'sel', '__proto__'), value, { maxKeys: 3 })
+
+t.test('a merged batch gives a receiver the same state as every patch in order, whatever it held before', async (t) => {
+  fc.assert(fc.property(patch, fc.array(patch, { maxLength: 12 }), fc.array(fc.constantFrom('a', 'b'), { minLength: 12, maxLength: 12 }), (initial, patches, senders) => {
+    const batch = new PresenceBatch()
+    const bySender: Record<string, any[]> = { a: [], b: [] }
+    patches.forEach((p, i) => {
+      const copy = JSON.parse(JSON.stringify(p))
+      batch.add(senders[i], [copy])
+      bySender[senders[i]].push(JSON.parse(JSON.stringify(p)))
+    })
+    for (const { clientId, json } of batch.take()) {
+      const merged = JSON.parse(`[${json}]`)
+      t.strictSame(receive([initial, ...merged]), receive([initial, ...bySender[clientId]]))
+    }
+  }), { numRuns: 500, seed: 42 })
+})
+
+function fakeSocket () {
+  const sent: any[] = []
+  return { sent, readyState: 1, send (data: string) { sent.push(JSON.parse(data)) }, close () {} }
+}
+
+const turn = (): Promise<void> => new Promise((resolve) => setImmediate(resolve))
+
+t.test('one presence frame per session per turn, the latest values, never its own', async (t) => {
+  const room = new Room({ roomId: 'r', presenceBatching: true })
+  const sockets = ['a', 'b', 'c'].map(() => fakeSocket())
+  const ids = ['a', 'b', 'c'].map((clientId, i) => room.handleSocketConnect({ socket: sockets[i], clientId, permissions: 'readwrite' }))
+  for (const s of sockets) s.sent.length = 0
+  for (let i = 0; i < 5; i++) {
+    room.handleSocketMessage(ids[0], JSON.stringify({ type: 'patch', messageId: `a${i}`, ephemeralPatches: [{ 'cursor/a': { _exists: true, x: i } }] }))
+    room.handleSocketMessage(ids[1], JSON.stringify({ type: 'patch', messageId: `b${i}`, ephemeralPatches: [{ 'cursor/b': { _exists: true, x: 10 + i } }] }))
+  }
+  t.same(sockets[2].sent, [], 'nothing before the end of the turn')
+  t.same(sockets[0].sent.map((f) => f.type), ['ack', 'ack', 'ack', 'ack', 'ack'], 'acks go at once')
+  await turn()
+  const presence = (s: ReturnType<typeof fakeSocket>) => s.sent.filter((f) => f.type === 'patch')
+  t.same(presence(sockets[2]), [{ type: 'patch', clientId: '', ephemeralPatches: [{ 'cursor/a': { _exists: true, x: 4 } }, { 'cursor/b': { _exists: true, x: 14 } }] }], 'c: one frame, both senders, latest values')
+  t.same(presence(sockets[0]), [{ type: 'patch', clientId: 'b', ephemeralPatches: [{ 'cursor/b': { _exists: true, x: 14 } }] }], 'a: only b\'s presence, with b\'s clientId')
+  t.same(presence(sockets[1]), [{ type: 'patch', clientId: 'a', ephemeralPatches: [{ 'cursor/a': { _exists: true, x: 4 } }] }], 'b: only a\'s presence')
+})
+
+t.test('batched presence leaves before a later document frame and before a leave', async (t) => {
+  const room = new Room({ roomId: 'r', presenceBatching: true })
+  const a = fakeSocket()
+  const b = fakeSocket()
+  const sa = room.handleSocketConnect({ socket: a, clientId: 'a', permissions: 'readwrite' })
+  room.handleSocketConnect({ socket: b, clientId: 'b', permissions: 'readwrite' })
+  b.sent.length = 0
+  room.handleSocketMessage(sa, JSON.stringify({ type: 'patch', messageId: 'm1', ephemeralPatches: [{ 'cursor/a': { _exists: true, x: 1 } }] }))
+  room.handleSocketMessage(sa, JSON.stringify({ type: 'patch', messageId: 'm2', documentPatches: [{ k: { _exists: true } }], ephemeralPatches: [{ 'cursor/a': { x: 2 } }] }))
+  t.same(b.sent, [
+    { type: 'patch', clientId: 'a', ephemeralPatches: [{ 'cursor/a': { _exists: true, x: 1 } }] },
+    { type: 'patch', clientId: 'a', documentPatches: [{ k: { _exists: true } }], timestamp: 1, ephemeralPatches: [{ 'cursor/a': { x: 2 } }] }
+  ], 'the presence first, then the document frame as received')
+  b.sent.length = 0
+  room.handleSocketMessage(sa, JSON.stringify({ type: 'patch', messageId: 'm3', ephemeralPatches: [{ 'cursor/a': { x: 3 } }] }))
+  room.handleSocketClose(sa)
+  t.same(b.sent, [
+    { type: 'patch', clientId: 'a', ephemeralPatches: [{ 'cursor/a': { x: 3 } }] },
+    { type: 'patch', clientId: 'a', ephemeralPatches: [{ 'cursor/a': { _exists: false } }] },
+    { type: 'clientCount', count: 1 }
+  ], 'then the leaver\'s tombstones')
+  await turn()
+  t.equal(b.sent.length, 3, 'nothing left over at the end of the turn')
+})
+
+t.test('without presenceBatching (the Room default) presence is forwarded at once', async (t) => {
+  const room = new Room({ roomId: 'r' })
+  const a = fakeSocket()
+  const b = fakeSocket()
+  const sa = room.handleSocketConnect({ socket: a, clientId: 'a', permissions: 'readwrite' })
+  room.handleSocketConnect({ socket: b, clientId: 'b', permissions: 'readwrite' })
+  b.sent.length = 0
+  room.handleSocketMessage(sa, JSON.stringify({ type: 'patch', messageId: 'm1', ephemeralPatches: [{ c: { _exists: true } }] }))
+  t.same(b.sent, [{ type: 'patch', clientId: 'a', ephemeralPatches: [{ c: { _exists: true } }] }])
+})
