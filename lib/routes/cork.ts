@@ -10,10 +10,31 @@ import type { WebSocketLike } from '../room/session.js'
 const corked = new Set<Socket>()
 let scheduled = false
 
+/**
+ * A broadcast hands the same string to every socket of a room in a row:
+ * encode it to UTF-8 once and send the same Buffer (as a text frame) to all
+ * of them, instead of once per socket.
+ */
+const EMPTY = Buffer.alloc(0)
+let lastText: string | null = null
+let lastBytes: Buffer = EMPTY
+const TEXT = { binary: false }
+
+function encoded (data: string): Buffer {
+  if (data !== lastText) {
+    lastText = data
+    lastBytes = Buffer.from(data, 'utf8')
+  }
+  return lastBytes
+}
+
 function uncorkAll (): void {
   scheduled = false
   for (const socket of corked) socket.uncork()
   corked.clear()
+  // Do not keep the turn's last frame (it may be a whole document) alive.
+  lastText = null
+  lastBytes = EMPTY
 }
 
 function cork (ws: WebSocket): void {
@@ -33,7 +54,7 @@ export function corkingSocket (ws: WebSocket): WebSocketLike & { terminate(): vo
   return {
     send (data: string) {
       cork(ws)
-      ws.send(data)
+      ws.send(encoded(data), TEXT)
     },
     close (code?: number, reason?: string) {
       ws.close(code, reason)
