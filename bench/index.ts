@@ -3,10 +3,18 @@
  * Not a test: it prints tables of medians.
  */
 import { storageBytes, storageThroughput } from './storage.js'
+import { syncCursors, syncFanout, syncJoinLarge, syncMemory, syncReconnectLarge, syncReconnectStorm, syncRooms } from './sync.js'
 
 const scenarios: Record<string, () => Promise<void>> = {
   'storage-bytes': storageBytes,
-  'storage-throughput': storageThroughput
+  'storage-throughput': storageThroughput,
+  fanout: syncFanout,
+  cursors: syncCursors,
+  rooms: syncRooms,
+  'join-large': syncJoinLarge,
+  'reconnect-storm': syncReconnectStorm,
+  'reconnect-large': syncReconnectLarge,
+  memory: syncMemory
 }
 
 const wanted = process.argv.slice(2)
