@@ -1,9 +1,9 @@
 import rateLimit from '@fastify/rate-limit'
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
-import type { FastifyInstance, FastifyPluginAsync } from 'fastify'
+import type { FastifyBaseLogger, FastifyInstance, FastifyPluginAsync } from 'fastify'
 import type { RawData, WebSocket } from 'ws'
 import { CloseCode, closeReason, errors } from '../errors.js'
-import type { AuthorizeResult, ResolvedOptions } from '../options.js'
+import type { Authorize, AuthorizeInfo, AuthorizeResult, ResolvedOptions } from '../options.js'
 import { refusal, type Room, type RoomOptions } from '../room/room.js'
 import { RoomLimitError, type RoomManager } from '../room/room-manager.js'
 import { corkingSocket } from './cork.js'
@@ -81,85 +81,110 @@ export const wsRoutes: FastifyPluginAsync<WsRouteOptions> = async (fastify: Fast
     alive.set(socket, true)
     socket.on('pong', () => alive.set(socket, true))
 
-    let room: Room | undefined
-    let sessionId: string | undefined
-    let closed = false
-    let queue: RawData[] | null = []
-    let queuedBytes = 0
+    // The listeners below capture this state, not the request: an open socket must not keep its upgrade request alive.
+    const conn: Connection = { room: undefined, sessionId: undefined, closed: false, queue: [], queuedBytes: 0 }
 
     socket.on('message', (data: RawData) => {
-      if (sessionId !== undefined) {
+      if (conn.sessionId !== undefined) {
         if (byteLength(data) > options.maxPayload) {
           socket.close(CloseCode.MESSAGE_TOO_BIG, 'Frame too big')
           return
         }
-        room!.handleSocketMessage(sessionId, data)
+        conn.room!.handleSocketMessage(conn.sessionId, data)
         return
       }
-      if (queue === null) return
-      queuedBytes += byteLength(data)
-      if (queue.length >= options.maxQueuedFrames || queuedBytes > options.maxQueuedBytes) {
+      if (conn.queue === null) return
+      conn.queuedBytes += byteLength(data)
+      if (conn.queue.length >= options.maxQueuedFrames || conn.queuedBytes > options.maxQueuedBytes) {
         log.warn('too many frames before the room was ready')
-        queue = null
+        conn.queue = null
         socket.close(CloseCode.POLICY_VIOLATION, 'Too many frames before the room was ready')
         return
       }
-      queue.push(data)
+      conn.queue.push(data)
     })
     socket.on('close', (code: number) => {
       metrics?.closed(code)
-      closed = true
-      queue = null
+      conn.closed = true
+      conn.queue = null
       sockets.delete(socket)
-      if (sessionId !== undefined) room!.handleSocketClose(sessionId)
+      if (conn.sessionId !== undefined) conn.room!.handleSocketClose(conn.sessionId)
     })
     socket.on('error', (err) => {
       log.debug({ err }, 'socket error')
-      if (sessionId !== undefined) room!.handleSocketError(sessionId)
+      if (conn.sessionId !== undefined) conn.room!.handleSocketError(conn.sessionId)
     })
 
-    const accept = async (): Promise<void> => {
-      let result: AuthorizeResult
-      try {
-        result = checkResult(await authorize({ roomId, clientId, token, request }))
-      } catch (err) {
-        const [code, reason] = refusal(err)
-        log.info({ code, reason }, 'connection refused by authorize')
-        socket.close(code, closeReason(reason))
-        return
-      }
-      if (closed) return
-      let loaded: Room
-      try {
-        loaded = await manager.getOrCreateRoom(roomId, roomOptions(roomId))
-      } catch (err) {
-        if (err instanceof RoomLimitError) {
-          log.warn('room refused: the server is at its maxRooms limit')
-          socket.close(CloseCode.TRY_AGAIN_LATER, 'Server at capacity')
-          return
-        }
-        log.error({ err }, 'could not load the room')
-        socket.close(CloseCode.INTERNAL_ERROR, 'Could not load the room')
-        return
-      }
-      // Checked in the same turn as the connect, so the room cannot be unloaded in between.
-      if (closed) return
-      if (manager.draining) {
-        socket.close(CloseCode.TRY_AGAIN_LATER, 'Server restarting: try again')
-        return
-      }
-      room = loaded
-      sessionId = room.handleSocketConnect({ socket: corkingSocket(socket), clientId, permissions: result.permissions, metadata: result.metadata })
-      log.debug({ sessionId }, 'session joined')
-      const pending = queue ?? []
-      queue = null
-      for (const data of pending) room.handleSocketMessage(sessionId, data)
-    }
-    accept().catch((err: unknown) => {
+    accept(conn, socket, callAuthorize(authorize, { roomId, clientId, token, request }), { roomId, clientId, log, manager, roomOptions }).catch((err: unknown) => {
       log.error({ err }, 'accepting the connection failed')
       socket.close(CloseCode.INTERNAL_ERROR, 'Internal error')
     })
   })
+}
+
+/** Runs authorize, turning a synchronous throw into a rejection. */
+function callAuthorize (authorize: Authorize, info: AuthorizeInfo): Promise<AuthorizeResult> {
+  try {
+    return Promise.resolve(authorize(info))
+  } catch (err) {
+    return Promise.reject(err)
+  }
+}
+
+/** What the route keeps per socket. */
+interface Connection {
+  room: Room | undefined
+  sessionId: string | undefined
+  closed: boolean
+  /** Frames received before the session exists; null once drained or refused. */
+  queue: RawData[] | null
+  queuedBytes: number
+}
+
+/** Awaits authorize, loads the room, joins the session and replays the frames queued meanwhile. */
+async function accept (
+  conn: Connection,
+  socket: WebSocket,
+  authorization: Promise<AuthorizeResult>,
+  ctx: { roomId: string, clientId: string, log: FastifyBaseLogger, manager: RoomManager, roomOptions: (roomId: string) => RoomOptions }
+): Promise<void> {
+  const { roomId, clientId, log, manager } = ctx
+  let result: AuthorizeResult
+  try {
+    result = checkResult(await authorization)
+  } catch (err) {
+    const [code, reason] = refusal(err)
+    log.info({ code, reason }, 'connection refused by authorize')
+    socket.close(code, closeReason(reason))
+    return
+  }
+  if (conn.closed) return
+  let loaded: Room
+  try {
+    loaded = await manager.getOrCreateRoom(roomId, ctx.roomOptions(roomId))
+  } catch (err) {
+    if (err instanceof RoomLimitError) {
+      log.warn('room refused: the server is at its maxRooms limit')
+      socket.close(CloseCode.TRY_AGAIN_LATER, 'Server at capacity')
+      return
+    }
+    log.error({ err }, 'could not load the room')
+    socket.close(CloseCode.INTERNAL_ERROR, 'Could not load the room')
+    return
+  }
+  // Checked in the same turn as the connect, so the room cannot be unloaded in between.
+  if (conn.closed) return
+  if (manager.draining) {
+    socket.close(CloseCode.TRY_AGAIN_LATER, 'Server restarting: try again')
+    return
+  }
+  conn.room = loaded
+  const sessionId = loaded.handleSocketConnect({ socket: corkingSocket(socket), clientId, permissions: result.permissions, metadata: result.metadata })
+  conn.sessionId = sessionId
+  log.debug({ sessionId }, 'session joined')
+  const pending = conn.queue ?? []
+  conn.queue = null
+  for (const data of pending) loaded.handleSocketMessage(sessionId, data)
 }
 
 /** Refuses an authorize result without valid permissions (a bug in the user's authorize). */
