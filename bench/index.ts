@@ -2,6 +2,7 @@
  * `npm run bench` runs every scenario; `npm run bench -- NAME...` runs some.
  * Not a test: it prints tables of medians.
  */
+import { soak } from './soak.js'
 import { storageBytes, storageThroughput } from './storage.js'
 import { syncCursors, syncFanout, syncJoinLarge, syncMemory, syncReconnectLarge, syncReconnectStorm, syncRooms } from './sync.js'
 
@@ -14,7 +15,8 @@ const scenarios: Record<string, () => Promise<void>> = {
   'join-large': syncJoinLarge,
   'reconnect-storm': syncReconnectStorm,
   'reconnect-large': syncReconnectLarge,
-  memory: syncMemory
+  memory: syncMemory,
+  soak
 }
 
 const wanted = process.argv.slice(2)
