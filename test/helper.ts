@@ -152,3 +152,12 @@ export function gate<T = void> (): { promise: Promise<T>, open: (value: T) => vo
   const promise = new Promise<T>((resolve) => { open = resolve })
   return { promise, open }
 }
+
+/** Connects, waits for the clientCount that includes this peer, and sends `reconnect`. */
+export async function joined (app: FastifyInstance, clientId: string, count: number, roomId = 'r'): Promise<Peer> {
+  const peer = await connect(app, { roomId, clientId })
+  const first = await peer.next((f) => f.type === 'clientCount')
+  if (first.count !== count) throw new Error(`${clientId} joined with clientCount ${first.count}, expected ${count}`)
+  await peer.join()
+  return peer
+}

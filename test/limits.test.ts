@@ -1,7 +1,6 @@
-import type { FastifyInstance } from 'fastify'
 import t, { type Test } from 'tap'
 import type { CanvasStoreOptions } from '../lib/index.js'
-import { CLIENT_COUNT, Peer, build, connect, roomOf, stateOf, write } from './helper.js'
+import { CLIENT_COUNT, Peer, build, connect, joined, roomOf, stateOf, write } from './helper.js'
 
 /**
  * Sends a patch frame that the server refuses and returns the frames it
@@ -16,15 +15,6 @@ async function refused (peer: Peer, messageId: string, documentPatches?: unknown
   peer.send({ type: 'patch', messageId, documentPatches, ephemeralPatches })
   await last
   return peer.frames.slice(from)
-}
-
-/** Connects, waits for the clientCount that includes this peer, and sends `reconnect`. */
-async function joined (app: FastifyInstance, clientId: string, count: number, roomId = 'r'): Promise<Peer> {
-  const peer = await connect(app, { roomId, clientId })
-  const first = await peer.next((f) => f.type === 'clientCount')
-  if (first.count !== count) throw new Error(`${clientId} joined with clientCount ${first.count}, expected ${count}`)
-  await peer.join()
-  return peer
 }
 
 /**

@@ -1,15 +1,6 @@
 import type { FastifyInstance } from 'fastify'
 import t from 'tap'
-import { ACK, CLIENT_COUNT, Peer, build, connect, connectReal, gate, listen, roomOf, serverReceived, snapshotOf, write } from './helper.js'
-
-/** Connects, waits for the clientCount that includes this peer, and sends `reconnect`. */
-async function joined (app: FastifyInstance, clientId: string, count: number, roomId = 'r'): Promise<Peer> {
-  const peer = await connect(app, { roomId, clientId })
-  const first = await peer.next((f) => f.type === 'clientCount')
-  if (first.count !== count) throw new Error(`${clientId} joined with clientCount ${first.count}, expected ${count}`)
-  await peer.join()
-  return peer
-}
+import { ACK, CLIENT_COUNT, Peer, build, connect, connectReal, gate, joined, listen, roomOf, serverReceived, snapshotOf, write } from './helper.js'
 
 t.test('connect: the newcomer gets the other clients\' presence, then every session gets clientCount', async (t) => {
   const app = await build(t)

@@ -1,6 +1,6 @@
 import { Type } from '@sinclair/typebox'
 import { TypeCompiler } from '@sinclair/typebox/compiler'
-import { PROTOCOL_VERSION, type ClientMessage, type ServerMessage } from './types.js'
+import { PROTOCOL_VERSION, type ClientMessage } from './types.js'
 
 /** Longest array a buffer delta may describe (a bigger one would let one frame allocate gigabytes). */
 export const MAX_BUFFER_LENGTH = 10_000_000
@@ -119,9 +119,4 @@ export function parseClientFrame (raw: string): ParsedFrame {
     message: `invalid ${type} frame${where ? ` (${where})` : ''}`.slice(0, 300),
     ...(typeof messageId === 'string' && messageId.length <= 1024 ? { messageId } : {})
   }
-}
-
-/** Serializes a server frame. */
-export function serialize (message: ServerMessage): string {
-  return JSON.stringify(message)
 }

@@ -1,6 +1,7 @@
 import { randomUUID } from 'node:crypto'
 import { CloseCode, closeReason, frameErrorCodes } from '../errors.js'
 import { parseClientFrame } from '../protocol/frames.js'
+import { PROTOCOL_VERSION } from '../protocol/types.js'
 import type {
   ClientMessage,
   ComponentData,
@@ -354,7 +355,7 @@ export class Room {
       case 'ignore':
         return 'ignored'
       case 'version-mismatch':
-        this.#sendMessage(session, { type: 'version-mismatch', serverProtocolVersion: 2 })
+        this.#sendMessage(session, { type: 'version-mismatch', serverProtocolVersion: PROTOCOL_VERSION })
         return 'version-mismatch'
       case 'invalid':
         this.#log.debug({ roomId: this.roomId, sessionId: session.sessionId, reason: parsed.message }, 'frame refused')
