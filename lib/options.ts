@@ -172,8 +172,10 @@ export interface CanvasStoreOptions {
    * at most one presence frame per turn holding every other client's latest
    * values (never its own), instead of one frame per sender frame. Exact
    * (applying the batch equals applying every frame in order) and what keeps
-   * a room of 100 cursors at 30 Hz cheap. `false` forwards each frame as
-   * received, at once.
+   * a room of 100 cursors at 30 Hz cheap. `clientCount` frames are batched
+   * the same way (the newcomer gets its count at once, the others once per
+   * turn), which keeps a reconnect storm linear. `false` forwards each frame
+   * as received, at once.
    * @default true
    */
   presenceBatching?: boolean

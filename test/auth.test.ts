@@ -87,7 +87,7 @@ t.test('readonly: document patches carried by reconnect are not applied, not bro
   const w = await joined(app, { clientId: 'w' })
   await write(w, 'w1', [{ 'e1/Pos': { _exists: true, x: 1 } }])
   const r = await connect(app, { roomId: 'r', clientId: 'r', token: 'ro' })
-  await r.next(CLIENT_COUNT(2))
+  await Promise.all([r.next(CLIENT_COUNT(2)), w.next(CLIENT_COUNT(2))])
   const from = r.frames.length
   const fromW = w.frames.length
   const synced = await r.join(0, { documentPatches: [{ 'e1/Pos': { x: 50 } }], ephemeralPatches: [{ 'cursor/r': { _exists: true } }] })

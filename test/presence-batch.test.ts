@@ -51,6 +51,7 @@ t.test('one presence frame per session per turn, the latest values, never its ow
   const room = new Room({ roomId: 'r', presenceBatching: true })
   const sockets = ['a', 'b', 'c'].map(() => fakeSocket())
   const ids = ['a', 'b', 'c'].map((clientId, i) => room.handleSocketConnect({ socket: sockets[i], clientId, permissions: 'readwrite' }))
+  await turn()
   for (const s of sockets) s.sent.length = 0
   for (let i = 0; i < 5; i++) {
     room.handleSocketMessage(ids[0], JSON.stringify({ type: 'patch', messageId: `a${i}`, ephemeralPatches: [{ 'cursor/a': { _exists: true, x: i } }] }))
@@ -71,6 +72,7 @@ t.test('batched presence leaves before a later document frame and before a leave
   const b = fakeSocket()
   const sa = room.handleSocketConnect({ socket: a, clientId: 'a', permissions: 'readwrite' })
   room.handleSocketConnect({ socket: b, clientId: 'b', permissions: 'readwrite' })
+  await turn()
   b.sent.length = 0
   room.handleSocketMessage(sa, JSON.stringify({ type: 'patch', messageId: 'm1', ephemeralPatches: [{ 'cursor/a': { _exists: true, x: 1 } }] }))
   room.handleSocketMessage(sa, JSON.stringify({ type: 'patch', messageId: 'm2', documentPatches: [{ k: { _exists: true } }], ephemeralPatches: [{ 'cursor/a': { x: 2 } }] }))
@@ -83,11 +85,28 @@ t.test('batched presence leaves before a later document frame and before a leave
   room.handleSocketClose(sa)
   t.same(b.sent, [
     { type: 'patch', clientId: 'a', ephemeralPatches: [{ 'cursor/a': { x: 3 } }] },
-    { type: 'patch', clientId: 'a', ephemeralPatches: [{ 'cursor/a': { _exists: false } }] },
-    { type: 'clientCount', count: 1 }
+    { type: 'patch', clientId: 'a', ephemeralPatches: [{ 'cursor/a': { _exists: false } }] }
   ], 'then the leaver\'s tombstones')
   await turn()
-  t.equal(b.sent.length, 3, 'nothing left over at the end of the turn')
+  t.same(b.sent.slice(2), [{ type: 'clientCount', count: 1 }], 'then the new count, at the end of the turn')
+})
+
+t.test('with batching, clientCount goes out once per turn; the newcomer gets its count at once; no frame overtakes a count', async (t) => {
+  const room = new Room({ roomId: 'r', presenceBatching: true })
+  const sockets = ['a', 'b', 'c', 'd'].map(() => fakeSocket())
+  const counts = (s: ReturnType<typeof fakeSocket>) => s.sent.filter((f) => f.type === 'clientCount').map((f) => f.count)
+  const ids = ['a', 'b', 'c'].map((clientId, i) => room.handleSocketConnect({ socket: sockets[i], clientId, permissions: 'readwrite' }))
+  t.same(sockets.slice(0, 3).map(counts), [[1], [2], [3]], 'each newcomer learns the count when it joins')
+  await turn()
+  t.same(sockets.slice(0, 3).map(counts), [[1, 3], [2, 3], [3]], 'the others learn the latest count once, at the end of the turn')
+  room.handleSocketConnect({ socket: sockets[3], clientId: 'd', permissions: 'readwrite' })
+  room.handleSocketMessage(ids[1], JSON.stringify({ type: 'patch', messageId: 'm1', documentPatches: [{ k: { _exists: true } }] }))
+  t.same(sockets[0].sent.slice(-2), [{ type: 'clientCount', count: 4 }, { type: 'patch', clientId: 'b', documentPatches: [{ k: { _exists: true } }], timestamp: 1 }], 'a gets the count it missed before the next frame')
+  t.same(sockets[1].sent.slice(-2), [{ type: 'clientCount', count: 4 }, { type: 'ack', messageId: 'm1', timestamp: 1 }], 'and so does the sender, before its ack')
+  room.handleSocketClose(ids[2])
+  t.same(counts(sockets[3]), [4], 'd: its count at join')
+  await turn()
+  t.same(sockets.map(counts), [[1, 3, 4, 3], [2, 3, 4, 3], [3, 4], [4, 3]], 'the count after c left, once, at the end of the turn')
 })
 
 t.test('without presenceBatching (the Room default) presence is forwarded at once', async (t) => {

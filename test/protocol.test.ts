@@ -98,7 +98,7 @@ t.test('reconnect with protocolVersion 1 gets only version-mismatch', async (t) 
   const app = await build(t)
   const b = await joined(app, 'b', 1)
   const a = await connect(app, { roomId: 'r', clientId: 'a' })
-  await a.next(CLIENT_COUNT(2))
+  await Promise.all([a.next(CLIENT_COUNT(2)), b.next(CLIENT_COUNT(2))])
   const from = a.frames.length
   const fromB = b.frames.length
   a.send({

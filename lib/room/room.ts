@@ -5,6 +5,7 @@ import { PROTOCOL_VERSION } from '../protocol/types.js'
 import type {
   ClientMessage,
   ComponentData,
+  FieldTimestamps,
   Patch,
   PatchRequest,
   ReconnectRequest,
@@ -72,8 +73,9 @@ export interface RoomOptions {
   /**
    * Batch presence per event-loop turn: each session gets at most one
    * presence frame per turn with every other client's latest values, instead
-   * of one frame per sender frame. The plugin turns it on; off here, presence
-   * frames are forwarded as received, at once.
+   * of one frame per sender frame; `clientCount` goes to the newcomer at once
+   * and to the others once per turn. The plugin turns it on; off here,
+   * presence frames and counts are sent as they happen, at once.
    * @default false
    */
   presenceBatching?: boolean
@@ -117,6 +119,8 @@ export class Room {
   readonly #presence = new PresenceBatch()
   readonly #batchPresence: boolean
   #presenceScheduled = false
+  /** With batching: a clientCount change some sessions have not been sent yet (see #flushCounts). */
+  #countPending = false
   /** With durable acks: messages waiting for the write that holds what they report. */
   #outbox: Array<{ need: number, session: Session, data: string, droppable: boolean }> = []
   #closed = false
@@ -198,13 +202,16 @@ export class Room {
       bucket: this.#rateLimit === null ? null : new TokenBucket(this.#rateLimit, performance.now()),
       refusedInRow: 0,
       slowSince: 0,
-      presenceStale: false
+      presenceStale: false,
+      countSeen: 0
     }
     this.#sessions.set(sessionId, session)
     const presence = this.#presenceExcept(session.clientId)
     if (presence !== null) {
       this.#send(session, JSON.stringify({ type: 'patch', ephemeralPatches: [presence], clientId: '' }))
     }
+    // The newcomer always learns the count at once; with batching, the others get it at the end of the turn.
+    if (this.#batchPresence) this.#sendCount(session)
     this.#broadcastClientCount()
     return sessionId
   }
@@ -308,9 +315,16 @@ export class Room {
     return Array.from(this.#sessions.values(), describe)
   }
 
-  /** A copy of the document: state and per-field timestamps, tombstones included. */
+  /** A copy of the document (plain objects the caller may change): state and per-field timestamps, tombstones included. */
   getSnapshot (): RoomSnapshot {
-    return this.#doc.toSnapshot()
+    const shared = this.#doc.toSnapshot()
+    const state = emptyRecord<ComponentData>()
+    const timestamps = emptyRecord<FieldTimestamps>()
+    for (const key in shared.state) {
+      state[key] = { ...shared.state[key] }
+      timestamps[key] = { ...shared.timestamps[key] }
+    }
+    return { timestamp: shared.timestamp, state, timestamps }
   }
 
   // ------------------------------------------------------------- persistence
@@ -478,6 +492,8 @@ export class Room {
     if (docs !== undefined) {
       const stored = this.#doc.applyFrame(docs)
       timestamp = this.#doc.timestamp
+      // The cached full document is stale from now on: do not keep it alive.
+      this.#fullDiff = null
       if (stored !== null && stored.length > 0) this.#persistence.noteChanges(stored)
     }
     if (ephs !== undefined) this.#applyPresence(session.clientId, ephs)
@@ -684,8 +700,36 @@ export class Room {
 
   // --------------------------------------------------------------- transport
 
+  /**
+   * Tells every session the new number of sessions. With batching, the
+   * sessions learn it once per loop turn, whatever the number of joins and
+   * leaves in that turn (a reconnect storm would otherwise send each of n
+   * sessions n counts); a session about to get any other frame first gets
+   * the count it is missing, so that the order of events is kept.
+   */
   #broadcastClientCount (): void {
-    this.#broadcast(`{"type":"clientCount","count":${this.#sessions.size}}`)
+    if (!this.#batchPresence) {
+      for (const session of this.#sessions.values()) this.#sendCount(session)
+      return
+    }
+    if (this.#countPending) return
+    this.#countPending = true
+    setImmediate(() => this.#flushCounts())
+  }
+
+  #flushCounts (): void {
+    if (!this.#countPending) return
+    this.#countPending = false
+    const count = this.#sessions.size
+    for (const session of this.#sessions.values()) {
+      if (session.countSeen !== count) this.#sendCount(session)
+    }
+  }
+
+  #sendCount (session: Session): void {
+    const count = this.#sessions.size
+    session.countSeen = count
+    this.#enqueue(session, `{"type":"clientCount","count":${count}}`, false)
   }
 
   #broadcast (data: string): void {
@@ -698,6 +742,11 @@ export class Room {
 
   /** Sends now, or, with durable acks, once what the message reports is committed (order kept). */
   #send (session: Session, data: string, droppable = false): void {
+    if (this.#countPending && session.countSeen !== this.#sessions.size) this.#sendCount(session)
+    this.#enqueue(session, data, droppable)
+  }
+
+  #enqueue (session: Session, data: string, droppable: boolean): void {
     const persistence = this.#persistence
     if (persistence.holding) {
       const need = persistence.required

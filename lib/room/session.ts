@@ -59,6 +59,8 @@ export interface Session {
   slowSince: number
   /** Presence frames were dropped for it: send fresh presence once it catches up. */
   presenceStale: boolean
+  /** The last clientCount sent to it. */
+  countSeen: number
 }
 
 /** Most frames held for one session while its `auth-refresh` is pending. */
