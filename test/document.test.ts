@@ -1,4 +1,5 @@
 import t from 'tap'
+import { Room } from '../lib/index.js'
 import { Document, applyBufferDelta } from '../lib/room/document.js'
 
 const plain = (value: unknown): unknown => JSON.parse(JSON.stringify(value))
@@ -73,6 +74,8 @@ t.test('changesSince stays right across many updates (log compaction)', async (t
   const doc = new Document()
   const keys = 50
   for (let i = 0; i < keys; i++) doc.applyFrame([{ [`k${i}`]: { _exists: true, v: 0 } }])
+  // The log is built on the first diff since T > 0, then kept up to date.
+  t.same(Object.keys(doc.changesSince(keys - 2).patch), ['k48', 'k49'])
   const rounds = 3000 // enough log lines to trigger compaction more than once
   for (let round = 1; round <= rounds; round++) {
     doc.applyFrame([{ [`k${round % keys}`]: { v: round } }])
@@ -124,4 +127,37 @@ t.test('__proto__ keys and fields stay ordinary data', async (t) => {
   const back = Document.fromSnapshot(snap)
   t.equal(({} as any).polluted, undefined)
   t.equal(back.size, 2)
+})
+
+t.test('records are frozen; keys stamped by one frame with the same fields share one stamps record', async (t) => {
+  const doc = new Document()
+  doc.applyFrame([{ a: { _exists: true, x: 1 }, b: { _exists: true, x: 2 }, c: { _exists: true, y: 3 } }])
+  t.ok(Object.isFrozen(doc.get('a')) && Object.isFrozen(doc.getStamps('a')))
+  t.equal(doc.getStamps('a'), doc.getStamps('b'), 'same fields, same frame: one record')
+  t.not(doc.getStamps('a'), doc.getStamps('c'), 'other fields: another record')
+  doc.applyFrame([{ a: { x: 5 }, b: { x: 6 } }, { c: { _exists: false } }])
+  t.equal(doc.getStamps('a'), doc.getStamps('b'), 'merged from the same record with the same fields: shared again')
+  t.same(plain(doc.getStamps('a')), { _exists: 1, x: 2 })
+  t.same(plain(doc.getStamps('c')), { _exists: 2 })
+  const before = doc.getStamps('b')
+  doc.applyFrame([{ b: { x: 7 } }])
+  t.same(plain(doc.getStamps('a')), { _exists: 1, x: 2 }, 'changing one key never changes a record it shared')
+  t.same(plain(before), { _exists: 1, x: 2 })
+  t.same(plain(doc.getStamps('b')), { _exists: 1, x: 3 })
+  const snap = doc.toSnapshot()
+  t.equal(snap.state.a, doc.get('a'), 'snapshots share the frozen records')
+  doc.applyFrame([{ a: { x: 8 } }])
+  t.same(plain(snap.state.a), { _exists: true, x: 5 }, 'and later changes do not reach them')
+})
+
+t.test('Room#getSnapshot hands out plain copies: changing one never reaches the room', async (t) => {
+  const room = new Room({ roomId: 'r' })
+  const socket = { send () {}, close () {} }
+  const id = room.handleSocketConnect({ socket, clientId: 'a', permissions: 'readwrite' })
+  room.handleSocketMessage(id, JSON.stringify({ type: 'patch', messageId: 'm', documentPatches: [{ k: { _exists: true, x: 1 } }] }))
+  const copy = room.getSnapshot()
+  t.notOk(Object.isFrozen(copy.state.k))
+  copy.state.k.x = 99
+  copy.timestamps.k.x = 99
+  t.same(room.getSnapshot(), { timestamp: 1, state: { k: { _exists: true, x: 1 } }, timestamps: { k: { _exists: 1, x: 1 } } })
 })

@@ -58,7 +58,11 @@ t.test('MemoryStorage hands out copies', async (t) => {
   const snap = { timestamp: 1, state: { k: { _exists: true, x: 1 } }, timestamps: { k: { _exists: 1, x: 1 } } }
   await store.save(snap)
   snap.state.k.x = 99
-  t.same((await store.load())!.state.k, { _exists: true, x: 1 })
+  snap.timestamps.k.x = 99
+  const loaded = (await store.load())!
+  t.same(loaded.state.k, { _exists: true, x: 1 })
+  t.same(loaded.timestamps.k, { _exists: 1, x: 1 })
+  t.equal(loaded.timestamp, 1)
 })
 
 const sqlite = new SqliteStorage({ file: ':memory:' })

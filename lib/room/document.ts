@@ -82,12 +82,56 @@ function materialize (base: Fields | undefined, incoming: ComponentData): Fields
   return out
 }
 
+/**
+ * One key of the document. Both records are frozen and replaced, never
+ * changed, so snapshots and storages can share them without copying, and
+ * keys stamped by the same frame with the same fields share one stamps
+ * record.
+ */
 interface Entry {
   value: Fields
-  stamps: Record<string, number>
-  /** Counter value of the last frame that stored something under this key. */
-  last: number
+  stamps: Readonly<Record<string, number>>
 }
+
+type Stamps = Readonly<Record<string, number>>
+
+/** Frozen stamps records made by one frame, by previous stamps and field list, for sharing between its keys. */
+class StampsCache {
+  readonly #byBase = new Map<Stamps | null, Map<string, Stamps>>()
+
+  get (base: Stamps | null, fields: string[], ts: number): Stamps {
+    const signature = fields.join('\u0000')
+    let bySignature = this.#byBase.get(base)
+    if (bySignature === undefined) {
+      bySignature = new Map()
+      this.#byBase.set(base, bySignature)
+    }
+    let stamps = bySignature.get(signature)
+    if (stamps === undefined) {
+      stamps = makeStamps(base, fields, ts)
+      bySignature.set(signature, stamps)
+    }
+    return stamps
+  }
+}
+
+function makeStamps (base: Stamps | null, fields: string[], ts: number): Stamps {
+  const stamps = emptyRecord<number>()
+  if (base !== null) {
+    for (const field in base) stamps[field] = base[field]
+  }
+  for (const field of fields) stamps[field] = ts
+  return Object.freeze(stamps)
+}
+
+/** The highest stamp of a key: the counter of the last frame that stored something under it. */
+function lastStamp (stamps: Stamps): number {
+  let last = 0
+  for (const field in stamps) if (stamps[field] > last) last = stamps[field]
+  return last
+}
+
+const TOMBSTONE_FIELDS = ['_exists']
 
 /**
  * The persistent document of one room: pure, synchronous state with a
@@ -101,8 +145,13 @@ export class Document {
   #timestamp = 0
   /** Key -> entry, kept in order of last change (a touched key moves to the end). */
   readonly #entries = new Map<string, Entry>()
-  #logKeys: string[] = []
-  #logStamps: number[] = []
+  /**
+   * (counter, key) lines in counter order, for changesSince(T > 0). Built on
+   * the first such call (the map above is already in change order), so that
+   * rooms nobody reconnects to with a counter do not pay for it.
+   */
+  #logKeys: string[] | null = null
+  #logStamps: number[] | null = null
 
   /** The room counter: how many document frames have been applied. */
   get timestamp (): number { return this.#timestamp }
@@ -120,6 +169,8 @@ export class Document {
     if (!hasContent(patches)) return null
     const ts = ++this.#timestamp
     const stored: string[] = []
+    // Only a frame with several keys can share stamps records between them.
+    const cache = patches.length > 1 || !hasOneKey(patches[0]) ? new StampsCache() : null
     for (const patch of patches) {
       for (const key of Object.keys(patch)) {
         const incoming = patch[key]
@@ -127,30 +178,22 @@ export class Document {
         const [kind, value] = applyValue(entry?.value, incoming)
         // An empty update of a live key stores nothing: no stamp, no change to report.
         if (kind === 'dropped' || (kind === 'merge' && isEmpty(incoming))) continue
-        let stamps: Record<string, number>
-        if (kind === 'merge') {
-          stamps = entry!.stamps
-        } else {
-          stamps = emptyRecord<number>()
-        }
-        if (kind === 'tombstone') {
-          stamps._exists = ts
-        } else {
-          for (const field of Object.keys(incoming)) stamps[field] = ts
-        }
-        this.#touch(key, { value: value!, stamps, last: ts })
+        const base = kind === 'merge' ? entry!.stamps : null
+        const fields = kind === 'tombstone' ? TOMBSTONE_FIELDS : Object.keys(incoming)
+        const stamps = cache === null ? makeStamps(base, fields, ts) : cache.get(base, fields, ts)
+        this.#touch(key, { value: Object.freeze(value!), stamps }, ts)
         stored.push(key)
       }
     }
     return stored
   }
 
-  /** Current value of a key (tombstones included), or undefined. Do not mutate. */
+  /** Current value of a key (tombstones included), or undefined. Frozen. */
   get (key: string): Fields | undefined {
     return this.#entries.get(key)?.value
   }
 
-  /** Field timestamps of a key, or undefined. Do not mutate. */
+  /** Field timestamps of a key, or undefined. Frozen. */
   getStamps (key: string): Readonly<Record<string, number>> | undefined {
     return this.#entries.get(key)?.stamps
   }
@@ -163,7 +206,18 @@ export class Document {
   changesSince (since: number): { patch: Patch, keys: number } {
     const patch = emptyRecord<ComponentData>()
     let keys = 0
-    const stamps = this.#logStamps
+    if (since >= this.#timestamp) return { patch, keys }
+    if (since <= 0) {
+      // Every stored field has a stamp of at least 1: the whole document.
+      for (const [key, entry] of this.#entries) {
+        patch[key] = entry.value as ComponentData
+        keys++
+      }
+      return { patch, keys }
+    }
+    if (this.#logKeys === null) this.#compactLog()
+    const logKeys = this.#logKeys!
+    const stamps = this.#logStamps!
     // First log position whose counter is greater than `since`.
     let lo = 0
     let hi = stamps.length
@@ -173,10 +227,10 @@ export class Document {
       else hi = mid
     }
     for (let i = lo; i < stamps.length; i++) {
-      const key = this.#logKeys[i]
+      const key = logKeys[i]
+      // A key changed several times since `since` has several lines: the first one reads its current fields.
+      if (key in patch) continue
       const entry = this.#entries.get(key)!
-      // An older log line of a key that changed again later: the newer line covers it.
-      if (entry.last !== stamps[i] || key in patch) continue
       const out = emptyRecord()
       let fields = 0
       for (const field in entry.stamps) {
@@ -192,13 +246,16 @@ export class Document {
     return { patch, keys }
   }
 
-  /** A copy of the whole document, for storage and export. */
+  /**
+   * The whole document, for storage and export. It shares the document's
+   * records, which are frozen: they are never changed afterwards.
+   */
   toSnapshot (): RoomSnapshot {
     const state = emptyRecord<ComponentData>()
     const timestamps = emptyRecord<FieldTimestamps>()
     for (const [key, entry] of this.#entries) {
-      state[key] = { ...entry.value } as ComponentData
-      timestamps[key] = { ...entry.stamps }
+      state[key] = entry.value as ComponentData
+      timestamps[key] = entry.stamps
     }
     return { timestamp: this.#timestamp, state, timestamps }
   }
@@ -212,7 +269,7 @@ export class Document {
     const doc = new Document()
     if (snapshot === null || snapshot === undefined) return doc
     let counter = Number.isSafeInteger(snapshot.timestamp) && snapshot.timestamp > 0 ? snapshot.timestamp : 0
-    const loaded: Array<[string, Entry]> = []
+    const loaded: Array<[string, Entry, number]> = []
     const state = isObject(snapshot.state) ? snapshot.state : {}
     const allStamps = isObject(snapshot.timestamps) ? snapshot.timestamps : {}
     for (const key of Object.keys(state)) {
@@ -230,29 +287,30 @@ export class Document {
         if (stamp > last) last = stamp
       }
       if (last > counter) counter = last
-      loaded.push([key, { value, stamps, last }])
+      loaded.push([key, { value: Object.freeze(value), stamps: Object.freeze(stamps) }, last])
     }
     doc.#timestamp = counter
-    loaded.sort((a, b) => a[1].last - b[1].last)
-    for (const [key, entry] of loaded) doc.#touch(key, entry)
+    loaded.sort((a, b) => a[2] - b[2])
+    for (const [key, entry, last] of loaded) doc.#touch(key, entry, last)
     return doc
   }
 
-  #touch (key: string, entry: Entry): void {
+  #touch (key: string, entry: Entry, last: number): void {
     this.#entries.delete(key)
     this.#entries.set(key, entry)
+    if (this.#logKeys === null) return
     this.#logKeys.push(key)
-    this.#logStamps.push(entry.last)
+    this.#logStamps!.push(last)
     if (this.#logKeys.length > 1024 && this.#logKeys.length > 2 * this.#entries.size) this.#compactLog()
   }
 
-  /** Rewrites the log with one line per key; the entries map is already in change order. */
+  /** (Re)writes the log with one line per key; the entries map is already in change order. */
   #compactLog (): void {
     const keys: string[] = []
     const stamps: number[] = []
     for (const [key, entry] of this.#entries) {
       keys.push(key)
-      stamps.push(entry.last)
+      stamps.push(lastStamp(entry.stamps))
     }
     this.#logKeys = keys
     this.#logStamps = stamps
@@ -267,6 +325,14 @@ export function hasContent (patches: readonly Patch[] | undefined): patches is P
 
 function isEmpty (value: object): boolean {
   return Object.keys(value).length === 0
+}
+
+function hasOneKey (patch: Patch): boolean {
+  let n = 0
+  for (const key in patch) {
+    if (Object.hasOwn(patch, key) && ++n > 1) return false
+  }
+  return true
 }
 
 function isNonEmpty (patch: Patch): boolean {

@@ -157,7 +157,7 @@ export class Persistence {
         this.#changed = new Set()
         const entries: StoredEntry[] = []
         for (const key of keys) {
-          entries.push({ key, value: doc.get(key)! as StoredEntry['value'], stamps: { ...doc.getStamps(key) } })
+          entries.push({ key, value: doc.get(key)! as StoredEntry['value'], stamps: doc.getStamps(key) as StoredEntry['stamps'] })
         }
         work = this.#incremental.append({ timestamp: doc.timestamp, entries })
       } else {

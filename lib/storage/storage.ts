@@ -13,7 +13,9 @@ export interface Storage {
   load(): Promise<RoomSnapshot | null>
   /**
    * Replaces the room's stored snapshot. Calls for one room never overlap:
-   * the room waits for one write to settle before it starts the next.
+   * the room waits for one write to settle before it starts the next. The
+   * snapshot's value and timestamp records are frozen and shared with the
+   * room (they are replaced, never changed): keep them without copying.
    */
   save(snapshot: RoomSnapshot): Promise<void>
 }
@@ -23,7 +25,7 @@ export interface StoredEntry {
   key: string
   /** The whole current value; `{ _exists: false }` for a tombstone. Never mutated afterwards. */
   value: ComponentData
-  /** Field timestamps (a copy the storage may keep). */
+  /** Field timestamps. Frozen and never changed afterwards: it may be kept as is. */
   stamps: FieldTimestamps
 }
 
