@@ -83,14 +83,23 @@ function materialize (base: Fields | undefined, incoming: ComponentData): Fields
 }
 
 /**
- * One key of the document. Both records are frozen and replaced, never
- * changed, so snapshots and storages can share them without copying, and
- * keys stamped by the same frame with the same fields share one stamps
- * record.
+ * Each key of the document is one value record that also carries its field
+ * timestamps, under a symbol that is neither enumerable nor serialized (a
+ * separate entry object per key would cost 40 bytes more). Value and stamps
+ * records are frozen and replaced, never changed, so snapshots and storages
+ * share them without copying, and keys stamped by the same frame with the
+ * same fields share one stamps record.
  */
-interface Entry {
-  value: Fields
-  stamps: Readonly<Record<string, number>>
+const STAMPS = Symbol('canvas-store.stamps')
+
+/** Attaches the stamps to a new value record and freezes both. */
+function seal (value: Fields, stamps: Stamps): Fields {
+  Object.defineProperty(value, STAMPS, { value: stamps })
+  return Object.freeze(value)
+}
+
+function stampsOf (value: Fields): Stamps {
+  return (value as unknown as { [STAMPS]: Stamps })[STAMPS]
 }
 
 type Stamps = Readonly<Record<string, number>>
@@ -143,8 +152,8 @@ const TOMBSTONE_FIELDS = ['_exists']
  */
 export class Document {
   #timestamp = 0
-  /** Key -> entry, kept in order of last change (a touched key moves to the end). */
-  readonly #entries = new Map<string, Entry>()
+  /** Key -> value record (with its stamps), kept in order of last change (a touched key moves to the end). */
+  readonly #entries = new Map<string, Fields>()
   /**
    * (counter, key) lines in counter order, for changesSince(T > 0). Built on
    * the first such call (the map above is already in change order), so that
@@ -175,13 +184,13 @@ export class Document {
       for (const key of Object.keys(patch)) {
         const incoming = patch[key]
         const entry = this.#entries.get(key)
-        const [kind, value] = applyValue(entry?.value, incoming)
+        const [kind, value] = applyValue(entry, incoming)
         // An empty update of a live key stores nothing: no stamp, no change to report.
         if (kind === 'dropped' || (kind === 'merge' && isEmpty(incoming))) continue
-        const base = kind === 'merge' ? entry!.stamps : null
+        const base = kind === 'merge' ? stampsOf(entry!) : null
         const fields = kind === 'tombstone' ? TOMBSTONE_FIELDS : Object.keys(incoming)
         const stamps = cache === null ? makeStamps(base, fields, ts) : cache.get(base, fields, ts)
-        this.#touch(key, { value: Object.freeze(value!), stamps }, ts)
+        this.#touch(key, seal(value!, stamps), ts)
         stored.push(key)
       }
     }
@@ -190,12 +199,13 @@ export class Document {
 
   /** Current value of a key (tombstones included), or undefined. Frozen. */
   get (key: string): Fields | undefined {
-    return this.#entries.get(key)?.value
+    return this.#entries.get(key)
   }
 
   /** Field timestamps of a key, or undefined. Frozen. */
   getStamps (key: string): Readonly<Record<string, number>> | undefined {
-    return this.#entries.get(key)?.stamps
+    const value = this.#entries.get(key)
+    return value === undefined ? undefined : stampsOf(value)
   }
 
   /**
@@ -209,8 +219,8 @@ export class Document {
     if (since >= this.#timestamp) return { patch, keys }
     if (since <= 0) {
       // Every stored field has a stamp of at least 1: the whole document.
-      for (const [key, entry] of this.#entries) {
-        patch[key] = entry.value as ComponentData
+      for (const [key, value] of this.#entries) {
+        patch[key] = value as ComponentData
         keys++
       }
       return { patch, keys }
@@ -230,12 +240,13 @@ export class Document {
       const key = logKeys[i]
       // A key changed several times since `since` has several lines: the first one reads its current fields.
       if (key in patch) continue
-      const entry = this.#entries.get(key)!
+      const value = this.#entries.get(key)!
+      const stamps = stampsOf(value)
       const out = emptyRecord()
       let fields = 0
-      for (const field in entry.stamps) {
-        if (entry.stamps[field] > since && field in entry.value) {
-          out[field] = entry.value[field]
+      for (const field in stamps) {
+        if (stamps[field] > since && field in value) {
+          out[field] = value[field]
           fields++
         }
       }
@@ -253,9 +264,9 @@ export class Document {
   toSnapshot (): RoomSnapshot {
     const state = emptyRecord<ComponentData>()
     const timestamps = emptyRecord<FieldTimestamps>()
-    for (const [key, entry] of this.#entries) {
-      state[key] = entry.value as ComponentData
-      timestamps[key] = entry.stamps
+    for (const [key, value] of this.#entries) {
+      state[key] = value as ComponentData
+      timestamps[key] = stampsOf(value)
     }
     return { timestamp: this.#timestamp, state, timestamps }
   }
@@ -269,7 +280,7 @@ export class Document {
     const doc = new Document()
     if (snapshot === null || snapshot === undefined) return doc
     let counter = Number.isSafeInteger(snapshot.timestamp) && snapshot.timestamp > 0 ? snapshot.timestamp : 0
-    const loaded: Array<[string, Entry, number]> = []
+    const loaded: Array<[string, Fields, number]> = []
     const state = isObject(snapshot.state) ? snapshot.state : {}
     const allStamps = isObject(snapshot.timestamps) ? snapshot.timestamps : {}
     for (const key of Object.keys(state)) {
@@ -287,17 +298,17 @@ export class Document {
         if (stamp > last) last = stamp
       }
       if (last > counter) counter = last
-      loaded.push([key, { value: Object.freeze(value), stamps: Object.freeze(stamps) }, last])
+      loaded.push([key, seal(value, Object.freeze(stamps)), last])
     }
     doc.#timestamp = counter
     loaded.sort((a, b) => a[2] - b[2])
-    for (const [key, entry, last] of loaded) doc.#touch(key, entry, last)
+    for (const [key, value, last] of loaded) doc.#touch(key, value, last)
     return doc
   }
 
-  #touch (key: string, entry: Entry, last: number): void {
+  #touch (key: string, value: Fields, last: number): void {
     this.#entries.delete(key)
-    this.#entries.set(key, entry)
+    this.#entries.set(key, value)
     if (this.#logKeys === null) return
     this.#logKeys.push(key)
     this.#logStamps!.push(last)
@@ -308,9 +319,9 @@ export class Document {
   #compactLog (): void {
     const keys: string[] = []
     const stamps: number[] = []
-    for (const [key, entry] of this.#entries) {
+    for (const [key, value] of this.#entries) {
       keys.push(key)
-      stamps.push(lastStamp(entry.stamps))
+      stamps.push(lastStamp(stampsOf(value)))
     }
     this.#logKeys = keys
     this.#logStamps = stamps

@@ -521,9 +521,7 @@ export class Room {
       const data = JSON.stringify(broadcast)
       // Presence-only frames without deletions may be dropped for a slow session (it gets fresh presence later).
       const droppable = docs === undefined && this.#slow !== null && !ephs!.some((patch) => Object.keys(patch).some((key) => patch[key]._exists === false))
-      for (const other of this.#sessions.values()) {
-        if (other !== session) this.#send(other, data, droppable)
-      }
+      this.#fanout(session, data, droppable)
     }
     if (docs !== undefined) this.#options.onDocumentPatch?.(this, docs)
   }
@@ -733,7 +731,17 @@ export class Room {
   }
 
   #broadcast (data: string): void {
-    for (const session of this.#sessions.values()) this.#send(session, data)
+    this.#fanout(null, data, false)
+  }
+
+  /** Sends one frame to every session but `except`: the checks that do not depend on the session are made once. */
+  #fanout (except: Session | null, data: string, droppable: boolean): void {
+    const held = this.#persistence.holding
+    for (const session of this.#sessions.values()) {
+      if (session === except) continue
+      if (held || this.#countPending) this.#send(session, data, droppable)
+      else this.#deliver(session, data, droppable)
+    }
   }
 
   #sendMessage (session: Session, message: ServerMessage): void {
@@ -760,8 +768,12 @@ export class Room {
 
   #deliver (session: Session, data: string, droppable = false): void {
     const socket = session.socket
-    if (socket.readyState !== undefined && socket.readyState !== OPEN) return
-    if (this.#slow !== null && socket.bufferedAmount !== undefined && !this.#keepsUp(session, socket.bufferedAmount, droppable)) return
+    const state = socket.readyState
+    if (state !== undefined && state !== OPEN) return
+    if (this.#slow !== null) {
+      const buffered = socket.bufferedAmount
+      if (buffered !== undefined && !this.#keepsUp(session, buffered, droppable)) return
+    }
     this.#observer?.frameOut(data.length)
     try {
       socket.send(data)

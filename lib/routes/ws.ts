@@ -6,7 +6,7 @@ import { CloseCode, closeReason, errors } from '../errors.js'
 import type { Authorize, AuthorizeInfo, AuthorizeResult, ResolvedOptions } from '../options.js'
 import { refusal, type Room, type RoomOptions } from '../room/room.js'
 import { RoomLimitError, type RoomManager } from '../room/room-manager.js'
-import { corkingSocket } from './cork.js'
+import { CorkedSocket } from './cork.js'
 import { ConnectQuery, replyError } from './schemas.js'
 
 /** What the WebSocket route needs from the plugin. */
@@ -179,7 +179,7 @@ async function accept (
     return
   }
   conn.room = loaded
-  const sessionId = loaded.handleSocketConnect({ socket: corkingSocket(socket), clientId, permissions: result.permissions, metadata: result.metadata })
+  const sessionId = loaded.handleSocketConnect({ socket: new CorkedSocket(socket), clientId, permissions: result.permissions, metadata: result.metadata })
   conn.sessionId = sessionId
   log.debug({ sessionId }, 'session joined')
   const pending = conn.queue ?? []
