@@ -24,7 +24,7 @@
  *                          working tree's lib/ (either way lib/ is copied once, when the
  *                          benchmark starts, to node_modules/.cache/canvas-bench/, so
  *                          that edits made meanwhile do not change what is measured)
- *   BENCH_PROFILE=1        run the plugin server under `node --cpu-prof` (bench/results/profiles/<run>/;
+ *   BENCH_PROFILE=1|all    run the plugin server (all: every server) under `node --cpu-prof` (bench/results/profiles/<run>/;
  *                          summarize with `node --import tsx bench/profile-summary.ts FILE`)
  *
  * The machine is shared: before each run the benchmark waits (up to
@@ -67,7 +67,8 @@ const resultsDir = join(here, 'results')
 const rounds = positive('BENCH_ROUNDS', 3)
 const seconds = positive('BENCH_SECONDS', 10)
 const memoryRooms = positive('BENCH_MEMORY_ROOMS', 10_000)
-const profile = process.env.BENCH_PROFILE === '1'
+const profile = process.env.BENCH_PROFILE === '1' || process.env.BENCH_PROFILE === 'all'
+const profileAll = process.env.BENCH_PROFILE === 'all'
 const onlyServers = (process.env.BENCH_SERVERS ?? '').split(',').map((s) => s.trim()).filter((s) => s !== '')
 const MEMORY_IDLE_MS = 2_000
 const quietSeconds = Number(process.env.BENCH_QUIET_S ?? 5)
@@ -97,6 +98,8 @@ const steady: Metric[] = [
   { key: 'unacked', label: 'unacked patches', digits: 0 },
   { key: 'serverCpuPct', label: 'server CPU (% of a core)', digits: 1, floor: true },
   { key: 'serverCpuPer1kSent', label: 'server CPU ms per 1k patches sent', digits: 1, floor: true },
+  { key: 'serverUserPer1kSent', label: '  of which user (JavaScript, ws)', digits: 1, floor: true },
+  { key: 'serverSystemPer1kSent', label: '  of which system (write calls, loopback TCP)', digits: 1, floor: true },
   { key: 'serverRssMb', label: 'server RSS after (MB)', digits: 0 },
   { key: 'loadCpuPct', label: 'load generator CPU (% of a core)', digits: 1 },
   { key: 'loadLoopDelayP99', label: 'load generator event-loop delay p99 (ms)', digits: 1 },
@@ -183,8 +186,10 @@ const scenarios: Scenario[] = [
       { key: 'rssBaselineMb', label: 'server RSS at start (MB)', digits: 0 },
       { key: 'rssLoadedMb', label: 'server RSS with every room loaded (MB)', digits: 0 },
       { key: 'kbPerRoom', label: 'RSS per room (KB)', digits: 1, floor: true },
-      { key: 'rssAfterUnloadMb', label: 'server RSS after every room unloaded (MB)', digits: 0 },
+      { key: 'rssEarlyMb', label: 'server RSS 5 s after the rooms unloaded, before V8 returns free pages (MB)', digits: 0 },
+      { key: 'rssAfterUnloadMb', label: 'server RSS 20 s later (MB)', digits: 0 },
       { key: 'retainedMb', label: 'RSS retained after unload (MB)', digits: 0 },
+      { key: 'retainedRatio', label: 'RSS after unload / RSS at start', digits: 2 },
       { key: 'loadSeconds', label: 'time to connect and seed every room (s)', digits: 1 },
       { key: 'serverCpuLoadS', label: 'server CPU to load (s)', digits: 1, floor: true },
       { key: 'unexpectedCloses', label: 'sockets closed by the server', digits: 0 }
@@ -233,13 +238,13 @@ async function stop (child: ChildProcess, graceMs: number): Promise<void> {
 async function runOnce (scenario: Scenario, server: ServerKind): Promise<Metrics> {
   const nodeFlags = ['--expose-gc']
   let profileDir: string | null = null
-  if (profile && server === 'plugin') {
+  if (profile && (server === 'plugin' || profileAll)) {
     // One folder per run: node writes a profile per thread (main, and tsx's module loader thread).
-    const dir = join(resultsDir, 'profiles', `${scenario.name}-${new Date().toISOString().replace(/[:.]/g, '-')}`)
+    const dir = join(resultsDir, 'profiles', `${scenario.name}-${server}-${new Date().toISOString().replace(/[:.]/g, '-')}`)
     mkdirSync(dir, { recursive: true })
     profileDir = dir
     nodeFlags.push('--cpu-prof', `--cpu-prof-dir=${dir}`)
-    console.error(`  profiling the plugin server into ${relative(root, dir)}/ (the largest .cpuprofile is the main thread)`)
+    console.error(`  profiling the ${server} server into ${relative(root, dir)}/ (the largest .cpuprofile is the main thread)`)
   }
   const serverProcess = spawn(process.execPath, [...nodeFlags, '--import', 'tsx', join(here, 'servers', `${server}.ts`)], {
     stdio: ['ignore', 'pipe', 'inherit'],

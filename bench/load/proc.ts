@@ -6,12 +6,18 @@ const TICKS_PER_SECOND = 100
 
 /** utime + stime of the whole process (every thread), in ms. */
 export function cpuMs (pid: number): number {
+  const { user, system } = cpuSplitMs(pid)
+  return user + system
+}
+
+/** User and system (kernel: system calls, loopback TCP) CPU time of the whole process, in ms. */
+export function cpuSplitMs (pid: number): { user: number, system: number } {
   const stat = readFileSync(`/proc/${pid}/stat`, 'latin1')
   // Fields after the command name, which is in parentheses and may hold spaces: state is field 3.
   const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
   const utime = Number(fields[14 - 3])
   const stime = Number(fields[15 - 3])
-  return ((utime + stime) * 1000) / TICKS_PER_SECOND
+  return { user: (utime * 1000) / TICKS_PER_SECOND, system: (stime * 1000) / TICKS_PER_SECOND }
 }
 
 /** VmRSS in MiB. */
