@@ -161,3 +161,20 @@ t.test('Room#getSnapshot hands out plain copies: changing one never reaches the 
   copy.timestamps.k.x = 99
   t.same(room.getSnapshot(), { timestamp: 1, state: { k: { _exists: true, x: 1 } }, timestamps: { k: { _exists: 1, x: 1 } } })
 })
+
+t.test('stamps records are shared only between identical field lists, whatever characters field names hold', async (t) => {
+  const doc = new Document()
+  doc.applyFrame([{ 'e1/A': { _exists: true, 'a\u0000b': 1 }, 'e2/A': { _exists: true, a: 1, b: 2 } }])
+  t.same(plain(doc.getStamps('e2/A')), { _exists: 1, a: 1, b: 1 })
+  doc.applyFrame([{ other: { _exists: true } }])
+  t.same(plain(doc.changesSince(0).patch), plain(doc.toSnapshot().state), 'diff since 0 is the whole document')
+  t.same(Object.keys(doc.changesSince(0.5).patch).sort(), ['e1/A', 'e2/A', 'other'])
+})
+
+t.test('fromSnapshot stamps every field at least 1, so that a diff since 0 holds it; values without fields are skipped', async (t) => {
+  const doc = Document.fromSnapshot({ timestamp: 0, state: { k: { _exists: true, v: 1 }, empty: {} }, timestamps: {} } as any)
+  t.equal(doc.timestamp, 1)
+  t.same(plain(doc.getStamps('k')), { _exists: 1, v: 1 })
+  t.equal(doc.get('empty'), undefined)
+  t.same(plain(doc.changesSince(0).patch), { k: { _exists: true, v: 1 } })
+})

@@ -119,3 +119,27 @@ t.test('without presenceBatching (the Room default) presence is forwarded at onc
   room.handleSocketMessage(sa, JSON.stringify({ type: 'patch', messageId: 'm1', ephemeralPatches: [{ c: { _exists: true } }] }))
   t.same(b.sent, [{ type: 'patch', clientId: 'a', ephemeralPatches: [{ c: { _exists: true } }] }])
 })
+
+t.test('with batching, a newcomer gets presence then one count; a leaver\'s tombstones come after the counts owed and before the new one', async (t) => {
+  const room = new Room({ roomId: 'r', presenceBatching: true })
+  const [a, b, c, d] = ['a', 'b', 'c', 'd'].map(() => fakeSocket())
+  const sa = room.handleSocketConnect({ socket: a, clientId: 'a', permissions: 'readwrite' })
+  room.handleSocketMessage(sa, JSON.stringify({ type: 'patch', messageId: 'm1', ephemeralPatches: [{ 'cursor/a': { _exists: true, x: 1 } }] }))
+  await turn()
+  room.handleSocketConnect({ socket: b, clientId: 'b', permissions: 'readwrite' })
+  room.handleSocketConnect({ socket: c, clientId: 'c', permissions: 'readwrite' })
+  t.same(c.sent, [
+    { type: 'patch', clientId: '', ephemeralPatches: [{ 'cursor/a': { _exists: true, x: 1 } }] },
+    { type: 'clientCount', count: 3 }
+  ], 'presence first, then the count, once')
+  await turn()
+  for (const s of [a, b, c]) s.sent.length = 0
+  room.handleSocketConnect({ socket: d, clientId: 'd', permissions: 'readwrite' })
+  room.handleSocketClose(sa)
+  t.same(b.sent, [
+    { type: 'clientCount', count: 4 },
+    { type: 'patch', clientId: 'a', ephemeralPatches: [{ 'cursor/a': { _exists: false } }] }
+  ], 'the count owed (d joined), then a\'s tombstones')
+  await turn()
+  t.same(b.sent.slice(2), [{ type: 'clientCount', count: 3 }], 'then the count after a left')
+})

@@ -65,6 +65,14 @@ t.test('MemoryStorage hands out copies', async (t) => {
   t.equal(loaded.timestamp, 1)
 })
 
+t.test('MemoryStorage copies records it is given as JSON would, and does not read inherited timestamps', async (t) => {
+  const store = new MemoryStorage()
+  await store.save({ timestamp: 2, state: { toString: { _exists: true, f: () => 1, n: 1 } as any }, timestamps: {} })
+  const loaded = (await store.load())!
+  t.same(loaded.state.toString, { _exists: true, n: 1 })
+  t.same(loaded.timestamps.toString, {})
+})
+
 const sqlite = new SqliteStorage({ file: ':memory:' })
 t.teardown(() => sqlite.close())
 storageContract(t, 'SqliteStorage', (roomId) => sqlite.forRoom(roomId))

@@ -109,7 +109,8 @@ class StampsCache {
   readonly #byBase = new Map<Stamps | null, Map<string, Stamps>>()
 
   get (base: Stamps | null, fields: string[], ts: number): Stamps {
-    const signature = fields.join('\u0000')
+    // Field names may hold any character: JSON keeps two different lists apart.
+    const signature = JSON.stringify(fields)
     let bySignature = this.#byBase.get(base)
     if (bySignature === undefined) {
       bySignature = new Map()
@@ -280,20 +281,25 @@ export class Document {
     const doc = new Document()
     if (snapshot === null || snapshot === undefined) return doc
     let counter = Number.isSafeInteger(snapshot.timestamp) && snapshot.timestamp > 0 ? snapshot.timestamp : 0
+    // Every stored field has a stamp of at least 1, so that a diff since 0 holds it.
+    const fallback = Math.max(counter, 1)
     const loaded: Array<[string, Fields, number]> = []
     const state = isObject(snapshot.state) ? snapshot.state : {}
     const allStamps = isObject(snapshot.timestamps) ? snapshot.timestamps : {}
     for (const key of Object.keys(state)) {
       const raw = state[key]
       if (!isObject(raw)) continue
+      const fields = Object.keys(raw)
+      // A value without fields stores nothing (every stored key has at least `_exists`).
+      if (fields.length === 0) continue
       const value = emptyRecord()
-      for (const field of Object.keys(raw)) value[field] = raw[field]
+      for (const field of fields) value[field] = raw[field]
       const rawStamps = Object.hasOwn(allStamps, key) && isObject(allStamps[key]) ? allStamps[key] : {}
       const stamps = emptyRecord<number>()
       let last = 0
       for (const field of Object.keys(value)) {
         const s = rawStamps[field]
-        const stamp = typeof s === 'number' && Number.isSafeInteger(s) && s > 0 ? s : counter
+        const stamp = typeof s === 'number' && Number.isSafeInteger(s) && s > 0 ? s : fallback
         stamps[field] = stamp
         if (stamp > last) last = stamp
       }

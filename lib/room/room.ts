@@ -203,7 +203,8 @@ export class Room {
       refusedInRow: 0,
       slowSince: 0,
       presenceStale: false,
-      countSeen: 0
+      // With batching the newcomer gets the count right after its presence, below: nothing to catch up before that.
+      countSeen: this.#batchPresence ? this.#sessions.size + 1 : 0
     }
     this.#sessions.set(sessionId, session)
     const presence = this.#presenceExcept(session.clientId)
@@ -681,12 +682,17 @@ export class Room {
     const session = this.#sessions.get(sessionId)
     if (session === undefined) return
     this.#flushPresence()
-    this.#sessions.delete(sessionId)
     const clientId = session.clientId
     // Another live session of the same client (a reconnect that raced the old socket's close) keeps the presence.
-    const stillHere = Array.from(this.#sessions.values()).some((s) => s.clientId === clientId)
-    const state = this.#ephemeral.get(clientId)
-    if (state !== undefined && !stillHere) {
+    let stillHere = false
+    for (const other of this.#sessions.values()) {
+      if (other !== session && other.clientId === clientId) stillHere = true
+    }
+    const state = stillHere ? undefined : this.#ephemeral.get(clientId)
+    // Counts owed from earlier in this turn (they include the leaver) go before its tombstones; the new count follows them.
+    if (state !== undefined && this.#countPending) this.#flushCounts()
+    this.#sessions.delete(sessionId)
+    if (state !== undefined) {
       this.#ephemeral.delete(clientId)
       const deletion = emptyRecord<ComponentData>()
       for (const key of state.keys()) deletion[key] = { _exists: false }

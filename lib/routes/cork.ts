@@ -22,6 +22,7 @@ let lastText: string | null = null
 let lastBytes: Buffer = EMPTY
 let lastFrame: Buffer | null = null
 const TEXT = { binary: false }
+const OPEN = 1
 
 function encoded (data: string): Buffer {
   if (data !== lastText) {
@@ -107,8 +108,9 @@ export class CorkedSocket implements WebSocketLike {
         setImmediate(uncorkAll)
       }
     }
-    if (this.#direct) raw.write(framed(data))
-    else this.ws.send(encoded(data), TEXT)
+    if (!this.#direct) this.ws.send(encoded(data), TEXT)
+    // As ws.send would: never a data frame after the close frame.
+    else if (this.ws.readyState === OPEN) raw.write(framed(data))
   }
 
   close (code?: number, reason?: string): void {

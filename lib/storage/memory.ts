@@ -30,12 +30,13 @@ export class MemoryStorage implements Storage {
     const stamps: FieldTimestamps[] = new Array(keys.length)
     for (let i = 0; i < keys.length; i++) {
       values[i] = kept(snapshot.state[keys[i]])
-      stamps[i] = kept(snapshot.timestamps[keys[i]] ?? {})
+      stamps[i] = kept(Object.hasOwn(snapshot.timestamps, keys[i]) ? snapshot.timestamps[keys[i]] : {})
     }
     this.#data = { timestamp: snapshot.timestamp, keys, values, stamps }
   }
 }
 
+/** The room's own frozen records as they are; anything else as a frozen JSON copy, as a storage on disk would keep it. */
 function kept<T extends object> (record: T): T {
-  return Object.isFrozen(record) ? record : Object.freeze(structuredClone(record))
+  return Object.isFrozen(record) ? record : Object.freeze(JSON.parse(JSON.stringify(record)) as T)
 }
