@@ -41,19 +41,31 @@ for (const deflate of [false, true]) {
     const { server, client } = await pair(t, deflate)
     t.equal(server.extensions === '', !deflate)
     const socket = new CorkedSocket(server)
+    let throughWs = 0
+    const send = server.send.bind(server)
+    server.send = ((...args: Parameters<WebSocket['send']>) => { throughWs++; send(...args) }) as WebSocket['send']
+    const raw = (server as unknown as { _socket: { writableCorked: number } })._socket
     const got = receive(client, texts.length + 2)
     for (const text of texts) socket.send(text)
+    t.equal(raw.writableCorked, 1, 'corked once for the rest of the turn')
+    t.equal(throughWs, deflate ? texts.length : 0, deflate ? 'through ws.send' : 'written as ready-made frames, not through ws.send')
     // ws's own writes (a ping) keep their place between ours.
     server.ping()
     socket.send('after the ping')
     socket.send(texts[2])
+    await new Promise((resolve) => setImmediate(resolve))
+    t.equal(raw.writableCorked, 0, 'uncorked at the end of the turn')
     const frames = await got
     t.same(frames.map((f) => f.text), [...texts, 'after the ping', texts[2]])
     t.ok(frames.every((f) => !f.binary), 'text frames')
     t.equal(socket.readyState, WebSocket.OPEN)
     t.equal(typeof socket.bufferedAmount, 'number')
     socket.close(1000, 'bye')
+    socket.send('after the close')
+    let late = false
+    client.on('message', () => { late = true })
     const [code] = await once(client, 'close') as [number]
     t.equal(code, 1000)
+    t.notOk(late, 'no data frame after the close frame')
   })
 }

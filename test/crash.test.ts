@@ -82,7 +82,7 @@ t.test('SQLite: SIGKILL mid-stream loses no acked patch', async (t) => {
 
 const pgUrl = process.env.CANVAS_STORE_TEST_PG
 if (pgUrl === undefined || pgUrl === '') {
-  t.comment('PostgreSQL crash test skipped: set CANVAS_STORE_TEST_PG (e.g. postgres://postgres@127.0.0.1:5432/test)')
+  t.test('PostgreSQL', { skip: 'PostgreSQL crash test skipped: set CANVAS_STORE_TEST_PG (e.g. postgres://postgres@127.0.0.1:5432/test)' }, async () => {})
 } else {
   t.test('PostgreSQL: SIGKILL mid-stream loses no acked patch', async (t) => {
     const prefix = `cs_crash_${process.pid}_${Date.now()}`

@@ -54,11 +54,7 @@ t.test('app.canvasStore is the RoomManager, and read-only', async (t) => {
   await a.join()
   t.equal(manager.getExistingRoom('r')?.getSessionCount(), 1, 'it holds the plugin\'s rooms')
   t.strictSame(manager.getRoomIds(), ['r'])
-  try {
-    (app as any).canvasStore = new RoomManager()
-  } catch (err) {
-    t.type(err, TypeError, 'assignment throws a TypeError')
-  }
+  t.throws(() => { (app as any).canvasStore = new RoomManager() }, TypeError, 'assignment throws a TypeError')
   t.equal(app.canvasStore, manager, 'assigning has no effect')
   await a.close()
 })

@@ -587,8 +587,35 @@ t.test('more than maxQueuedFrames frames before the room is ready closes the soc
   const a = await connect(app, { roomId: 'r', clientId: 'a' })
   for (let i = 1; i <= 4; i++) a.send({ type: 'patch', messageId: `m${i}`, documentPatches: [{ [`e${i}/A`]: { _exists: true } }] })
   const closed = await a.closed
-  t.equal(closed.code, 1008)
-  t.type(closed.reason, 'string')
+  t.strictSame(closed, { code: 1008, reason: 'Too many frames before the room was ready' })
   auth.open()
+  await new Promise((resolve) => setImmediate(resolve))
+  t.strictSame(app.canvasStore.getRoomIds(), [], 'no room was loaded for the refused connection')
   t.notOk(a.frames.some((f) => f.type === 'ack'), 'none of the queued frames was handled')
+})
+
+t.test('a frame whose handling throws closes only its session (1011): the room, its other sessions and other rooms go on, acked data kept', async (t) => {
+  const { Document } = await import('../lib/room/document.js')
+  const applyFrame = Document.prototype.applyFrame
+  t.teardown(() => { Document.prototype.applyFrame = applyFrame })
+  // A bug stand-in: applying a patch that holds the key `boom` throws.
+  Document.prototype.applyFrame = function (patches) {
+    if (patches.some((patch) => Object.hasOwn(patch, 'boom'))) throw new Error('bug')
+    return applyFrame.call(this, patches)
+  }
+  const app = await build(t)
+  const a = await joined(app, 'a', 1)
+  const b = await joined(app, 'b', 2)
+  await b.next(CLIENT_COUNT(2))
+  const other = await joined(app, 'o', 1, 'other')
+  await write(a, 'm1', [{ 'e1/A': { _exists: true, v: 1 } }], [{ 'cursor/a': { _exists: true } }])
+  a.send({ type: 'patch', messageId: 'm2', documentPatches: [{ boom: { _exists: true } }] })
+  t.strictSame(await a.closed, { code: 1011, reason: 'Internal error' })
+  await b.next((f) => f.type === 'patch' && f.ephemeralPatches?.[0]?.['cursor/a']?._exists === false)
+  await b.next(CLIENT_COUNT(1))
+  const ack = await write(b, 'm3', [{ 'e1/A': { v: 2 } }])
+  t.equal(ack.timestamp, 2, 'the room goes on')
+  t.equal((await write(other, 'o1', [{ 'e9/A': { _exists: true } }])).timestamp, 1, 'another room goes on')
+  t.strictSame(snapshotOf(app).state, { 'e1/A': { _exists: true, v: 2 } }, 'acked data kept, nothing of the failed frame')
+  await Promise.all([b.close(), other.close()])
 })

@@ -124,7 +124,7 @@ t.test('SqliteStorage: closed storage refuses work; a user database stays open',
 
 const pgUrl = process.env.CANVAS_STORE_TEST_PG
 if (pgUrl === undefined || pgUrl === '') {
-  t.comment('PostgresStorage tests skipped: set CANVAS_STORE_TEST_PG (e.g. postgres://postgres@127.0.0.1:5432/test)')
+  t.test('PostgreSQL', { skip: 'PostgresStorage tests skipped: set CANVAS_STORE_TEST_PG (e.g. postgres://postgres@127.0.0.1:5432/test)' }, async () => {})
 } else {
   const prefix = `cs_test_${process.pid}_${Date.now()}`
   const pool = new pg.Pool({ connectionString: pgUrl })

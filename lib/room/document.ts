@@ -296,13 +296,11 @@ export class Document {
       for (const field of fields) value[field] = raw[field]
       const rawStamps = Object.hasOwn(allStamps, key) && isObject(allStamps[key]) ? allStamps[key] : {}
       const stamps = emptyRecord<number>()
-      let last = 0
-      for (const field of Object.keys(value)) {
+      for (const field of fields) {
         const s = rawStamps[field]
-        const stamp = typeof s === 'number' && Number.isSafeInteger(s) && s > 0 ? s : fallback
-        stamps[field] = stamp
-        if (stamp > last) last = stamp
+        stamps[field] = typeof s === 'number' && Number.isSafeInteger(s) && s > 0 ? s : fallback
       }
+      const last = lastStamp(stamps)
       if (last > counter) counter = last
       loaded.push([key, seal(value, Object.freeze(stamps)), last])
     }

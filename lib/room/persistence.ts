@@ -41,6 +41,8 @@ const MAX_RETRY_MS = 30_000
 export class Persistence {
   readonly #o: PersistenceOptions
   readonly #incremental: IncrementalStorage | undefined
+  /** True when acks wait for the write holding their change (durable acks over a storage with `append`). */
+  readonly holding: boolean
   /** Keys changed since the last write was cut (incremental path). */
   #changed = new Set<string>()
   /** Something changed since the last snapshot was cut (snapshot path). */
@@ -59,11 +61,7 @@ export class Persistence {
     this.#o = options
     const storage = options.storage
     this.#incremental = storage !== undefined && isIncremental(storage) ? storage : undefined
-  }
-
-  /** True when acks wait for the write holding their change. */
-  get holding (): boolean {
-    return this.#incremental !== undefined && this.#o.durability === 'durable'
+    this.holding = this.#incremental !== undefined && options.durability === 'durable'
   }
 
   /** Number of the write that will hold everything applied so far. */
@@ -73,9 +71,6 @@ export class Persistence {
 
   /** Number of the last write that committed. */
   get committed (): number { return this.#committed }
-
-  /** Consecutive failed writes. */
-  get failures (): number { return this.#failures }
 
   /** Records the keys a document frame stored and schedules their write. */
   noteChanges (keys: readonly string[]): void {

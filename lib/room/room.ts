@@ -207,10 +207,8 @@ export class Room {
       countSeen: this.#batchPresence ? this.#sessions.size + 1 : 0
     }
     this.#sessions.set(sessionId, session)
-    const presence = this.#presenceExcept(session.clientId)
-    if (presence !== null) {
-      this.#send(session, JSON.stringify({ type: 'patch', ephemeralPatches: [presence], clientId: '' }))
-    }
+    const presence = this.#presenceFrame(session.clientId)
+    if (presence !== null) this.#send(session, presence)
     // The newcomer always learns the count at once; with batching, the others get it at the end of the turn.
     if (this.#batchPresence) this.#sendCount(session)
     this.#broadcastClientCount()
@@ -665,6 +663,12 @@ export class Room {
     if (state.size === 0) this.#ephemeral.delete(clientId)
   }
 
+  /** The other clients' presence as one patch frame, or null when there is none. */
+  #presenceFrame (clientId: string): string | null {
+    const presence = this.#presenceExcept(clientId)
+    return presence === null ? null : JSON.stringify({ type: 'patch', ephemeralPatches: [presence], clientId: '' })
+  }
+
   /** Every other client's presence merged into one patch, or null when there is none. */
   #presenceExcept (clientId: string): Patch | null {
     let merged: Patch | null = null
@@ -681,18 +685,22 @@ export class Room {
   #removeSession (sessionId: string): void {
     const session = this.#sessions.get(sessionId)
     if (session === undefined) return
-    this.#flushPresence()
     const clientId = session.clientId
     // Another live session of the same client (a reconnect that raced the old socket's close) keeps the presence.
     let stillHere = false
     for (const other of this.#sessions.values()) {
-      if (other !== session && other.clientId === clientId) stillHere = true
+      if (other !== session && other.clientId === clientId) {
+        stillHere = true
+        break
+      }
     }
     const state = stillHere ? undefined : this.#ephemeral.get(clientId)
     // Counts owed from earlier in this turn (they include the leaver) go before its tombstones; the new count follows them.
     if (state !== undefined && this.#countPending) this.#flushCounts()
     this.#sessions.delete(sessionId)
     if (state !== undefined) {
+      // Its presence still batched for this turn would only follow its tombstones: drop it; the rest of the batch waits.
+      this.#presence.drop(clientId)
       this.#ephemeral.delete(clientId)
       const deletion = emptyRecord<ComponentData>()
       for (const key of state.keys()) deletion[key] = { _exists: false }
@@ -800,8 +808,8 @@ export class Room {
       if (session.presenceStale) {
         // Caught up: replace the presence frames it missed with the current presence.
         session.presenceStale = false
-        const presence = this.#presenceExcept(session.clientId)
-        if (presence !== null) session.socket.send(JSON.stringify({ type: 'patch', ephemeralPatches: [presence], clientId: '' }))
+        const presence = this.#presenceFrame(session.clientId)
+        if (presence !== null) this.#deliver(session, presence)
       }
       return true
     }

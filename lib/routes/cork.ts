@@ -96,7 +96,8 @@ export class CorkedSocket implements WebSocketLike {
   send (data: string): void {
     const raw = this.raw
     if (raw === null) {
-      this.ws.send(encoded(data), TEXT)
+      // Nothing to cork, so no turn end to forget the shared bytes at: let ws encode them.
+      this.ws.send(data)
       return
     }
     if (this.turn !== currentTurn) {

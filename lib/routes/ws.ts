@@ -82,7 +82,7 @@ export const wsRoutes: FastifyPluginAsync<WsRouteOptions> = async (fastify: Fast
     socket.on('pong', () => alive.set(socket, true))
 
     // The listeners below capture this state, not the request: an open socket must not keep its upgrade request alive.
-    const conn: Connection = { room: undefined, sessionId: undefined, closed: false, queue: [], queuedBytes: 0 }
+    const conn: Connection = { room: undefined, sessionId: undefined, queue: [], queuedBytes: 0 }
 
     socket.on('message', (data: RawData) => {
       if (conn.sessionId !== undefined) {
@@ -105,7 +105,6 @@ export const wsRoutes: FastifyPluginAsync<WsRouteOptions> = async (fastify: Fast
     })
     socket.on('close', (code: number) => {
       metrics?.closed(code)
-      conn.closed = true
       conn.queue = null
       sockets.delete(socket)
       if (conn.sessionId !== undefined) conn.room!.handleSocketClose(conn.sessionId)
@@ -135,7 +134,6 @@ function callAuthorize (authorize: Authorize, info: AuthorizeInfo): Promise<Auth
 interface Connection {
   room: Room | undefined
   sessionId: string | undefined
-  closed: boolean
   /** Frames received before the session exists; null once drained or refused. */
   queue: RawData[] | null
   queuedBytes: number
@@ -158,7 +156,8 @@ async function accept (
     socket.close(code, closeReason(reason))
     return
   }
-  if (conn.closed) return
+  // Closed or closing (by the peer, or by us for a frame flood): no room to load.
+  if (socket.readyState !== socket.OPEN) return
   let loaded: Room
   try {
     loaded = await manager.getOrCreateRoom(roomId, ctx.roomOptions(roomId))
@@ -173,7 +172,7 @@ async function accept (
     return
   }
   // Checked in the same turn as the connect, so the room cannot be unloaded in between.
-  if (conn.closed) return
+  if (socket.readyState !== socket.OPEN) return
   if (manager.draining) {
     socket.close(CloseCode.TRY_AGAIN_LATER, 'Server restarting: try again')
     return

@@ -1,6 +1,7 @@
 import { createRequire } from 'node:module'
 import type pg from 'pg'
-import type { ComponentData, FieldTimestamps, RoomSnapshot } from '../protocol/types.js'
+import type { RoomSnapshot } from '../protocol/types.js'
+import { entryRows, rowsToSnapshot, settle, snapshotRows, type EntryRow } from './rows.js'
 import type { IncrementalStorage, PendingAppend as Pending, RoomChanges, RoomStore } from './storage.js'
 
 /** Options of {@link PostgresStorage}: give `pool` or `connectionString`. */
@@ -98,31 +99,24 @@ export class PostgresStorage implements RoomStore {
     const rows = await this.#pool.query<{ key: string, value: string, stamps: string }>(
       `SELECT key, value, stamps FROM ${this.#entries} WHERE room_id = $1`, [roomId])
     if (room.rows.length === 0 && rows.rows.length === 0) return null
-    const state: Record<string, ComponentData> = Object.create(null)
-    const timestamps: Record<string, FieldTimestamps> = Object.create(null)
-    for (const row of rows.rows) {
-      state[row.key] = JSON.parse(row.value)
-      timestamps[row.key] = JSON.parse(row.stamps)
-    }
-    return { timestamp: room.rows.length > 0 ? Number(room.rows[0].timestamp) : 0, state, timestamps }
+    return rowsToSnapshot(room.rows.length > 0 ? Number(room.rows[0].timestamp) : 0, rows.rows)
   }
 
   /** Replaces a room's whole document (import), after the writes already issued. */
   async save (roomId: string, snapshot: RoomSnapshot): Promise<void> {
     this.#assertOpen()
-    const keys = Object.keys(snapshot.state)
+    const rows = snapshotRows(snapshot)
     await this.#serial(async () => {
       await this.#writeBatch()
       await this.migrate()
-      await this.#replace(roomId, snapshot, keys)
+      await this.#replace(roomId, snapshot, rows)
     })
   }
 
-  async #replace (roomId: string, snapshot: RoomSnapshot, keys: string[]): Promise<void> {
+  async #replace (roomId: string, snapshot: RoomSnapshot, rows: EntryRow[]): Promise<void> {
     await this.#transaction(async (client) => {
       await client.query(`DELETE FROM ${this.#entries} WHERE room_id = $1`, [roomId])
-      await this.#upsertEntries(client, keys.map(() => roomId), keys,
-        keys.map((k) => JSON.stringify(snapshot.state[k])), keys.map((k) => JSON.stringify(snapshot.timestamps[k] ?? {})))
+      await this.#upsertEntries(client, rows.map((row) => ({ roomId, row })))
       await client.query(`INSERT INTO ${this.#rooms} (room_id, timestamp) VALUES ($1, $2)
         ON CONFLICT (room_id) DO UPDATE SET timestamp = EXCLUDED.timestamp`, [roomId, snapshot.timestamp])
     })
@@ -166,37 +160,34 @@ export class PostgresStorage implements RoomStore {
     this.#queue = []
     if (batch.length === 0) return
     // The newest value of each (room, key) and the highest counter of each room.
-    const latest = new Map<string, [string, string, string, string]>()
+    const latest = new Map<string, { roomId: string, row: EntryRow }>()
     const counters = new Map<string, number>()
     for (const { roomId, changes } of batch) {
-      for (const entry of changes.entries) {
-        latest.set(JSON.stringify([roomId, entry.key]), [roomId, entry.key, JSON.stringify(entry.value), JSON.stringify(entry.stamps)])
-      }
+      for (const row of entryRows(changes.entries)) latest.set(JSON.stringify([roomId, row.key]), { roomId, row })
       counters.set(roomId, Math.max(counters.get(roomId) ?? 0, changes.timestamp))
     }
-    const rows = Array.from(latest.values())
     try {
       await this.migrate()
       await this.#transaction(async (client) => {
-        await this.#upsertEntries(client, rows.map((r) => r[0]), rows.map((r) => r[1]), rows.map((r) => r[2]), rows.map((r) => r[3]))
+        await this.#upsertEntries(client, Array.from(latest.values()))
         await client.query(`INSERT INTO ${this.#rooms} (room_id, timestamp)
           SELECT * FROM unnest($1::text[], $2::bigint[])
           ON CONFLICT (room_id) DO UPDATE SET timestamp = GREATEST(${this.#rooms}.timestamp, EXCLUDED.timestamp)`,
         [Array.from(counters.keys()), Array.from(counters.values())])
       })
     } catch (err) {
-      for (const pending of batch) pending.reject(err)
+      settle(batch, err)
       return
     }
-    for (const pending of batch) pending.resolve()
+    settle(batch)
   }
 
-  async #upsertEntries (client: pg.PoolClient, rooms: string[], keys: string[], values: string[], stamps: string[]): Promise<void> {
-    if (keys.length === 0) return
+  async #upsertEntries (client: pg.PoolClient, rows: Array<{ roomId: string, row: EntryRow }>): Promise<void> {
+    if (rows.length === 0) return
     await client.query(`INSERT INTO ${this.#entries} (room_id, key, value, stamps)
       SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])
       ON CONFLICT (room_id, key) DO UPDATE SET value = EXCLUDED.value, stamps = EXCLUDED.stamps`,
-    [rooms, keys, values, stamps])
+    [rows.map((r) => r.roomId), rows.map((r) => r.row.key), rows.map((r) => r.row.value), rows.map((r) => r.row.stamps)])
   }
 
   async #transaction (work: (client: pg.PoolClient) => Promise<void>): Promise<void> {

@@ -2,7 +2,8 @@ import { mkdirSync } from 'node:fs'
 import { createRequire } from 'node:module'
 import { dirname } from 'node:path'
 import type BetterSqlite3 from 'better-sqlite3'
-import type { ComponentData, FieldTimestamps, RoomSnapshot } from '../protocol/types.js'
+import type { RoomSnapshot } from '../protocol/types.js'
+import { entryRows, rowsToSnapshot, settle, snapshotRows, type EntryRow } from './rows.js'
 import type { IncrementalStorage, PendingAppend as Pending, RoomChanges, RoomStore } from './storage.js'
 
 /** Options of {@link SqliteStorage}. */
@@ -98,25 +99,22 @@ export class SqliteStorage implements RoomStore {
     }
     this.#writeBatch = db.transaction((batch: Pending[]) => {
       for (const { roomId, changes } of batch) {
-        for (const entry of changes.entries) {
-          const value = JSON.stringify(entry.value)
-          const stamps = JSON.stringify(entry.stamps)
-          this.bytesWritten += value.length + stamps.length + entry.key.length
-          this.#stmt.upsertEntry.run(roomId, entry.key, value, stamps)
-        }
+        this.#upsertRows(roomId, entryRows(changes.entries))
         this.#stmt.upsertRoom.run(roomId, changes.timestamp)
       }
     })
     this.#replace = db.transaction((roomId: string, snapshot: RoomSnapshot) => {
       this.#stmt.deleteEntries.run(roomId)
-      for (const key of Object.keys(snapshot.state)) {
-        const value = JSON.stringify(snapshot.state[key])
-        const stamps = JSON.stringify(snapshot.timestamps[key] ?? {})
-        this.bytesWritten += value.length + stamps.length + key.length
-        this.#stmt.upsertEntry.run(roomId, key, value, stamps)
-      }
+      this.#upsertRows(roomId, snapshotRows(snapshot))
       this.#stmt.upsertRoom.run(roomId, snapshot.timestamp)
     })
+  }
+
+  #upsertRows (roomId: string, rows: EntryRow[]): void {
+    for (const row of rows) {
+      this.bytesWritten += row.value.length + row.stamps.length + row.key.length
+      this.#stmt.upsertEntry.run(roomId, row.key, row.value, row.stamps)
+    }
   }
 
   /** The storage of one room, over this database. */
@@ -140,13 +138,7 @@ export class SqliteStorage implements RoomStore {
     const room = this.#stmt.getRoom.get(roomId)
     const rows = this.#stmt.getEntries.all(roomId)
     if (room === undefined && rows.length === 0) return null
-    const state: Record<string, ComponentData> = Object.create(null)
-    const timestamps: Record<string, FieldTimestamps> = Object.create(null)
-    for (const row of rows) {
-      state[row.key] = JSON.parse(row.value)
-      timestamps[row.key] = JSON.parse(row.stamps)
-    }
-    return { timestamp: room?.timestamp ?? 0, state, timestamps }
+    return rowsToSnapshot(room?.timestamp ?? 0, rows)
   }
 
   /** Replaces a room's whole document (import). Waits for queued appends first, so order is kept. */
@@ -184,10 +176,10 @@ export class SqliteStorage implements RoomStore {
     try {
       this.#writeBatch(batch)
     } catch (err) {
-      for (const pending of batch) pending.reject(err)
+      settle(batch, err)
       return
     }
-    for (const pending of batch) pending.resolve()
+    settle(batch)
   }
 
   #assertOpen (): void {

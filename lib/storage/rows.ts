@@ -1,0 +1,42 @@
+import type { ComponentData, FieldTimestamps, RoomSnapshot } from '../protocol/types.js'
+import type { PendingAppend, StoredEntry } from './storage.js'
+
+/** One document key as the SQL storages keep it: the JSON of its value and of its field timestamps. */
+export interface EntryRow {
+  key: string
+  value: string
+  stamps: string
+}
+
+/** The rows of the keys an append carries. */
+export function entryRows (entries: readonly StoredEntry[]): EntryRow[] {
+  return entries.map((entry) => ({ key: entry.key, value: JSON.stringify(entry.value), stamps: JSON.stringify(entry.stamps) }))
+}
+
+/** The rows of a whole snapshot (a key without timestamps gets `{}`). */
+export function snapshotRows (snapshot: RoomSnapshot): EntryRow[] {
+  return Object.keys(snapshot.state).map((key) => ({
+    key,
+    value: JSON.stringify(snapshot.state[key]),
+    stamps: JSON.stringify(Object.hasOwn(snapshot.timestamps, key) ? snapshot.timestamps[key] : {})
+  }))
+}
+
+/** A snapshot read back from rows. */
+export function rowsToSnapshot (timestamp: number, rows: readonly EntryRow[]): RoomSnapshot {
+  const state: Record<string, ComponentData> = Object.create(null)
+  const timestamps: Record<string, FieldTimestamps> = Object.create(null)
+  for (const row of rows) {
+    state[row.key] = JSON.parse(row.value)
+    timestamps[row.key] = JSON.parse(row.stamps)
+  }
+  return { timestamp, state, timestamps }
+}
+
+/** Settles every append of a group commit: rejected with the commit's error, or resolved. */
+export function settle (batch: readonly PendingAppend[], err?: unknown): void {
+  for (const pending of batch) {
+    if (err === undefined) pending.resolve()
+    else pending.reject(err)
+  }
+}
