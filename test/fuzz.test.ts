@@ -75,8 +75,10 @@ type Action = JoinAction | { k: 'leave', s: number, how: 'close' | 'error' } | {
 interface Scenario { initial: JoinAction[], steps: Action[] }
 
 const HOSTILE = ['__proto__', 'constructor', 'prototype']
-const KEYS = ['e1/Pos', 'e2/Pos', 'e1/Color', 'SINGLETON/camera', '', 'toString', ...HOSTILE]
-const FIELDS = ['x', 'y', 'pts', 'label', 'polluted', 'hasOwnProperty', ...HOSTILE]
+/** Keys with line terminators: a `^(.*)$` key pattern does not match them, so a validator built on it skips their values. */
+const LINE_BREAKS = ['e3\nPos', 'a\u2028b']
+const KEYS = ['e1/Pos', 'e2/Pos', 'e1/Color', 'SINGLETON/camera', '', 'toString', ...HOSTILE, ...LINE_BREAKS]
+const FIELDS = ['x', 'y', 'pts', 'label', 'polluted', 'hasOwnProperty', ...HOSTILE, ...LINE_BREAKS]
 
 const scalar: fc.Arbitrary<J> = fc.oneof(
   fc.integer({ min: -100, max: 100 }),

@@ -422,7 +422,12 @@ const badFrames: Array<[string, unknown, string | undefined]> = [
   ['a component value that is not an object', { type: 'patch', messageId: 'bad5', documentPatches: [{ 'e1/A': 5 }] }, 'bad5'],
   ['ephemeralPatches holding a non-object', { type: 'patch', messageId: 'bad6', ephemeralPatches: ['cursor'] }, 'bad6'],
   ['reconnect with lastTimestamp not a number', { type: 'reconnect', lastTimestamp: 'x', protocolVersion: 2, documentPatches: [{ 'e1/A': { _exists: true, v: 1 } }] }, undefined],
-  ['auth-refresh without a token', { type: 'auth-refresh' }, undefined]
+  ['auth-refresh without a token', { type: 'auth-refresh' }, undefined],
+  // Keys holding line breaks once escaped validation (a `^(.*)$` key pattern does not match them): a tiny
+  // frame could then make the server zero-fill a billion-item array and run out of memory.
+  ['a huge buffer delta under a field name with a line break', { type: 'patch', messageId: 'bad7', documentPatches: [{ 'e1/A': { _exists: true, 'da\nta': { __buf: 1, len: 1e9, runs: [] } } }] }, 'bad7'],
+  ['buffer deltas describing more than 10,000,000 items in one frame', { type: 'patch', messageId: 'bad9', documentPatches: [{ 'e1/A': { _exists: true, a: { __buf: 1, len: 6_000_000, runs: [] }, b: { __buf: 1, len: 4_000_001, runs: [] } } }] }, 'bad9'],
+  ['a component value that is not an object, under a key with a line separator', { type: 'patch', messageId: 'bad8', documentPatches: [{ 'e1\u2028A': null }] }, 'bad8']
 ]
 
 for (const [name, frame, messageId] of badFrames) {

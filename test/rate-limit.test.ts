@@ -118,6 +118,26 @@ t.test('rateLimit: the byte bucket refuses a frame larger than what is left of b
   await Promise.all([a.close(), b.close()])
 })
 
+t.test('rateLimit: items a buffer delta adds to a stored array are paid from the byte bucket, as if sent in full', async (t) => {
+  const app = await build(t, { rateLimit: { bytesPerSecond: SLOW_REFILL, burstBytes: 10_000 } })
+  const a = await connected(app, 'a', 1)
+  const grow = (id: string, key: string, len: number): Promise<unknown> => {
+    const from = a.frames.length
+    a.send({ type: 'patch', messageId: id, documentPatches: [{ [key]: { _exists: true, pts: { __buf: 1, len, runs: [[0, [7]]] } } }] })
+    return a.next(ACK(id), from).then(() => a.frames.slice(from))
+  }
+  t.notOk((await grow('m1', 'k1', 2000) as Array<{ type: string }>).some((f) => f.type === 'error'), '2,000 new items (about 4,000 bytes) pass')
+  t.equal((stateOf(app).k1 as { pts: number[] }).pts.length, 2000)
+  t.notOk((await grow('m2', 'k1', 2000) as Array<{ type: string }>).some((f) => f.type === 'error'), 'a delta that keeps the length costs nothing more')
+  t.match(await grow('m3', 'k2', 1_000_000), [
+    { type: 'ack', messageId: 'm3' },
+    { type: 'error', code: RATE_LIMITED, messageId: 'm3' }
+  ], 'a million new items from a frame of a few bytes are refused')
+  t.notOk('k2' in stateOf(app), 'not applied')
+  t.notOk((await grow('m4', 'k3', 1000) as Array<{ type: string }>).some((f) => f.type === 'error'), 'what is left of the bucket still pays for a smaller one')
+  await a.close()
+})
+
 t.test('rateLimit: false turns the per-session limit off', async (t) => {
   const app = await build(t, { rateLimit: false })
   const a = await connected(app, 'a', 1)

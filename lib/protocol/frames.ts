@@ -2,7 +2,10 @@ import { Type } from '@sinclair/typebox'
 import { TypeCompiler } from '@sinclair/typebox/compiler'
 import { PROTOCOL_VERSION, type ClientMessage } from './types.js'
 
-/** Longest array a buffer delta may describe (a bigger one would let one frame allocate gigabytes). */
+/**
+ * Most items the buffer deltas of one frame may describe, together (more
+ * would let a frame of a few bytes make the server allocate gigabytes).
+ */
 export const MAX_BUFFER_LENGTH = 10_000_000
 
 const BufferDelta = Type.Object({
@@ -17,8 +20,14 @@ const FieldValue = Type.Union([
   Type.Not(Type.Object({ __buf: Type.Literal(1) }))
 ])
 
-const ComponentValue = Type.Record(Type.String(), FieldValue)
-const PatchSchema = Type.Record(Type.String(), ComponentValue)
+/**
+ * Every key of a record, whatever its characters. (`Type.Record(Type.String())`
+ * matches keys against `^(.*)$`, and skips the values of keys holding a line
+ * break: a patch key such as `"a\nb"` would carry any value unchecked.)
+ */
+const AnyKey = Type.String({ pattern: '^[\\s\\S]*$' })
+const ComponentValue = Type.Record(AnyKey, FieldValue)
+const PatchSchema = Type.Record(AnyKey, ComponentValue)
 const Patches = Type.Array(PatchSchema)
 
 export const PatchFrame = Type.Object({
@@ -54,29 +63,37 @@ const checkers = {
  */
 export const MAX_DEPTH = 64
 
-/** True when no value in the patches is nested deeper than MAX_DEPTH. Iterative, so it cannot overflow itself. */
-function withinDepth (patches: unknown[] | undefined): boolean {
-  if (patches === undefined) return true
+/**
+ * Walks the patches of a frame the schema accepted: -1 when a value is nested
+ * deeper than MAX_DEPTH, otherwise the number of items its buffer deltas
+ * describe (the sum of their `len`). Iterative, so it cannot overflow itself.
+ */
+function scanPatches (patches: unknown[] | undefined): number {
+  if (patches === undefined) return 0
+  let items = 0
   const stack: Array<[unknown, number]> = [[patches, 0]]
   while (stack.length > 0) {
     const [value, depth] = stack.pop()!
     if (typeof value !== 'object' || value === null) continue
-    if (depth > MAX_DEPTH) return false
+    if (depth > MAX_DEPTH) return -1
     if (Array.isArray(value)) {
       for (const item of value) if (typeof item === 'object' && item !== null) stack.push([item, depth + 1])
     } else {
+      // Field values (depth 3) claiming `__buf: 1` were checked to be well-formed deltas.
+      if (depth === 3 && (value as { __buf?: unknown }).__buf === 1) items += (value as { len: number }).len
       for (const key in value) {
         const item = (value as Record<string, unknown>)[key]
         if (typeof item === 'object' && item !== null) stack.push([item, depth + 1])
       }
     }
   }
-  return true
+  return items
 }
 
 /** Result of reading one client frame. */
 export type ParsedFrame =
-  | { kind: 'frame', frame: ClientMessage }
+  /** `bufferItems`: the items its buffer deltas describe (0 when it has none). */
+  | { kind: 'frame', frame: ClientMessage, bufferItems: number }
   /** Not JSON, not an object, or an unknown type: ignored, as the protocol says. */
   | { kind: 'ignore' }
   /** A `reconnect` with another protocol version. */
@@ -101,12 +118,17 @@ export function parseClientFrame (raw: string): ParsedFrame {
   const checker = checkers[type as ClientMessage['type']]
   if (checker.Check(value)) {
     const frame = value as ClientMessage
-    if (frame.type === 'auth-refresh' || (withinDepth(frame.documentPatches) && withinDepth(frame.ephemeralPatches))) return { kind: 'frame', frame }
+    if (frame.type === 'auth-refresh') return { kind: 'frame', frame, bufferItems: 0 }
+    const docs = scanPatches(frame.documentPatches)
+    const ephs = docs < 0 ? -1 : scanPatches(frame.ephemeralPatches)
+    if (docs >= 0 && ephs >= 0 && docs + ephs <= MAX_BUFFER_LENGTH) return { kind: 'frame', frame, bufferItems: docs + ephs }
     const messageId = (frame as { messageId?: unknown }).messageId
     return {
       kind: 'invalid',
       type,
-      message: `invalid ${type} frame (values nested deeper than ${MAX_DEPTH} levels)`,
+      message: docs < 0 || ephs < 0
+        ? `invalid ${type} frame (values nested deeper than ${MAX_DEPTH} levels)`
+        : `invalid ${type} frame (its buffer deltas describe more than ${MAX_BUFFER_LENGTH} items)`,
       ...(typeof messageId === 'string' ? { messageId } : {})
     }
   }

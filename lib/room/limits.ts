@@ -74,15 +74,27 @@ export class TokenBucket {
     this.#last = now
   }
 
-  /** Takes one frame of `bytes`; false when either bucket is empty (nothing is taken then). */
-  take (bytes: number, now: number): boolean {
+  #refill (now: number): void {
     const elapsed = (now - this.#last) / 1000
     this.#last = now
     const limit = this.#limit
     this.#frames = Math.min(limit.burstFrames, this.#frames + elapsed * limit.framesPerSecond)
     this.#bytes = Math.min(limit.burstBytes, this.#bytes + elapsed * limit.bytesPerSecond)
+  }
+
+  /** Takes one frame of `bytes`; false when either bucket is empty (nothing is taken then). */
+  take (bytes: number, now: number): boolean {
+    this.#refill(now)
     if (this.#frames < 1 || this.#bytes < bytes) return false
     this.#frames -= 1
+    this.#bytes -= bytes
+    return true
+  }
+
+  /** Takes `bytes` from the byte bucket only; false when it holds fewer (nothing is taken then). */
+  takeBytes (bytes: number, now: number): boolean {
+    this.#refill(now)
+    if (this.#bytes < bytes) return false
     this.#bytes -= bytes
     return true
   }

@@ -15,7 +15,7 @@ import type {
   SessionPermission
 } from '../protocol/types.js'
 import type { Storage } from '../storage/storage.js'
-import { Document, emptyRecord, hasContent, applyValue, type Fields } from './document.js'
+import { Document, emptyRecord, hasContent, applyValue, isBufferDelta, type Fields } from './document.js'
 import { DEFAULT_LIMITS, DEFAULT_RATE_LIMIT, DEFAULT_SLOW_CLIENT, TokenBucket, countKeys, type RateLimit, type RoomLimits, type SlowClientPolicy } from './limits.js'
 import { Persistence, type Durability } from './persistence.js'
 import { PresenceBatch } from './presence-batch.js'
@@ -381,6 +381,7 @@ export class Room {
         return 'invalid'
     }
     const frame = parsed.frame
+    const bufferItems = parsed.bufferItems
     if (limited) {
       this.#rateLimited(session, frame)
       if (frame.type !== 'reconnect' || !this.#sessions.has(session.sessionId)) return 'rate-limited'
@@ -389,11 +390,11 @@ export class Room {
     }
     switch (frame.type) {
       case 'patch':
-        this.#handlePatch(session, frame)
+        this.#handlePatch(session, frame, bufferItems)
         break
       case 'reconnect':
         // The protocol promises every reconnect a diff and `synced`: a rate-limited one only loses its carried patches.
-        this.#handleReconnect(session, limited ? { ...frame, documentPatches: undefined, ephemeralPatches: undefined } : frame)
+        this.#handleReconnect(session, limited ? { ...frame, documentPatches: undefined, ephemeralPatches: undefined } : frame, bufferItems)
         break
       case 'auth-refresh':
         this.#handleAuthRefresh(session, frame.token)
@@ -401,12 +402,12 @@ export class Room {
     return frame.type
   }
 
-  #handlePatch (session: Session, frame: PatchRequest): void {
+  #handlePatch (session: Session, frame: PatchRequest, bufferItems: number): void {
     const docs = hasContent(frame.documentPatches) ? frame.documentPatches : undefined
     const ephs = hasContent(frame.ephemeralPatches) ? frame.ephemeralPatches : undefined
     if (docs === undefined && ephs === undefined) return
     if (session.permissions === 'readwrite') {
-      const violation = this.#checkLimits(session, docs, ephs)
+      const violation = this.#checkLimits(session, docs, ephs, bufferItems)
       if (violation === null) {
         this.#apply(session, docs, ephs)
         this.#sendMessage(session, { type: 'ack', messageId: frame.messageId, timestamp: this.#doc.timestamp })
@@ -419,7 +420,7 @@ export class Room {
     else this.#sendMessage(session, { type: 'ack', messageId: frame.messageId, timestamp: this.#doc.timestamp })
   }
 
-  #handleReconnect (session: Session, frame: ReconnectRequest): void {
+  #handleReconnect (session: Session, frame: ReconnectRequest, bufferItems: number): void {
     const since = this.#doc.timestamp
     const docs = hasContent(frame.documentPatches) ? frame.documentPatches : undefined
     const ephs = hasContent(frame.ephemeralPatches) ? frame.ephemeralPatches : undefined
@@ -428,7 +429,7 @@ export class Room {
     const resync = readwrite && frame.lastTimestamp > since
     if (readwrite) {
       if (docs !== undefined || ephs !== undefined) {
-        const violation = this.#checkLimits(session, docs, ephs)
+        const violation = this.#checkLimits(session, docs, ephs, bufferItems)
         if (violation === null) this.#apply(session, docs, ephs)
         else this.#refuse(session, undefined, docs, violation)
       }
@@ -588,8 +589,12 @@ export class Room {
     }))
   }
 
-  /** Which limit a readwrite frame would break, or null. */
-  #checkLimits (session: Session, docs: Patch[] | undefined, ephs: Patch[] | undefined): readonly [string, string] | null {
+  /**
+   * Which limit a readwrite frame would break, or null. Last, items that its
+   * buffer deltas add to stored arrays are paid from the session's byte rate
+   * (see #bufferGrowth): a frame that passes has been charged.
+   */
+  #checkLimits (session: Session, docs: Patch[] | undefined, ephs: Patch[] | undefined, bufferItems: number): readonly [string, string] | null {
     const limits = this.#limits
     if ((docs?.length ?? 0) > limits.maxPatchesPerFrame || (ephs?.length ?? 0) > limits.maxPatchesPerFrame) return FRAME_TOO_LARGE
     const docKeys = countKeys(docs, limits.maxKeysPerFrame)
@@ -612,7 +617,23 @@ export class Room {
         if (keys.size > limits.maxEphemeralKeys) return PRESENCE_FULL
       }
     }
+    if (bufferItems > 0 && session.bucket !== null) {
+      const grown = this.#bufferGrowth(session.clientId, docs, ephs)
+      if (grown > 0 && !session.bucket.takeBytes(grown * BYTES_PER_GROWN_ITEM, performance.now())) return BUFFER_GROWTH_LIMITED
+    }
     return null
+  }
+
+  /**
+   * Items a frame's buffer deltas add to the arrays stored now (document, and
+   * the sender's presence): `len` beyond each stored array's length. Sent as
+   * a delta, a million zeros cost a few bytes; the rate limit charges them as
+   * if they had been sent, so that a small frame cannot grow memory faster
+   * than literal data could.
+   */
+  #bufferGrowth (clientId: string, docs: Patch[] | undefined, ephs: Patch[] | undefined): number {
+    const presence = this.#ephemeral.get(clientId)
+    return arrayGrowth(docs, (key) => this.#doc.get(key)) + arrayGrowth(ephs, (key) => presence?.get(key))
   }
 
   /** A frame over the session's rate: refused; a long run of them closes the session. */
@@ -869,6 +890,27 @@ const FRAME_TOO_LARGE = [frameErrorCodes.FRAME_TOO_LARGE, 'Too many patches or k
 const DOCUMENT_FULL = [frameErrorCodes.DOCUMENT_FULL, 'The document has reached its key limit: not applied'] as const
 const PRESENCE_FULL = [frameErrorCodes.PRESENCE_FULL, 'Too many presence keys for this client: not applied'] as const
 const RATE_LIMITED = [frameErrorCodes.RATE_LIMITED, 'Too many frames or bytes per second: not applied'] as const
+const BUFFER_GROWTH_LIMITED = [frameErrorCodes.RATE_LIMITED, 'Buffer deltas grow arrays faster than the byte rate limit allows: not applied'] as const
+/** What an item added by a buffer delta costs against the byte rate limit: a zero and its comma, as if sent in full. */
+const BYTES_PER_GROWN_ITEM = 2
+
+/** Items the buffer deltas of `patches` add beyond the length of the arrays stored now. */
+function arrayGrowth (patches: Patch[] | undefined, stored: (key: string) => Fields | undefined): number {
+  if (patches === undefined) return 0
+  let grown = 0
+  for (const patch of patches) {
+    for (const key of Object.keys(patch)) {
+      const incoming = patch[key]
+      for (const field of Object.keys(incoming)) {
+        const value = incoming[field]
+        if (!isBufferDelta(value)) continue
+        const old = stored(key)?.[field]
+        grown += Math.max(0, value.len - (Array.isArray(old) ? old.length : 0))
+      }
+    }
+  }
+  return grown
+}
 
 function byteSize (data: string | Buffer | ArrayBuffer | Buffer[], text: string): number {
   if (typeof data === 'string') return text.length
