@@ -117,7 +117,8 @@ function deepest (value: unknown, depth: number): number {
 /** What the schemas, MAX_DEPTH and MAX_BUFFER_LENGTH together say of a parsed frame. */
 function expected (value: Record<string, unknown>): boolean {
   const type = value.type as keyof typeof schemas
-  if (!schemas[type].Check(value)) return false
+  const data: unknown = value // Check narrows its argument; keep `value` a plain record for the walk below.
+  if (!schemas[type].Check(data)) return false
   if (type === 'auth-refresh') return true
   let items = 0
   for (const list of [value.documentPatches, value.ephemeralPatches] as Array<Array<Record<string, Record<string, unknown>>> | undefined>) {

@@ -590,9 +590,9 @@ export class Room {
   }
 
   /**
-   * Which limit a readwrite frame would break, or null. Last, items that its
-   * buffer deltas add to stored arrays are paid from the session's byte rate
-   * (see #bufferGrowth): a frame that passes has been charged.
+   * Which limit a readwrite frame would break, or null. Last, the arrays its
+   * buffer deltas write are paid from the session's byte rate (see
+   * #bufferCost): a frame that passes has been charged.
    */
   #checkLimits (session: Session, docs: Patch[] | undefined, ephs: Patch[] | undefined, bufferItems: number): readonly [string, string] | null {
     const limits = this.#limits
@@ -618,22 +618,25 @@ export class Room {
       }
     }
     if (bufferItems > 0 && session.bucket !== null) {
-      const grown = this.#bufferGrowth(session.clientId, docs, ephs)
-      if (grown > 0 && !session.bucket.takeBytes(grown * BYTES_PER_GROWN_ITEM, performance.now())) return BUFFER_GROWTH_LIMITED
+      const cost = this.#bufferCost(session.clientId, docs, ephs)
+      if (cost > 0 && !session.bucket.takeBytes(cost, performance.now())) return BUFFERS_LIMITED
     }
     return null
   }
 
   /**
-   * Items a frame's buffer deltas add to the arrays stored now (document, and
-   * the sender's presence): `len` beyond each stored array's length. Sent as
-   * a delta, a million zeros cost a few bytes; the rate limit charges them as
-   * if they had been sent, so that a small frame cannot grow memory faster
-   * than literal data could.
+   * What a frame's buffer deltas cost against the byte rate limit, in bytes.
+   * Sent as a delta, a million items cost a few bytes, but the server writes
+   * a whole new array of `len` items for each (stored records are never
+   * changed in place). Items beyond the length of the array stored now cost
+   * what sending them in full would (a zero and a comma), so that a small
+   * frame cannot grow memory faster than literal data could; every item
+   * rewritten costs 1/16 of a byte, so that deltas against a huge array cannot
+   * keep the event loop busy for free.
    */
-  #bufferGrowth (clientId: string, docs: Patch[] | undefined, ephs: Patch[] | undefined): number {
+  #bufferCost (clientId: string, docs: Patch[] | undefined, ephs: Patch[] | undefined): number {
     const presence = this.#ephemeral.get(clientId)
-    return arrayGrowth(docs, (key) => this.#doc.get(key)) + arrayGrowth(ephs, (key) => presence?.get(key))
+    return bufferCost(docs, (key) => this.#doc.get(key)) + bufferCost(ephs, (key) => presence?.get(key))
   }
 
   /** A frame over the session's rate: refused; a long run of them closes the session. */
@@ -890,14 +893,16 @@ const FRAME_TOO_LARGE = [frameErrorCodes.FRAME_TOO_LARGE, 'Too many patches or k
 const DOCUMENT_FULL = [frameErrorCodes.DOCUMENT_FULL, 'The document has reached its key limit: not applied'] as const
 const PRESENCE_FULL = [frameErrorCodes.PRESENCE_FULL, 'Too many presence keys for this client: not applied'] as const
 const RATE_LIMITED = [frameErrorCodes.RATE_LIMITED, 'Too many frames or bytes per second: not applied'] as const
-const BUFFER_GROWTH_LIMITED = [frameErrorCodes.RATE_LIMITED, 'Buffer deltas grow arrays faster than the byte rate limit allows: not applied'] as const
-/** What an item added by a buffer delta costs against the byte rate limit: a zero and its comma, as if sent in full. */
-const BYTES_PER_GROWN_ITEM = 2
+const BUFFERS_LIMITED = [frameErrorCodes.RATE_LIMITED, 'Buffer deltas write more array items per second than the byte rate limit allows: not applied'] as const
+/** Byte-rate cost of an item a buffer delta adds to an array: a zero and its comma, as if sent in full. */
+const BYTES_PER_ADDED_ITEM = 2
+/** Items a buffer delta rewrites per byte of rate limit. */
+const ITEMS_PER_BYTE = 16
 
-/** Items the buffer deltas of `patches` add beyond the length of the arrays stored now. */
-function arrayGrowth (patches: Patch[] | undefined, stored: (key: string) => Fields | undefined): number {
+/** Byte-rate cost of the buffer deltas of `patches` against the arrays stored now (see Room#bufferCost). */
+function bufferCost (patches: Patch[] | undefined, stored: (key: string) => Fields | undefined): number {
   if (patches === undefined) return 0
-  let grown = 0
+  let cost = 0
   for (const patch of patches) {
     for (const key of Object.keys(patch)) {
       const incoming = patch[key]
@@ -905,11 +910,12 @@ function arrayGrowth (patches: Patch[] | undefined, stored: (key: string) => Fie
         const value = incoming[field]
         if (!isBufferDelta(value)) continue
         const old = stored(key)?.[field]
-        grown += Math.max(0, value.len - (Array.isArray(old) ? old.length : 0))
+        const added = Math.max(0, value.len - (Array.isArray(old) ? old.length : 0))
+        cost += added * BYTES_PER_ADDED_ITEM + Math.ceil(value.len / ITEMS_PER_BYTE)
       }
     }
   }
-  return grown
+  return cost
 }
 
 function byteSize (data: string | Buffer | ArrayBuffer | Buffer[], text: string): number {
