@@ -248,3 +248,34 @@ t.test('without an authorize option, auth-refresh is ignored and the session kee
   t.equal(roomOf(app).getSessions()[0].permissions, 'readwrite')
   await a.close()
 })
+
+t.test('a frame held during an auth-refresh whose handling throws closes only its session (1011), not the process', async (t) => {
+  const { Document } = await import('../lib/room/document.js')
+  const applyFrame = Document.prototype.applyFrame
+  t.teardown(() => { Document.prototype.applyFrame = applyFrame })
+  // A bug stand-in: applying a patch that holds the key `boom` throws.
+  Document.prototype.applyFrame = function (patches) {
+    if (patches.some((patch) => Object.hasOwn(patch, 'boom'))) throw new Error('bug')
+    return applyFrame.call(this, patches)
+  }
+  const decide = gate()
+  const app = await build(t, {
+    authorize: async (info) => {
+      if (info.request === undefined) await decide.promise
+      return byToken(info)
+    }
+  })
+  const received = serverReceived(app)
+  const a = await joined(app, { clientId: 'a', token: 'rw' })
+  const b = await joined(app, { clientId: 'b', token: 'rw' })
+  await received(2)
+  a.send({ type: 'auth-refresh', token: 'rw-2' })
+  a.send({ type: 'patch', messageId: 'm1', documentPatches: [{ boom: { _exists: true } }] })
+  a.send({ type: 'patch', messageId: 'm2', documentPatches: [{ 'e1/A': { _exists: true } }] })
+  await received(5)
+  decide.open()
+  t.strictSame(await a.closed, { code: 1011, reason: 'Internal error' })
+  t.equal((await write(b, 'b1', [{ 'e2/A': { _exists: true } }])).timestamp, 1, 'the room goes on')
+  t.strictSame(snapshotOf(app).state, { 'e2/A': { _exists: true } }, 'nothing of the held frames after the failing one was applied')
+  await b.close()
+})

@@ -232,16 +232,29 @@ export class Room {
       session.held.push([text, limited])
       return
     }
-    let type: string
+    const type = this.#handleGuarded(session, text, limited)
+    this.#observer?.frameIn(type, bytes, (performance.now() - start) / 1000)
+  }
+
+  /** Handles one frame; a throw closes only that session (1011). @returns its type, for metrics */
+  #handleGuarded (session: Session, text: string, limited: boolean): string {
     try {
-      type = this.#handleFrame(session, text, limited)
+      return this.#handleFrame(session, text, limited)
     } catch (err) {
       // A bug must cost one session, never the room or the process.
-      this.#log.error({ err, roomId: this.roomId, sessionId }, 'handling a frame failed; closing the session')
-      this.disconnectSession(sessionId, CloseCode.INTERNAL_ERROR, 'Internal error')
-      type = 'failed'
+      this.#log.error({ err, roomId: this.roomId, sessionId: session.sessionId }, 'handling a frame failed; closing the session')
+      this.disconnectSession(session.sessionId, CloseCode.INTERNAL_ERROR, 'Internal error')
+      return 'failed'
     }
-    this.#observer?.frameIn(type, bytes, (performance.now() - start) / 1000)
+  }
+
+  /** Runs a callback scheduled by the room (setImmediate, a promise): a throw is logged, never left to crash the process. */
+  #guarded (what: string, fn: () => void): void {
+    try {
+      fn()
+    } catch (err) {
+      this.#log.error({ err, roomId: this.roomId }, `${what} failed`)
+    }
   }
 
   /** Frames waiting for a durable write before they can be sent. */
@@ -469,6 +482,11 @@ export class Room {
         const [code, reason] = refusal(err)
         this.disconnectSession(sessionId, code, reason)
       })
+      .catch((err: unknown) => {
+        // A throw above (the user's result, a bug) closes that session; it must never become an unhandled rejection.
+        this.#log.error({ err, roomId: this.roomId, sessionId }, 'auth-refresh failed; closing the session')
+        this.disconnectSession(sessionId, CloseCode.INTERNAL_ERROR, 'Internal error')
+      })
   }
 
   #releaseHeld (session: Session): void {
@@ -482,7 +500,7 @@ export class Room {
         held.push(...frames.slice(i))
         return
       }
-      this.#handleFrame(session, frames[i][0], frames[i][1])
+      this.#handleGuarded(session, frames[i][0], frames[i][1])
     }
   }
 
@@ -504,7 +522,7 @@ export class Room {
         this.#presence.add(session.clientId, ephs!)
         if (!this.#presenceScheduled) {
           this.#presenceScheduled = true
-          setImmediate(() => this.#flushPresence())
+          setImmediate(() => this.#guarded('sending batched presence', () => this.#flushPresence()))
         }
       }
       return
@@ -750,7 +768,7 @@ export class Room {
     }
     if (this.#countPending) return
     this.#countPending = true
-    setImmediate(() => this.#flushCounts())
+    setImmediate(() => this.#guarded('sending clientCount', () => this.#flushCounts()))
   }
 
   #flushCounts (): void {
