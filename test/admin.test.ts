@@ -119,6 +119,17 @@ t.test('GET /rooms/:roomId/snapshot returns the document with field timestamps a
   await a.close()
 })
 
+t.test('GET /rooms/:roomId/snapshot keeps keys and fields holding line breaks', async (t) => {
+  const app = await build(t, open)
+  const a = await joined(app, 'r1', 'a')
+  await write(a, 'm1', [{ 'shape/\n2': { _exists: true, x: 2 }, 'shape/3': { _exists: true, 'a\nb': 3, 'c\u2028d': 4 } }])
+  const res = await app.inject({ method: 'GET', url: '/rooms/r1/snapshot' })
+  t.equal(res.statusCode, 200)
+  t.strictSame(res.json().state, { 'shape/\n2': { _exists: true, x: 2 }, 'shape/3': { _exists: true, 'a\nb': 3, 'c\u2028d': 4 } })
+  t.strictSame(res.json().timestamps['shape/3'], { _exists: 1, 'a\nb': 1, 'c\u2028d': 1 })
+  await a.close()
+})
+
 t.test('GET /rooms/:roomId/snapshot shows __proto__ and constructor keys as ordinary keys', async (t) => {
   const app = await build(t, open)
   const a = await joined(app, 'r1', 'a')

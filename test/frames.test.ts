@@ -35,7 +35,7 @@ function encode (j: J): string {
   return JSON.stringify(j)
 }
 
-const NAMES = ['x', 'e1/A', '', 'a\nb', 'a\u2028b', 'c\rd', '__proto__', 'constructor', '__buf', 'len', 'runs', 'toString']
+const NAMES = ['x', 'e1/A', '', 'a\nb', 'a\u2028b', 'c\rd', 'n\u0000', '\ud800', 'x\udc00y', '\ud83d\ude00', '__proto__', 'constructor', '__buf', 'len', 'runs', 'toString']
 
 const scalar: fc.Arbitrary<J> = fc.oneof(
   fc.integer({ min: -3, max: 12 }),

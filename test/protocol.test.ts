@@ -427,6 +427,9 @@ const badFrames: Array<[string, unknown, string | undefined]> = [
   // frame could then make the server zero-fill a billion-item array and run out of memory.
   ['a huge buffer delta under a field name with a line break', { type: 'patch', messageId: 'bad7', documentPatches: [{ 'e1/A': { _exists: true, 'da\nta': { __buf: 1, len: 1e9, runs: [] } } }] }, 'bad7'],
   ['buffer deltas describing more than 10,000,000 items in one frame', { type: 'patch', messageId: 'bad9', documentPatches: [{ 'e1/A': { _exists: true, a: { __buf: 1, len: 6_000_000, runs: [] }, b: { __buf: 1, len: 4_000_001, runs: [] } } }] }, 'bad9'],
+  // PostgreSQL refuses U+0000 in text (and failed the other rooms' writes of the same commit); SQLite turns a lone surrogate into U+FFFD.
+  ['a key holding U+0000', { type: 'patch', messageId: 'bad10', documentPatches: [{ 'e\u0000': { _exists: true } }] }, 'bad10'],
+  ['a presence key holding a lone surrogate', { type: 'patch', messageId: 'bad11', ephemeralPatches: [{ 'cursor\ud800': { _exists: true } }] }, 'bad11'],
   ['a component value that is not an object, under a key with a line separator', { type: 'patch', messageId: 'bad8', documentPatches: [{ 'e1\u2028A': null }] }, 'bad8']
 ]
 

@@ -26,8 +26,16 @@ const FieldValue = Type.Union([
  * break: a patch key such as `"a\nb"` would carry any value unchecked.)
  */
 const AnyKey = Type.String({ pattern: '^[\\s\\S]*$' })
+/**
+ * A document or presence key: any characters but U+0000, as well-formed
+ * UTF-16 (no lone surrogate). Keys reach storages as text: PostgreSQL refuses
+ * U+0000 in text, and SQLite would turn a lone surrogate into U+FFFD, merging
+ * two keys.
+ */
+const StoredKey = Type.String({ pattern: '^(?:[^\\u0000\\uD800-\\uDFFF]|[\\uD800-\\uDBFF][\\uDC00-\\uDFFF])*$' })
 const ComponentValue = Type.Record(AnyKey, FieldValue)
-const PatchSchema = Type.Record(AnyKey, ComponentValue)
+// additionalProperties: false, or keys that do not match are let through unchecked.
+const PatchSchema = Type.Record(StoredKey, ComponentValue, { additionalProperties: false })
 const Patches = Type.Array(PatchSchema)
 
 export const PatchFrame = Type.Object({
@@ -101,7 +109,7 @@ function checkPatches (patches: unknown): number {
     if (!isRecord(patch)) return WRONG_SHAPE
     for (const key in patch) {
       const component = patch[key]
-      if (!isRecord(component)) return WRONG_SHAPE
+      if (!isRecord(component) || !isStoredKey(key)) return WRONG_SHAPE
       for (const field in component) {
         const result = checkField(component[field])
         if (result < 0) return result
@@ -143,6 +151,11 @@ function nestedWithin (value: object, depth: number): boolean {
     }
   }
   return true
+}
+
+/** See StoredKey. */
+function isStoredKey (key: string): boolean {
+  return !key.includes('\u0000') && (key as string & { isWellFormed(): boolean }).isWellFormed()
 }
 
 function isRecord (value: unknown): value is Record<string, unknown> {

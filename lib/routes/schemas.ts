@@ -35,10 +35,17 @@ export const RoomInfo = Type.Object({
   documentSize: Type.Integer({ description: 'Document keys, tombstones included' })
 })
 
+/**
+ * Any key. `Type.String()` as a record key becomes the pattern `^(.*)$`, which
+ * does not match keys holding a line break: the serializer would silently
+ * leave those keys out of a snapshot.
+ */
+const AnyKey = Type.String({ pattern: '^[\\s\\S]*$' })
+
 export const Snapshot = Type.Object({
   timestamp: Type.Integer(),
-  state: Type.Record(Type.String(), Type.Record(Type.String(), Type.Unknown())),
-  timestamps: Type.Record(Type.String(), Type.Record(Type.String(), Type.Integer()))
+  state: Type.Record(AnyKey, Type.Record(AnyKey, Type.Unknown())),
+  timestamps: Type.Record(AnyKey, Type.Record(AnyKey, Type.Integer()))
 })
 
 export const ErrorReply = Type.Object({
