@@ -118,7 +118,7 @@ t.test('rateLimit: the byte bucket refuses a frame larger than what is left of b
   await Promise.all([a.close(), b.close()])
 })
 
-t.test('rateLimit: buffer deltas pay from the byte bucket: 2 bytes per item added to a stored array, 1 per 16 items rewritten', async (t) => {
+t.test('rateLimit: buffer deltas pay from the byte bucket: 2 bytes per item added to a stored array, 1 per 4 items rewritten', async (t) => {
   const app = await build(t, { rateLimit: { bytesPerSecond: SLOW_REFILL, burstBytes: 10_000 } })
   const a = await connected(app, 'a', 1)
   const grow = (id: string, key: string, len: number): Promise<unknown> => {
@@ -128,7 +128,7 @@ t.test('rateLimit: buffer deltas pay from the byte bucket: 2 bytes per item adde
   }
   const refused = async (id: string, key: string, len: number): Promise<boolean> => (await grow(id, key, len) as Array<{ type: string }>).some((f) => f.type === 'error')
   // Frames are about 120 bytes each (taken on arrival); the deltas cost on top of that.
-  t.notOk(await refused('m1', 'k1', 2000), '2,000 new items (4,000 + 125 bytes) pass')
+  t.notOk(await refused('m1', 'k1', 2000), '2,000 new items (4,000 + 500 bytes) pass')
   t.equal((stateOf(app).k1 as { pts: number[] }).pts.length, 2000)
   t.match(await grow('m3', 'k2', 1_000_000), [
     { type: 'ack', messageId: 'm3' },
@@ -136,10 +136,32 @@ t.test('rateLimit: buffer deltas pay from the byte bucket: 2 bytes per item adde
   ], 'a million new items from a frame of a few bytes are refused')
   t.notOk('k2' in stateOf(app), 'not applied')
   t.notOk(await refused('m4', 'k3', 1000), 'what is left of the bucket still pays for a smaller one')
-  // Rewriting the stored 2,000 items costs 125 bytes (plus the frame): the bucket runs out after a few dozen.
+  // Rewriting the stored 2,000 items costs 500 bytes (plus the frame): the bucket runs out after a few.
   let passed = 0
   while (passed < 100 && !(await refused(`r${passed}`, 'k1', 2000))) passed++
-  t.ok(passed > 10 && passed < 40, `rewrites of a stored array are paid too (${passed} passed)`)
+  t.ok(passed > 0 && passed < 10, `rewrites of a stored array are paid too (${passed} passed)`)
+  await a.close()
+})
+
+t.test('rateLimit: diffs after the first reconnect are paid from the byte bucket; a reconnect over the rate while in debt closes the session (4429)', async (t) => {
+  const app = await build(t, { rateLimit: { bytesPerSecond: SLOW_REFILL, burstBytes: 100_000 } })
+  const a = await connected(app, 'a', 1)
+  await write(a, 'm1', [{ big: { _exists: true, text: 'x'.repeat(60_000) } }])
+  const b = await connected(app, 'b', 2)
+  const diffs = (): number => b.frames.filter((f) => f.type === 'patch' && f.clientId === '' && f.documentPatches !== undefined).length
+  const reconnect = async (): Promise<void> => {
+    const from = b.frames.length
+    b.send({ type: 'reconnect', lastTimestamp: 0, protocolVersion: 2 })
+    await b.next((f) => f.type === 'synced', from)
+  }
+  await reconnect() // the join: free
+  await reconnect() // about 60 KB taken: 40 KB left
+  await reconnect() // about 60 KB more: in debt
+  t.equal(diffs(), 3, 'three full diffs, the last one into debt')
+  b.send({ type: 'reconnect', lastTimestamp: 0, protocolVersion: 2 })
+  t.strictSame(await b.closed, { code: 4429, reason: 'Rate limit exceeded' })
+  t.equal(diffs(), 3, 'no fourth diff')
+  t.equal((await write(a, 'm2', [{ k: { _exists: true } }])).timestamp, 2, 'the other session is unaffected')
   await a.close()
 })
 

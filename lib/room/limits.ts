@@ -91,6 +91,18 @@ export class TokenBucket {
     return true
   }
 
+  /** Takes `bytes` from the byte bucket even when it holds fewer: the debt is paid back by the refill before frames pass again. */
+  charge (bytes: number, now: number): void {
+    this.#refill(now)
+    this.#bytes -= bytes
+  }
+
+  /** True while the byte bucket is in debt. */
+  owing (now: number): boolean {
+    this.#refill(now)
+    return this.#bytes < 0
+  }
+
   /** Takes `bytes` from the byte bucket only; false when it holds fewer (nothing is taken then). */
   takeBytes (bytes: number, now: number): boolean {
     this.#refill(now)

@@ -204,7 +204,8 @@ export class Room {
       slowSince: 0,
       presenceStale: false,
       // With batching the newcomer gets the count right after its presence, below: nothing to catch up before that.
-      countSeen: this.#batchPresence ? this.#sessions.size + 1 : 0
+      countSeen: this.#batchPresence ? this.#sessions.size + 1 : 0,
+      reconnects: 0
     }
     this.#sessions.set(sessionId, session)
     const presence = this.#presenceFrame(session.clientId)
@@ -458,8 +459,11 @@ export class Room {
       let out = '{"type":"patch","clientId":""'
       if (diff !== null) out += `,"documentPatches":[${diff}],"timestamp":${timestamp}`
       if (presence !== null) out += `,"ephemeralPatches":[${JSON.stringify(presence)}]`
+      // The first reconnect of a session is its join: only the ones after it are charged.
+      if (session.reconnects > 0) this.#charge(session, out.length)
       this.#send(session, out + '}')
     }
+    session.reconnects++
     this.#sendMessage(session, { type: 'synced', timestamp })
   }
 
@@ -599,12 +603,14 @@ export class Room {
       }
     }
     if (!any) return
-    this.#send(session, JSON.stringify({
+    const data = JSON.stringify({
       type: 'patch',
       clientId: '',
       documentPatches: [corrective],
       timestamp: this.#doc.timestamp
-    }))
+    })
+    this.#charge(session, data.length)
+    this.#send(session, data)
   }
 
   /**
@@ -649,7 +655,7 @@ export class Room {
    * changed in place). Items beyond the length of the array stored now cost
    * what sending them in full would (a zero and a comma), so that a small
    * frame cannot grow memory faster than literal data could; every item
-   * rewritten costs 1/16 of a byte, so that deltas against a huge array cannot
+   * rewritten costs 1/4 of a byte, so that deltas against a huge array cannot
    * keep the event loop busy for free.
    */
   #bufferCost (clientId: string, docs: Patch[] | undefined, ephs: Patch[] | undefined): number {
@@ -667,10 +673,24 @@ export class Room {
     } else {
       this.#refuse(session, undefined, undefined, RATE_LIMITED)
     }
-    if (++session.refusedInRow >= this.#rateLimit!.closeAfter && this.#sessions.has(session.sessionId)) {
+    // A reconnect is answered with a diff of the document: one over the rate while the session still owes
+    // for earlier diffs and correctives (see #charge) closes it instead of costing another.
+    const owing = frame.type === 'reconnect' && session.bucket!.owing(performance.now())
+    if ((++session.refusedInRow >= this.#rateLimit!.closeAfter || owing) && this.#sessions.has(session.sessionId)) {
       this.#log.warn({ roomId: this.roomId, sessionId: session.sessionId }, 'session closed for sustained rate-limit abuse')
       this.disconnectSession(session.sessionId, CloseCode.RATE_LIMITED, 'Rate limit exceeded')
     }
+  }
+
+  /**
+   * Replies that carry stored values (a reconnect's diff, a corrective) can be
+   * far larger than the frame that asked for them: their bytes are taken from
+   * the session's byte bucket too, which may go into debt. Frames are then
+   * refused until the debt is paid back, so asking for them cannot be used to
+   * make the server serialize and send without bound.
+   */
+  #charge (session: Session, bytes: number): void {
+    session.bucket?.charge(bytes, performance.now())
   }
 
   /** The document diff since `since` as JSON, or null when nothing changed. The full document is cached per counter value. */
@@ -915,7 +935,7 @@ const BUFFERS_LIMITED = [frameErrorCodes.RATE_LIMITED, 'Buffer deltas write more
 /** Byte-rate cost of an item a buffer delta adds to an array: a zero and its comma, as if sent in full. */
 const BYTES_PER_ADDED_ITEM = 2
 /** Items a buffer delta rewrites per byte of rate limit. */
-const ITEMS_PER_BYTE = 16
+const ITEMS_PER_BYTE = 4
 
 /** Byte-rate cost of the buffer deltas of `patches` against the arrays stored now (see Room#bufferCost). */
 function bufferCost (patches: Patch[] | undefined, stored: (key: string) => Fields | undefined): number {

@@ -61,6 +61,8 @@ export interface Session {
   presenceStale: boolean
   /** The last clientCount sent to it. */
   countSeen: number
+  /** Reconnect frames answered so far (the first is the join). */
+  reconnects: number
 }
 
 /** Most frames held for one session while its `auth-refresh` is pending. */
