@@ -241,3 +241,41 @@ t.test('maxRooms: a connection needing one more room is closed with 1013 Server 
   t.pass('once a room is unloaded another one can be loaded')
   await Promise.all([a.close(), a2.close(), d.close()])
 })
+
+t.test('limits.maxFieldCopiesPerFrame: merging into a key copies its fields; a frame that would copy more is refused (FRAME_TOO_LARGE), fields added earlier in the same frame counted', async (t) => {
+  const app = await build(t, { rateLimit: false })
+  const a = await joined(app, 'a', 1)
+  const wide: Record<string, unknown> = { _exists: true }
+  for (let i = 0; i < 20_000; i++) wide[`f${i}`] = 0
+  t.equal((await write(a, 'm1', [{ K: wide }])).timestamp, 1, 'a key of 20,000 fields is stored')
+
+  const touch = (key: string, n: number): unknown[] => Array.from({ length: n }, (_, i) => ({ [key]: { x: i } }))
+  t.equal((await write(a, 'm2', touch('K', 9))).timestamp, 2, '9 mentions copy about 180,000 fields: applied')
+  const frames = await refused(a, 'm3', touch('K', 11))
+  t.match(frames[1], { type: 'error', code: FRAME_TOO_LARGE, messageId: 'm3' }, '11 mentions would copy about 220,000 (default limit 200,000): refused')
+  t.equal(roomOf(app).timestamp, 2, 'not applied')
+
+  // The same within one frame: the first patch creates the wide key, the next ones merge into it.
+  const inOne = await refused(a, 'm4', [{ L: wide }, ...touch('L', 11)])
+  t.match(inOne[1], { type: 'error', code: FRAME_TOO_LARGE, messageId: 'm4' })
+  t.notOk('L' in stateOf(app), 'not applied')
+
+  // Presence merges copy fields too.
+  t.equal((await write(a, 'e1', undefined, [{ cursor: wide }])).timestamp, 2)
+  const eph = await refused(a, 'e2', undefined, touch('cursor', 11))
+  t.match(eph[1], { type: 'error', code: FRAME_TOO_LARGE, messageId: 'e2' })
+  await a.close()
+})
+
+t.test('limits.maxFieldCopiesPerFrame can be raised; copies of stored fields are paid from the byte bucket (16 bytes per field)', async (t) => {
+  const app = await build(t, { limits: { maxFieldCopiesPerFrame: 1_000_000 }, rateLimit: { bytesPerSecond: 0.001, burstBytes: 6_000_000 } })
+  const a = await joined(app, 'a', 1)
+  const wide: Record<string, unknown> = { _exists: true }
+  for (let i = 0; i < 20_000; i++) wide[`f${i}`] = 0
+  await write(a, 'm1', [{ K: wide }])
+  const touch = Array.from({ length: 15 }, (_, i) => ({ K: { x: i } }))
+  t.equal((await write(a, 'm2', touch)).timestamp, 2, '300,000 copies (4,800,000 bytes): paid')
+  const frames = await refused(a, 'm3', touch)
+  t.match(frames[1], { type: 'error', code: 'CANVAS_STORE_RATE_LIMITED', messageId: 'm3' }, 'the next 4,800,000 are more than what is left')
+  await a.close()
+})

@@ -12,6 +12,11 @@ export interface RoomLimits {
   maxEphemeralKeys: number
   /** Most sessions in one room; one more is refused with 1013. */
   maxSessions: number
+  /**
+   * Most stored fields one frame may make the server copy: merging into a key
+   * copies the fields it holds, once per mention of the key (about 1 µs each).
+   */
+  maxFieldCopiesPerFrame: number
 }
 
 export const DEFAULT_LIMITS: RoomLimits = {
@@ -19,7 +24,8 @@ export const DEFAULT_LIMITS: RoomLimits = {
   maxKeysPerFrame: 50_000,
   maxDocumentKeys: 1_000_000,
   maxEphemeralKeys: 1000,
-  maxSessions: 1000
+  maxSessions: 1000,
+  maxFieldCopiesPerFrame: 200_000
 }
 
 /** Frame and byte rates allowed per session (token buckets). */

@@ -641,10 +641,14 @@ export class Room {
         if (keys.size > limits.maxEphemeralKeys) return PRESENCE_FULL
       }
     }
-    if (bufferItems > 0 && session.bucket !== null) {
-      const cost = this.#bufferCost(session.clientId, docs, ephs)
-      if (cost > 0 && !session.bucket.takeBytes(cost, performance.now())) return BUFFERS_LIMITED
-    }
+    // Merging into a key copies its stored fields: a few bytes naming a key of many fields, repeated, must not cost the server seconds.
+    const presence = this.#ephemeral.get(session.clientId)
+    const most = limits.maxFieldCopiesPerFrame
+    const copies = fieldCopies(docs, (key) => this.#doc.get(key), most) + fieldCopies(ephs, (key) => presence?.get(key), most)
+    if (copies > most) return FRAME_TOO_LARGE
+    let cost = copies * BYTES_PER_FIELD_COPY
+    if (bufferItems > 0) cost += this.#bufferCost(session.clientId, docs, ephs)
+    if (cost > 0 && session.bucket !== null && !session.bucket.takeBytes(cost, performance.now())) return BUFFERS_LIMITED
     return null
   }
 
@@ -931,11 +935,38 @@ const FRAME_TOO_LARGE = [frameErrorCodes.FRAME_TOO_LARGE, 'Too many patches or k
 const DOCUMENT_FULL = [frameErrorCodes.DOCUMENT_FULL, 'The document has reached its key limit: not applied'] as const
 const PRESENCE_FULL = [frameErrorCodes.PRESENCE_FULL, 'Too many presence keys for this client: not applied'] as const
 const RATE_LIMITED = [frameErrorCodes.RATE_LIMITED, 'Too many frames or bytes per second: not applied'] as const
-const BUFFERS_LIMITED = [frameErrorCodes.RATE_LIMITED, 'Buffer deltas write more array items per second than the byte rate limit allows: not applied'] as const
+const BUFFERS_LIMITED = [frameErrorCodes.RATE_LIMITED, 'The frame makes the server copy more fields or array items than the byte rate limit allows: not applied'] as const
+/** Byte-rate cost of one stored field copied by a merge (about 1 µs of the server's time). */
+const BYTES_PER_FIELD_COPY = 16
 /** Byte-rate cost of an item a buffer delta adds to an array: a zero and its comma, as if sent in full. */
 const BYTES_PER_ADDED_ITEM = 2
 /** Items a buffer delta rewrites per byte of rate limit. */
 const ITEMS_PER_BYTE = 4
+
+/**
+ * Fields a merge of `patches` copies: for each mention of a key, the fields it
+ * holds by then (stored now, plus those earlier patches of the frame add).
+ * Counting stops past `most`.
+ */
+function fieldCopies (patches: Patch[] | undefined, stored: (key: string) => Fields | undefined, most: number): number {
+  if (patches === undefined) return 0
+  // Running field counts, only needed when a key can come back in a later patch of the frame.
+  const counts = patches.length > 1 ? new Map<string, number>() : null
+  let copies = 0
+  for (const patch of patches) {
+    for (const key in patch) {
+      let held = counts?.get(key)
+      if (held === undefined) {
+        const value = stored(key)
+        held = value === undefined ? 0 : Object.keys(value).length
+      }
+      copies += held
+      if (copies > most) return copies
+      if (counts !== null) counts.set(key, held + Object.keys(patch[key]).length)
+    }
+  }
+  return copies
+}
 
 /** Byte-rate cost of the buffer deltas of `patches` against the arrays stored now (see Room#bufferCost). */
 function bufferCost (patches: Patch[] | undefined, stored: (key: string) => Fields | undefined): number {
