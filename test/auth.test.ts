@@ -279,3 +279,23 @@ t.test('a frame held during an auth-refresh whose handling throws closes only it
   t.strictSame(snapshotOf(app).state, { 'e2/A': { _exists: true } }, 'nothing of the held frames after the failing one was applied')
   await b.close()
 })
+
+t.test('frames held during a pending auth-refresh are bounded in bytes: past 16 MiB the session is closed (1008)', async (t) => {
+  const decide = gate()
+  t.teardown(() => decide.open())
+  const app = await build(t, {
+    rateLimit: false,
+    authorize: async (info) => {
+      if (info.request === undefined) await decide.promise
+      return byToken(info)
+    }
+  })
+  const a = await joined(app, { clientId: 'a', token: 'rw' })
+  const b = await joined(app, { clientId: 'b', token: 'rw' })
+  a.send({ type: 'auth-refresh', token: 'rw-2' })
+  const big = 'x'.repeat(900_000)
+  for (let i = 0; i < 20; i++) a.send({ type: 'patch', messageId: `m${i}`, documentPatches: [{ [`k${i}`]: { _exists: true, big } }] })
+  t.strictSame(await a.closed, { code: 1008, reason: 'Too many frames while auth-refresh is pending' })
+  t.equal((await write(b, 'b1', [{ e: { _exists: true } }])).timestamp, 1, 'the room goes on, nothing of the held frames applied')
+  await b.close()
+})

@@ -93,6 +93,19 @@ t.test('a frame bigger than maxPayload closes with 1009 when @fastify/websocket 
   t.equal(app.canvasStore.getExistingRoom('r')!.timestamp, 0, 'not applied')
 })
 
+t.test('a frame bigger than maxPayload sent before the room is ready closes with 1009 too (@fastify/websocket registered by the user)', async (t) => {
+  let release: () => void = () => {}
+  const ready = new Promise<void>((resolve) => { release = resolve })
+  t.teardown(() => release())
+  const app = await build(t, { maxPayload: 2048, authorize: async () => { await ready; return { permissions: 'readwrite' } } }, async (app) => { await app.register(websocket) })
+  const base = await listen(app)
+  const a = await connectReal(base, { roomId: 'r', clientId: 'a' })
+  a.send({ type: 'patch', messageId: 'big', documentPatches: [{ 'e1/A': { _exists: true, s: 'x'.repeat(4096) } }] })
+  t.equal((await a.closed).code, 1009, 'closed while authorize is still pending')
+  release()
+  t.notOk(a.frames.some((f) => f.messageId === 'big'), 'never acked')
+})
+
 /** A storage per room that records every save. */
 function recordingStorage (): { createStorage: (roomId: string) => Storage, saves: Map<string, RoomSnapshot[]> } {
   const saves = new Map<string, RoomSnapshot[]>()

@@ -19,7 +19,7 @@ import { Document, emptyRecord, hasContent, applyValue, isBufferDelta, type Fiel
 import { DEFAULT_LIMITS, DEFAULT_RATE_LIMIT, DEFAULT_SLOW_CLIENT, TokenBucket, countKeys, type RateLimit, type RoomLimits, type SlowClientPolicy } from './limits.js'
 import { Persistence, type Durability } from './persistence.js'
 import { PresenceBatch } from './presence-batch.js'
-import { MAX_HELD_FRAMES, silentLogger, type RoomLogger, type RoomObserver, type Session, type WebSocketLike } from './session.js'
+import { MAX_HELD_BYTES, MAX_HELD_FRAMES, silentLogger, type RoomLogger, type RoomObserver, type Session, type WebSocketLike } from './session.js'
 
 /** What an `auth-refresh` decides. */
 export interface TokenRefreshResult {
@@ -199,6 +199,7 @@ export class Room {
       permissions: options.permissions,
       metadata: options.metadata,
       held: null,
+      heldBytes: 0,
       bucket: this.#rateLimit === null ? null : new TokenBucket(this.#rateLimit, performance.now()),
       refusedInRow: 0,
       slowSince: 0,
@@ -226,7 +227,8 @@ export class Room {
     // Taken on arrival, so that frames held during an auth-refresh are rate limited too.
     const limited = session.bucket !== null && !session.bucket.take(bytes, start)
     if (session.held !== null) {
-      if (session.held.length >= MAX_HELD_FRAMES) {
+      session.heldBytes += bytes
+      if (session.held.length >= MAX_HELD_FRAMES || session.heldBytes > MAX_HELD_BYTES) {
         this.disconnectSession(sessionId, CloseCode.POLICY_VIOLATION, 'Too many frames while auth-refresh is pending')
         return
       }
@@ -472,6 +474,7 @@ export class Room {
     if (refresh === undefined) return
     const { sessionId, clientId } = session
     session.held = []
+    session.heldBytes = 0
     Promise.resolve()
       .then(() => refresh(this, { sessionId, clientId, token }))
       .then((result) => {

@@ -51,6 +51,8 @@ export interface Session {
   metadata: unknown
   /** Frames held while an `auth-refresh` is being decided (with their rate-limit verdict), handled in order afterwards. */
   held: Array<[text: string, limited: boolean]> | null
+  /** Bytes of the frames held since the pending `auth-refresh`. */
+  heldBytes: number
   /** Rate limit of the session's frames, or null for none. */
   bucket: TokenBucket | null
   /** Frames refused by the rate limit in a row. */
@@ -67,3 +69,5 @@ export interface Session {
 
 /** Most frames held for one session while its `auth-refresh` is pending. */
 export const MAX_HELD_FRAMES = 1024
+/** Most bytes of frames held for one session while its `auth-refresh` is pending. */
+export const MAX_HELD_BYTES = 16 * 1024 * 1024

@@ -85,16 +85,18 @@ export const wsRoutes: FastifyPluginAsync<WsRouteOptions> = async (fastify: Fast
     const conn: Connection = { room: undefined, sessionId: undefined, queue: [], queuedBytes: 0 }
 
     socket.on('message', (data: RawData) => {
+      // ws enforces maxPayload itself unless the application registered @fastify/websocket with its own.
+      const bytes = byteLength(data)
+      if (bytes > options.maxPayload) {
+        socket.close(CloseCode.MESSAGE_TOO_BIG, 'Frame too big')
+        return
+      }
       if (conn.sessionId !== undefined) {
-        if (byteLength(data) > options.maxPayload) {
-          socket.close(CloseCode.MESSAGE_TOO_BIG, 'Frame too big')
-          return
-        }
         conn.room!.handleSocketMessage(conn.sessionId, data)
         return
       }
       if (conn.queue === null) return
-      conn.queuedBytes += byteLength(data)
+      conn.queuedBytes += bytes
       if (conn.queue.length >= options.maxQueuedFrames || conn.queuedBytes > options.maxQueuedBytes) {
         log.warn('too many frames before the room was ready')
         conn.queue = null
