@@ -24,6 +24,7 @@
  *                          working tree's lib/ (either way lib/ is copied once, when the
  *                          benchmark starts, to node_modules/.cache/canvas-bench/, so
  *                          that edits made meanwhile do not change what is measured)
+ *   BENCH_PROFILE_INTERVAL=N  sample the profiles every N microseconds (default 1000)
  *   BENCH_PROFILE=1|all    run the plugin server (all: every server) under `node --cpu-prof` (bench/results/profiles/<run>/;
  *                          summarize with `node --import tsx bench/profile-summary.ts FILE`)
  *
@@ -69,6 +70,8 @@ const seconds = positive('BENCH_SECONDS', 10)
 const memoryRooms = positive('BENCH_MEMORY_ROOMS', 10_000)
 const profile = process.env.BENCH_PROFILE === '1' || process.env.BENCH_PROFILE === 'all'
 const profileAll = process.env.BENCH_PROFILE === 'all'
+/** Sampling interval of the profiles in microseconds (node's default: 1000). */
+const profileInterval = process.env.BENCH_PROFILE_INTERVAL ?? ''
 const onlyServers = (process.env.BENCH_SERVERS ?? '').split(',').map((s) => s.trim()).filter((s) => s !== '')
 const MEMORY_IDLE_MS = 2_000
 const quietSeconds = Number(process.env.BENCH_QUIET_S ?? 5)
@@ -244,6 +247,7 @@ async function runOnce (scenario: Scenario, server: ServerKind): Promise<Metrics
     mkdirSync(dir, { recursive: true })
     profileDir = dir
     nodeFlags.push('--cpu-prof', `--cpu-prof-dir=${dir}`)
+    if (profileInterval !== '') nodeFlags.push(`--cpu-prof-interval=${profileInterval}`)
     console.error(`  profiling the ${server} server into ${relative(root, dir)}/ (the largest .cpuprofile is the main thread)`)
   }
   const serverProcess = spawn(process.execPath, [...nodeFlags, '--import', 'tsx', join(here, 'servers', `${server}.ts`)], {
