@@ -130,12 +130,13 @@ t.test('rateLimit: buffer deltas pay from the byte bucket: 2 bytes per item adde
   // Frames are about 120 bytes each (taken on arrival); the deltas cost on top of that.
   t.notOk(await refused('m1', 'k1', 2000), '2,000 new items (4,000 + 500 bytes) pass')
   t.equal((stateOf(app).k1 as { pts: number[] }).pts.length, 2000)
-  t.match(await grow('m3', 'k2', 1_000_000), [
+  t.match(await grow('m3', 'k2', 3000), [
     { type: 'ack', messageId: 'm3' },
     { type: 'error', code: RATE_LIMITED, messageId: 'm3' }
-  ], 'a million new items from a frame of a few bytes are refused')
+  ], '3,000 new items from a frame of a few bytes are more than what is left: refused')
   t.notOk('k2' in stateOf(app), 'not applied')
   t.notOk(await refused('m4', 'k3', 1000), 'what is left of the bucket still pays for a smaller one')
+  t.match(await grow('m5', 'k4', 1_000_000), [{ type: 'ack', messageId: 'm5' }, { type: 'error', code: 'CANVAS_STORE_FRAME_TOO_LARGE', messageId: 'm5' }], 'a million new items cost more than the whole burst (10,000 bytes): never payable, too large')
   // Rewriting the stored 2,000 items costs 500 bytes (plus the frame): the bucket runs out after a few.
   let passed = 0
   while (passed < 100 && !(await refused(`r${passed}`, 'k1', 2000))) passed++
@@ -163,6 +164,35 @@ t.test('rateLimit: diffs after the first reconnect are paid from the byte bucket
   t.equal(diffs(), 3, 'no fourth diff')
   t.equal((await write(a, 'm2', [{ k: { _exists: true } }])).timestamp, 2, 'the other session is unaffected')
   await a.close()
+})
+
+/** Sends a patch touching key `k` (padded to about `size` bytes) and returns the error code it got, or 'ok'. */
+async function codeOf (peer: Peer, messageId: string, size: number): Promise<string> {
+  const from = peer.frames.length
+  peer.send({ type: 'patch', messageId, documentPatches: [{ k: { pad: 'p'.repeat(size) } }] })
+  await peer.next(ACK(messageId), from)
+  const error = await Promise.race([
+    peer.next((f) => f.type === 'error' && f.messageId === messageId, from),
+    // the server answers a frame's error right after its ack, before anything it is sent later
+    write(peer, `${messageId}-probe`, undefined, [{ probe: { _exists: true } }]).then(() => null)
+  ])
+  return error === null ? 'ok' : error.code
+}
+
+t.test('rateLimit: correctives of refusals are paid from the byte bucket, but not those of rate-limit refusals (a client that slows down gets through)', async (t) => {
+  const app = await build(t, { authorize: ({ clientId }) => ({ permissions: clientId === 'viewer' ? 'readonly' : 'readwrite' }), rateLimit: { bytesPerSecond: SLOW_REFILL, burstBytes: 20_000 } })
+  const a = await connected(app, 'a', 1)
+  await write(a, 'm1', [{ k: { _exists: true, big: 'x'.repeat(15_000) } }])
+  // a: about 5 KB left. A 6 KB frame is over the rate: refused with a 15 KB corrective that is not charged.
+  t.equal(await codeOf(a, 'm2', 6000), RATE_LIMITED)
+  t.equal(await codeOf(a, 'm3', 100), 'ok', 'the 5 KB left still pay for a small frame')
+
+  // A readonly session's refusals get correctives too, and those are charged: the second puts it in debt.
+  const v = await connected(app, 'viewer', 2)
+  t.equal(await codeOf(v, 'v1', 100), 'CANVAS_STORE_READONLY')
+  t.equal(await codeOf(v, 'v2', 100), 'CANVAS_STORE_READONLY')
+  t.equal(await codeOf(v, 'v3', 100), RATE_LIMITED, 'two 15 KB correctives were more than its 20 KB')
+  await Promise.all([a.close(), v.close()])
 })
 
 t.test('rateLimit: false turns the per-session limit off', async (t) => {

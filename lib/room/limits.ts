@@ -97,16 +97,14 @@ export class TokenBucket {
     return true
   }
 
-  /** Takes `bytes` from the byte bucket even when it holds fewer: the debt is paid back by the refill before frames pass again. */
+  /**
+   * Takes `bytes` from the byte bucket even when it holds fewer: the debt is
+   * paid back by the refill before frames pass again. The debt never passes
+   * `burstBytes`, so a session is never refused for longer than a full refill.
+   */
   charge (bytes: number, now: number): void {
     this.#refill(now)
-    this.#bytes -= bytes
-  }
-
-  /** True while the byte bucket is in debt. */
-  owing (now: number): boolean {
-    this.#refill(now)
-    return this.#bytes < 0
+    this.#bytes = Math.max(-this.#limit.burstBytes, this.#bytes - bytes)
   }
 
   /** Takes `bytes` from the byte bucket only; false when it holds fewer (nothing is taken then). */
@@ -115,6 +113,12 @@ export class TokenBucket {
     if (this.#bytes < bytes) return false
     this.#bytes -= bytes
     return true
+  }
+
+  /** True while the byte bucket is in debt. */
+  owing (now: number): boolean {
+    this.#refill(now)
+    return this.#bytes < 0
   }
 }
 

@@ -232,7 +232,7 @@ export class Room {
         this.disconnectSession(sessionId, CloseCode.POLICY_VIOLATION, 'Too many frames while auth-refresh is pending')
         return
       }
-      session.held.push([text, limited])
+      session.held.push([text, limited, bytes])
       return
     }
     const type = this.#handleGuarded(session, text, limited)
@@ -246,7 +246,7 @@ export class Room {
     } catch (err) {
       // A bug must cost one session, never the room or the process.
       this.#log.error({ err, roomId: this.roomId, sessionId: session.sessionId }, 'handling a frame failed; closing the session')
-      this.disconnectSession(session.sessionId, CloseCode.INTERNAL_ERROR, 'Internal error')
+      this.#guarded('closing a failed session', () => this.disconnectSession(session.sessionId, CloseCode.INTERNAL_ERROR, 'Internal error'))
       return 'failed'
     }
   }
@@ -492,7 +492,7 @@ export class Room {
       .catch((err: unknown) => {
         // A throw above (the user's result, a bug) closes that session; it must never become an unhandled rejection.
         this.#log.error({ err, roomId: this.roomId, sessionId }, 'auth-refresh failed; closing the session')
-        this.disconnectSession(sessionId, CloseCode.INTERNAL_ERROR, 'Internal error')
+        this.#guarded('closing a failed session', () => this.disconnectSession(sessionId, CloseCode.INTERNAL_ERROR, 'Internal error'))
       })
   }
 
@@ -503,8 +503,11 @@ export class Room {
       if (!this.#sessions.has(session.sessionId)) return
       const held = session.held as Session['held']
       if (held !== null) {
-        // One of the frames was another auth-refresh: the rest wait for it too.
-        held.push(...frames.slice(i))
+        // One of the frames was another auth-refresh: the rest wait for it too, and count against its bound.
+        for (let j = i; j < frames.length; j++) {
+          held.push(frames[j])
+          session.heldBytes += frames[j][2]
+        }
         return
       }
       this.#handleGuarded(session, frames[i][0], frames[i][1])
@@ -612,7 +615,9 @@ export class Room {
       documentPatches: [corrective],
       timestamp: this.#doc.timestamp
     })
-    this.#charge(session, data.length)
+    // Refusals for the rate itself are bounded by closeAfter; charging their correctives would keep a client
+    // that has slowed down in debt, refused, forever.
+    if (reason !== RATE_LIMITED) this.#charge(session, data.length)
     this.#send(session, data)
   }
 
@@ -651,7 +656,11 @@ export class Room {
     if (copies > most) return FRAME_TOO_LARGE
     let cost = copies * BYTES_PER_FIELD_COPY
     if (bufferItems > 0) cost += this.#bufferCost(session.clientId, docs, ephs)
-    if (cost > 0 && session.bucket !== null && !session.bucket.takeBytes(cost, performance.now())) return BUFFERS_LIMITED
+    if (cost > 0 && session.bucket !== null) {
+      // More than a whole burst could never be paid: not worth retrying.
+      if (cost > this.#rateLimit!.burstBytes) return FRAME_TOO_LARGE
+      if (!session.bucket.takeBytes(cost, performance.now())) return BUFFERS_LIMITED
+    }
     return null
   }
 
@@ -939,17 +948,19 @@ const DOCUMENT_FULL = [frameErrorCodes.DOCUMENT_FULL, 'The document has reached 
 const PRESENCE_FULL = [frameErrorCodes.PRESENCE_FULL, 'Too many presence keys for this client: not applied'] as const
 const RATE_LIMITED = [frameErrorCodes.RATE_LIMITED, 'Too many frames or bytes per second: not applied'] as const
 const BUFFERS_LIMITED = [frameErrorCodes.RATE_LIMITED, 'The frame makes the server copy more fields or array items than the byte rate limit allows: not applied'] as const
-/** Byte-rate cost of one stored field copied by a merge (about 1 µs of the server's time). */
+/** Byte-rate cost of one stored field copied by a merge beyond FREE_FIELDS_PER_MENTION (about 1 µs of the server's time for a wide key). */
 const BYTES_PER_FIELD_COPY = 16
+/** Fields a merge copies for free per mention of a key: ordinary components have far fewer. */
+const FREE_FIELDS_PER_MENTION = 32
 /** Byte-rate cost of an item a buffer delta adds to an array: a zero and its comma, as if sent in full. */
 const BYTES_PER_ADDED_ITEM = 2
 /** Items a buffer delta rewrites per byte of rate limit. */
 const ITEMS_PER_BYTE = 4
 
 /**
- * Fields a merge of `patches` copies: for each mention of a key, the fields it
- * holds by then (stored now, plus those earlier patches of the frame add).
- * Counting stops past `most`.
+ * Fields a merge of `patches` copies beyond FREE_FIELDS_PER_MENTION: for each
+ * mention of a key, the fields it holds by then (stored now, plus those
+ * earlier patches of the frame add). Counting stops past `most`.
  */
 function fieldCopies (patches: Patch[] | undefined, stored: (key: string) => Fields | undefined, most: number): number {
   if (patches === undefined) return 0
@@ -963,7 +974,7 @@ function fieldCopies (patches: Patch[] | undefined, stored: (key: string) => Fie
         const value = stored(key)
         held = value === undefined ? 0 : Object.keys(value).length
       }
-      copies += held
+      if (held > FREE_FIELDS_PER_MENTION) copies += held - FREE_FIELDS_PER_MENTION
       if (copies > most) return copies
       if (counts !== null) counts.set(key, held + Object.keys(patch[key]).length)
     }

@@ -50,7 +50,7 @@ export interface Session {
   permissions: SessionPermission
   metadata: unknown
   /** Frames held while an `auth-refresh` is being decided (with their rate-limit verdict), handled in order afterwards. */
-  held: Array<[text: string, limited: boolean]> | null
+  held: Array<[text: string, limited: boolean, bytes: number]> | null
   /** Bytes of the frames held since the pending `auth-refresh`. */
   heldBytes: number
   /** Rate limit of the session's frames, or null for none. */
