@@ -1,0 +1,42 @@
+/**
+ * Answers at the edges of the HTTP and close-code contract that no other file
+ * pins down: the `code` of a refused upgrade, and close reasons cut to what
+ * the WebSocket protocol allows.
+ */
+import t from 'tap'
+import { build, connect } from './helper.js'
+
+const tooLong = 'r'.repeat(257)
+
+for (const [name, query] of [
+  ['a roomId over 256 characters', `roomId=${tooLong}&clientId=a`],
+  ['a clientId with a control character', 'roomId=r&clientId=a%0Ab'],
+  ['a roomId with a NUL', 'roomId=r%00&clientId=a']
+] as const) {
+  t.test(`${name}: HTTP 400 with code CANVAS_STORE_INVALID_REQUEST, before any room exists`, async (t) => {
+    const app = await build(t)
+    const res = await app.inject({ method: 'GET', url: `/sync?${query}` })
+    t.equal(res.statusCode, 400)
+    t.equal(res.json().code, 'CANVAS_STORE_INVALID_REQUEST')
+    t.strictSame(app.canvasStore.getRoomIds(), [])
+  })
+}
+
+t.test('too many upgrade attempts: HTTP 429 with a code and the retry delay', async (t) => {
+  const app = await build(t, { connectionRateLimit: { max: 1, timeWindow: 60_000, allowList: [] } })
+  const first = await app.inject({ method: 'GET', url: '/sync?roomId=r&clientId=a' })
+  t.not(first.statusCode, 429)
+  const res = await app.inject({ method: 'GET', url: '/sync?roomId=r&clientId=b' })
+  t.equal(res.statusCode, 429)
+  t.match(res.json(), { statusCode: 429, code: 'CANVAS_STORE_TOO_MANY_CONNECTIONS', message: /retry in \d/ })
+})
+
+t.test('a close reason longer than 123 bytes of UTF-8 is cut to fit, on a character boundary', async (t) => {
+  const message = 'é'.repeat(100) // 200 bytes
+  const app = await build(t, { authorize: async () => { throw Object.assign(new Error(message), { statusCode: 403 }) } })
+  const a = await connect(app, { roomId: 'r', clientId: 'a' })
+  const { code, reason } = await a.closed
+  t.equal(code, 4403)
+  t.ok(Buffer.byteLength(reason) <= 123, `${Buffer.byteLength(reason)} bytes`)
+  t.ok(reason.length > 0 && message.startsWith(reason), 'a prefix of the message, no broken character')
+})
