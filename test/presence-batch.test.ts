@@ -161,3 +161,17 @@ t.test('with batching, a newcomer gets presence then one count; a leaver\'s tomb
   await turn()
   t.same(b.sent.slice(2), [{ type: 'clientCount', count: 3 }], 'then the count after a left')
 })
+
+t.test('an onTokenRefresh whose result is unusable closes that session (1011); nothing escapes as an unhandled rejection', async (t) => {
+  const room = new Room({ roomId: 'r', onTokenRefresh: async () => null as never })
+  const closed: Array<[number | undefined, string | undefined]> = []
+  const a = { ...fakeSocket(), close (code?: number, reason?: string) { closed.push([code, reason]) } }
+  const b = fakeSocket()
+  const ida = room.handleSocketConnect({ socket: a, clientId: 'a', permissions: 'readwrite' })
+  room.handleSocketConnect({ socket: b, clientId: 'b', permissions: 'readwrite' })
+  room.handleSocketMessage(ida, JSON.stringify({ type: 'auth-refresh', token: 't' }))
+  // The refresh settles over a few microtasks.
+  for (let i = 0; i < 10 && closed.length === 0; i++) await turn()
+  t.strictSame(closed, [[1011, 'Internal error']])
+  t.equal(room.getSessionCount(), 1, 'only that session is gone')
+})
