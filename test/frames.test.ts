@@ -159,4 +159,6 @@ t.test('a refused frame names its first schema error, its nesting or its buffer 
   t.match(parseClientFrame(JSON.stringify({ type: 'patch', messageId: 'm', documentPatches: [{ k: { v: deepValue } }] })), { kind: 'invalid', message: /nested deeper than 64/ })
   t.match(parseClientFrame(JSON.stringify({ type: 'reconnect', lastTimestamp: 0, protocolVersion: 2, ephemeralPatches: [{ k: { a: { __buf: 1, len: MAX_BUFFER_LENGTH, runs: [] }, b: { __buf: 1, len: 1, runs: [] } } }] })), { kind: 'invalid', type: 'reconnect', message: /more than 10000000 items/ })
   t.match(parseClientFrame(JSON.stringify({ type: 'patch', messageId: 'm', documentPatches: [{ k: { a: { __buf: 1, len: 3, runs: [[0, [1]]] } } }], ephemeralPatches: [{ c: { b: { __buf: 1, len: 4, runs: [] } } }] })), { kind: 'frame', bufferItems: 7 })
+  // A negative len must not hide behind a larger one in the sum.
+  t.match(parseClientFrame(JSON.stringify({ type: 'patch', messageId: 'm', documentPatches: [{ k: { a: { __buf: 1, len: -1, runs: [] }, b: { __buf: 1, len: 5, runs: [] } } }] })), { kind: 'invalid' })
 })
