@@ -159,27 +159,49 @@ export class PostgresStorage implements RoomStore {
     const batch = this.#queue
     this.#queue = []
     if (batch.length === 0) return
-    // The newest value of each (room, key) and the highest counter of each room.
+    try {
+      await this.migrate()
+      await this.#commit(batch)
+    } catch (err) {
+      const rooms = new Map<string, Pending[]>()
+      for (const pending of batch) {
+        const own = rooms.get(pending.roomId)
+        if (own === undefined) rooms.set(pending.roomId, [pending])
+        else own.push(pending)
+      }
+      if (rooms.size === 1) {
+        settle(batch, err)
+        return
+      }
+      // One room's rows must not fail the others': commit each room alone, and let only the failing ones fail.
+      for (const own of rooms.values()) {
+        try {
+          await this.#commit(own)
+          settle(own)
+        } catch (roomErr) {
+          settle(own, roomErr)
+        }
+      }
+      return
+    }
+    settle(batch)
+  }
+
+  /** Writes the appends in one transaction: the newest value of each (room, key), the highest counter of each room. */
+  async #commit (batch: readonly Pending[]): Promise<void> {
     const latest = new Map<string, { roomId: string, row: EntryRow }>()
     const counters = new Map<string, number>()
     for (const { roomId, changes } of batch) {
       for (const row of entryRows(changes.entries)) latest.set(JSON.stringify([roomId, row.key]), { roomId, row })
       counters.set(roomId, Math.max(counters.get(roomId) ?? 0, changes.timestamp))
     }
-    try {
-      await this.migrate()
-      await this.#transaction(async (client) => {
-        await this.#upsertEntries(client, Array.from(latest.values()))
-        await client.query(`INSERT INTO ${this.#rooms} (room_id, timestamp)
-          SELECT * FROM unnest($1::text[], $2::bigint[])
-          ON CONFLICT (room_id) DO UPDATE SET timestamp = GREATEST(${this.#rooms}.timestamp, EXCLUDED.timestamp)`,
-        [Array.from(counters.keys()), Array.from(counters.values())])
-      })
-    } catch (err) {
-      settle(batch, err)
-      return
-    }
-    settle(batch)
+    await this.#transaction(async (client) => {
+      await this.#upsertEntries(client, Array.from(latest.values()))
+      await client.query(`INSERT INTO ${this.#rooms} (room_id, timestamp)
+        SELECT * FROM unnest($1::text[], $2::bigint[])
+        ON CONFLICT (room_id) DO UPDATE SET timestamp = GREATEST(${this.#rooms}.timestamp, EXCLUDED.timestamp)`,
+      [Array.from(counters.keys()), Array.from(counters.values())])
+    })
   }
 
   async #upsertEntries (client: pg.PoolClient, rows: Array<{ roomId: string, row: EntryRow }>): Promise<void> {
