@@ -1,7 +1,7 @@
 import type { FastifyInstance } from 'fastify'
 import t from 'tap'
 import type { AuthorizeInfo, AuthorizeResult } from '../lib/index.js'
-import { ACK, CLIENT_COUNT, Peer, build, connect, gate, roomOf, serverReceived, snapshotOf, write } from './helper.js'
+import { ACK, CLIENT_COUNT, Peer, build, connect, gate, roomOf, serverReceived, snapshotOf, throwOnKey, write } from './helper.js'
 
 async function joined (app: FastifyInstance, query: Record<string, string>): Promise<Peer> {
   const peer = await connect(app, { roomId: 'r', ...query })
@@ -250,14 +250,7 @@ t.test('without an authorize option, auth-refresh is ignored and the session kee
 })
 
 t.test('a frame held during an auth-refresh whose handling throws closes only its session (1011), not the process', async (t) => {
-  const { Document } = await import('../lib/room/document.js')
-  const applyFrame = Document.prototype.applyFrame
-  t.teardown(() => { Document.prototype.applyFrame = applyFrame })
-  // A bug stand-in: applying a patch that holds the key `boom` throws.
-  Document.prototype.applyFrame = function (patches) {
-    if (patches.some((patch) => Object.hasOwn(patch, 'boom'))) throw new Error('bug')
-    return applyFrame.call(this, patches)
-  }
+  throwOnKey(t, 'boom')
   const decide = gate()
   const app = await build(t, {
     authorize: async (info) => {

@@ -2,6 +2,7 @@ import Fastify, { type FastifyInstance } from 'fastify'
 import type { AddressInfo } from 'node:net'
 import WebSocket from 'ws'
 import canvasStore, { type CanvasStoreOptions, type Room } from '../lib/index.js'
+import { Document } from '../lib/room/document.js'
 
 type Test = { teardown(fn: () => unknown): void }
 
@@ -160,4 +161,14 @@ export async function joined (app: FastifyInstance, clientId: string, count: num
   if (first.count !== count) throw new Error(`${clientId} joined with clientCount ${first.count}, expected ${count}`)
   await peer.join()
   return peer
+}
+
+/** A bug stand-in until the test ends: applying a document patch that holds `key` throws. */
+export function throwOnKey (t: { teardown: (fn: () => void) => void }, key: string): void {
+  const applyFrame = Document.prototype.applyFrame
+  t.teardown(() => { Document.prototype.applyFrame = applyFrame })
+  Document.prototype.applyFrame = function (patches) {
+    if (patches.some((patch) => Object.hasOwn(patch, key))) throw new Error('bug')
+    return applyFrame.call(this, patches)
+  }
 }

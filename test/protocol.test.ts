@@ -1,6 +1,6 @@
 import type { FastifyInstance } from 'fastify'
 import t from 'tap'
-import { ACK, CLIENT_COUNT, Peer, build, connect, connectReal, gate, joined, listen, roomOf, serverReceived, snapshotOf, write } from './helper.js'
+import { ACK, CLIENT_COUNT, Peer, build, connect, connectReal, gate, joined, listen, roomOf, serverReceived, snapshotOf, throwOnKey, write } from './helper.js'
 
 t.test('connect: the newcomer gets the other clients\' presence, then every session gets clientCount', async (t) => {
   const app = await build(t)
@@ -603,14 +603,7 @@ t.test('more than maxQueuedFrames frames before the room is ready closes the soc
 })
 
 t.test('a frame whose handling throws closes only its session (1011): the room, its other sessions and other rooms go on, acked data kept', async (t) => {
-  const { Document } = await import('../lib/room/document.js')
-  const applyFrame = Document.prototype.applyFrame
-  t.teardown(() => { Document.prototype.applyFrame = applyFrame })
-  // A bug stand-in: applying a patch that holds the key `boom` throws.
-  Document.prototype.applyFrame = function (patches) {
-    if (patches.some((patch) => Object.hasOwn(patch, 'boom'))) throw new Error('bug')
-    return applyFrame.call(this, patches)
-  }
+  throwOnKey(t, 'boom')
   const app = await build(t)
   const a = await joined(app, 'a', 1)
   const b = await joined(app, 'b', 2)

@@ -622,9 +622,10 @@ export class Room {
   }
 
   /**
-   * Which limit a readwrite frame would break, or null. Last, the arrays its
-   * buffer deltas write are paid from the session's byte rate (see
-   * #bufferCost): a frame that passes has been charged.
+   * Which limit a readwrite frame would break, or null. Last, the fields its
+   * merges copy and the arrays its buffer deltas write are paid from the
+   * session's byte rate (see fieldCopies, bufferCost): a frame that passes
+   * has been charged.
    */
   #checkLimits (session: Session, docs: Patch[] | undefined, ephs: Patch[] | undefined, bufferItems: number): readonly [string, string] | null {
     const limits = this.#limits
@@ -652,31 +653,18 @@ export class Room {
     // Merging into a key copies its stored fields: a few bytes naming a key of many fields, repeated, must not cost the server seconds.
     const presence = this.#ephemeral.get(session.clientId)
     const most = limits.maxFieldCopiesPerFrame
-    const copies = fieldCopies(docs, (key) => this.#doc.get(key), most) + fieldCopies(ephs, (key) => presence?.get(key), most)
+    const inDocument = (key: string): Fields | undefined => this.#doc.get(key)
+    const inPresence = (key: string): Fields | undefined => presence?.get(key)
+    const copies = fieldCopies(docs, inDocument, most) + fieldCopies(ephs, inPresence, most)
     if (copies > most) return FRAME_TOO_LARGE
     let cost = copies * BYTES_PER_FIELD_COPY
-    if (bufferItems > 0) cost += this.#bufferCost(session.clientId, docs, ephs)
+    if (bufferItems > 0) cost += bufferCost(docs, inDocument) + bufferCost(ephs, inPresence)
     if (cost > 0 && session.bucket !== null) {
       // More than a whole burst could never be paid: not worth retrying.
       if (cost > this.#rateLimit!.burstBytes) return FRAME_TOO_LARGE
       if (!session.bucket.takeBytes(cost, performance.now())) return BUFFERS_LIMITED
     }
     return null
-  }
-
-  /**
-   * What a frame's buffer deltas cost against the byte rate limit, in bytes.
-   * Sent as a delta, a million items cost a few bytes, but the server writes
-   * a whole new array of `len` items for each (stored records are never
-   * changed in place). Items beyond the length of the array stored now cost
-   * what sending them in full would (a zero and a comma), so that a small
-   * frame cannot grow memory faster than literal data could; every item
-   * rewritten costs 1/4 of a byte, so that deltas against a huge array cannot
-   * keep the event loop busy for free.
-   */
-  #bufferCost (clientId: string, docs: Patch[] | undefined, ephs: Patch[] | undefined): number {
-    const presence = this.#ephemeral.get(clientId)
-    return bufferCost(docs, (key) => this.#doc.get(key)) + bufferCost(ephs, (key) => presence?.get(key))
   }
 
   /** A frame over the session's rate: refused; a long run of them closes the session. */
@@ -982,7 +970,16 @@ function fieldCopies (patches: Patch[] | undefined, stored: (key: string) => Fie
   return copies
 }
 
-/** Byte-rate cost of the buffer deltas of `patches` against the arrays stored now (see Room#bufferCost). */
+/**
+ * Byte-rate cost of the buffer deltas of `patches` against the arrays stored
+ * now. Sent as a delta, a million items cost a few bytes, but the server
+ * writes a whole new array of `len` items for each (stored records are never
+ * changed in place). Items beyond the length of the array stored now cost
+ * what sending them in full would (a zero and a comma), so that a small frame
+ * cannot grow memory faster than literal data could; every item written
+ * costs 1/4 of a byte, so that deltas against a huge array cannot keep the
+ * event loop busy for free.
+ */
 function bufferCost (patches: Patch[] | undefined, stored: (key: string) => Fields | undefined): number {
   if (patches === undefined) return 0
   let cost = 0
