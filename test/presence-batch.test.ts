@@ -175,3 +175,41 @@ t.test('an onTokenRefresh whose result is unusable closes that session (1011); n
   t.strictSame(closed, [[1011, 'Internal error']])
   t.equal(room.getSessionCount(), 1, 'only that session is gone')
 })
+
+t.test('in a room of 32 sessions or more, the others get clientCount at most once per 100 ms: the latest count, before any other frame; close stops the wait', async (t) => {
+  const timers = () => process.getActiveResourcesInfo().filter((r) => r === 'Timeout').length
+  const before = timers()
+  const room = new Room({ roomId: 'r', presenceBatching: true })
+  const sockets = Array.from({ length: 35 }, () => fakeSocket())
+  const counts = (s: ReturnType<typeof fakeSocket>) => s.sent.filter((f) => f.type === 'clientCount').map((f) => f.count)
+  const ids = sockets.slice(0, 32).map((socket, i) => room.handleSocketConnect({ socket, clientId: `c${i}`, permissions: 'readwrite' }))
+  await turn()
+  t.same(counts(sockets[0]), [1, 32], 'below the bound, once per turn')
+  // Each join is in its own turn, well within 100 ms of the last count sent.
+  room.handleSocketConnect({ socket: sockets[32], clientId: 'c32', permissions: 'readwrite' })
+  await turn()
+  t.same(counts(sockets[32]), [33], 'the newcomer learns its count at once')
+  t.same(counts(sockets[0]), [1, 32], 'the others wait')
+  room.handleSocketConnect({ socket: sockets[33], clientId: 'c33', permissions: 'readwrite' })
+  await turn()
+  room.handleSocketMessage(ids[1], JSON.stringify({ type: 'patch', messageId: 'm1', documentPatches: [{ k: { _exists: true } }] }))
+  t.same(sockets[0].sent.slice(-2), [{ type: 'clientCount', count: 34 }, { type: 'patch', clientId: 'c1', documentPatches: [{ k: { _exists: true } }], timestamp: 1 }], 'a session about to get another frame gets the latest count first')
+  t.same(counts(sockets[2]), [3, 32, 34], 'skipping the counts between')
+  t.same(counts(sockets[32]), [33, 34])
+
+  // Leaves wait the same way, then every session gets the latest count once, from the timer.
+  room.handleSocketClose(ids[3])
+  room.handleSocketClose(ids[4])
+  await turn()
+  t.same(counts(sockets[0]), [1, 32, 34], 'no count before the interval is over')
+  t.equal(timers(), before + 1, 'one timer holds the count')
+  await new Promise<void>((resolve) => { sockets[0].send = (data: string) => { sockets[0].sent.push(JSON.parse(data)); resolve() } })
+  t.same(counts(sockets[0]), [1, 32, 34, 32])
+  t.same(counts(sockets[33]), [34, 32])
+
+  room.handleSocketConnect({ socket: sockets[34], clientId: 'c34', permissions: 'readwrite' })
+  await turn()
+  t.equal(timers(), before + 1, 'waiting again')
+  await room.close()
+  t.equal(timers(), before, 'closing the room clears the timer')
+})

@@ -94,6 +94,9 @@ export interface ConnectOptions {
 const DEFAULT_SAVE_THROTTLE_MS = 1000
 const DEFAULT_STORAGE_FAILURE_TIMEOUT_MS = 10_000
 const OPEN = 1
+/** With presence batching, in a room of at least COUNT_THROTTLE_SESSIONS, the shortest time between two clientCount frames to the sessions that did not cause the change. */
+const COUNT_INTERVAL_MS = 100
+const COUNT_THROTTLE_SESSIONS = 32
 
 /**
  * One document and the sessions editing it: applies frames, fans them out
@@ -121,6 +124,9 @@ export class Room {
   #presenceScheduled = false
   /** With batching: a clientCount change some sessions have not been sent yet (see #flushCounts). */
   #countPending = false
+  /** When the others were last sent the count (performance.now()), and the timer of the next sending when it must wait. */
+  #countSentAt = Number.NEGATIVE_INFINITY
+  #countTimer: ReturnType<typeof setTimeout> | null = null
   /** With durable acks: messages waiting for the write that holds what they report. */
   #outbox: Array<{ need: number, session: Session, data: string, droppable: boolean }> = []
   #closed = false
@@ -362,6 +368,7 @@ export class Room {
     if (!this.#closed) {
       this.#closed = true
       this.#persistence.stop()
+      this.#stopCountTimer()
       const sessions = Array.from(this.#sessions.values())
       this.#sessions.clear()
       this.#ephemeral.clear()
@@ -780,10 +787,13 @@ export class Room {
 
   /**
    * Tells every session the new number of sessions. With batching, the
-   * sessions learn it once per loop turn, whatever the number of joins and
-   * leaves in that turn (a reconnect storm would otherwise send each of n
-   * sessions n counts); a session about to get any other frame first gets
-   * the count it is missing, so that the order of events is kept.
+   * others learn it at the end of the loop turn, once whatever the number of
+   * joins and leaves in that turn; in a room of COUNT_THROTTLE_SESSIONS or
+   * more, at most once per COUNT_INTERVAL_MS (a reconnect storm would
+   * otherwise send each of n sessions up to n counts, one write each). A
+   * session about to get any other frame first gets the count it is
+   * missing, so that the order of events is kept; the newcomer gets its
+   * count at once.
    */
   #broadcastClientCount (): void {
     if (!this.#batchPresence) {
@@ -792,16 +802,30 @@ export class Room {
     }
     if (this.#countPending) return
     this.#countPending = true
-    setImmediate(() => this.#guarded('sending clientCount', () => this.#flushCounts()))
+    // A small room's count goes out at the end of the turn: its cost, sessions times changes, stays small.
+    const wait = this.#sessions.size < COUNT_THROTTLE_SESSIONS ? 0 : this.#countSentAt + COUNT_INTERVAL_MS - performance.now()
+    if (wait <= 0) {
+      setImmediate(() => this.#guarded('sending clientCount', () => this.#flushCounts()))
+    } else {
+      this.#countTimer = setTimeout(() => this.#guarded('sending clientCount', () => this.#flushCounts()), wait)
+    }
   }
 
   #flushCounts (): void {
     if (!this.#countPending) return
+    this.#stopCountTimer()
     this.#countPending = false
+    this.#countSentAt = performance.now()
     const count = this.#sessions.size
     for (const session of this.#sessions.values()) {
       if (session.countSeen !== count) this.#sendCount(session)
     }
+  }
+
+  #stopCountTimer (): void {
+    if (this.#countTimer === null) return
+    clearTimeout(this.#countTimer)
+    this.#countTimer = null
   }
 
   #sendCount (session: Session): void {
