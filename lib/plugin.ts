@@ -12,7 +12,7 @@ import { checkResult } from './routes/ws.js'
 import { adminRoutes } from './routes/admin.js'
 import { healthRoutes } from './routes/health.js'
 import { wsRoutes } from './routes/ws.js'
-import { MemoryStorage } from './storage/memory.js'
+import { MemoryStore } from './storage/memory.js'
 import type { CreateStorage } from './storage/storage.js'
 
 declare module 'fastify' {
@@ -33,7 +33,7 @@ const canvasStore: FastifyPluginAsync<CanvasStoreOptions> = async (fastify, opts
   if (options.authorize === undefined) {
     log.warn('no authorize option: every connection gets readwrite access')
   }
-  const createStorage: CreateStorage = options.createStorage ?? memoryStorePerRoom()
+  const createStorage: CreateStorage = options.createStorage ?? defaultStorage()
   const roomOptions = (roomId: string): RoomOptions => ({
     createStorage,
     saveThrottleMs: options.saveThrottleMs,
@@ -111,17 +111,10 @@ async function registerOpenapi (fastify: FastifyInstance, openapi: NonNullable<R
   }
 }
 
-/** The default storage: one in-memory snapshot per room, kept while the process lives. */
-function memoryStorePerRoom (): CreateStorage {
-  const stores = new Map<string, MemoryStorage>()
-  return (roomId) => {
-    let store = stores.get(roomId)
-    if (store === undefined) {
-      store = new MemoryStorage()
-      stores.set(roomId, store)
-    }
-    return store
-  }
+/** The default storage: every room's snapshot in memory, for the process's lifetime. */
+function defaultStorage (): CreateStorage {
+  const store = new MemoryStore()
+  return (roomId) => store.forRoom(roomId)
 }
 
 /** The Fastify plugin. Register it with `app.register(canvasStore, options)`. */

@@ -3,7 +3,8 @@ import Database from 'better-sqlite3'
 import { readdir, writeFile } from 'node:fs/promises'
 import { join, resolve } from 'node:path'
 import pg from 'pg'
-import { FileStorage, MemoryStorage, PostgresStorage, SqliteStorage, roomFileName } from '../lib/index.js'
+import { FileStorage, MemoryStorage, MemoryStore, PostgresStorage, SqliteStorage, roomFileName } from '../lib/index.js'
+import { build, connect, stateOf, write } from './helper.js'
 import { ODD_ROOM_IDS, storageContract as contractCases } from '../lib/testing.js'
 import type { Storage } from '../lib/index.js'
 
@@ -19,6 +20,46 @@ storageContract(t, 'MemoryStorage', (roomId) => {
   let store = memory.get(roomId)
   if (store === undefined) memory.set(roomId, store = new MemoryStorage())
   return store
+})
+
+storageContract(t, 'MemoryStore', (() => {
+  const store = new MemoryStore()
+  return (roomId: string) => store.forRoom(roomId)
+})())
+
+t.test('MemoryStore remembers only rooms that saved something; the plugin\'s default keeps a saved room across unloads', async (t) => {
+  const store = new MemoryStore()
+  const app = await build(t, { storage: store, saveThrottleMs: 0 })
+  for (let i = 0; i < 20; i++) {
+    const peer = await connect(app, { roomId: `visit-${i}`, clientId: 'v' })
+    await peer.join()
+    await peer.close()
+    await app.canvasStore.closeRoom(`visit-${i}`)
+  }
+  t.equal(store.size, 0, 'rooms that were only visited leave nothing behind')
+
+  const writer = await connect(app, { roomId: 'kept', clientId: 'w' })
+  await writer.join()
+  await write(writer, 'm1', [{ 'e1/Shape': { _exists: true, x: 1 } }])
+  await writer.close()
+  await app.canvasStore.closeRoom('kept')
+  t.equal(store.size, 1)
+  const back = await connect(app, { roomId: 'kept', clientId: 'w' })
+  await back.join()
+  t.same(stateOf(app, 'kept'), { 'e1/Shape': { _exists: true, x: 1 } }, 'loaded back after the unload')
+  await back.close()
+
+  // The same with the plugin's own default storage.
+  const plain = await build(t, { saveThrottleMs: 0 })
+  const a = await connect(plain, { roomId: 'd', clientId: 'a' })
+  await a.join()
+  await write(a, 'm1', [{ 'e1/Shape': { _exists: true, x: 2 } }])
+  await a.close()
+  await plain.canvasStore.closeRoom('d')
+  const b = await connect(plain, { roomId: 'd', clientId: 'b' })
+  await b.join()
+  t.same(stateOf(plain, 'd'), { 'e1/Shape': { _exists: true, x: 2 } })
+  await b.close()
 })
 
 const dir = t.testdir({})

@@ -1,5 +1,5 @@
 import type { ComponentData, FieldTimestamps, RoomSnapshot } from '../protocol/types.js'
-import type { Storage } from './storage.js'
+import type { RoomStore, Storage } from './storage.js'
 
 /**
  * Keeps one room's snapshot in process memory (development, tests, the
@@ -39,4 +39,32 @@ export class MemoryStorage implements Storage {
 /** The room's own frozen records as they are; anything else as a frozen JSON copy, as a storage on disk would keep it. */
 function kept<T extends object> (record: T): T {
   return Object.isFrozen(record) ? record : Object.freeze(JSON.parse(JSON.stringify(record)) as T)
+}
+
+/**
+ * In-memory snapshots of every room, for the process's lifetime (the
+ * plugin's default storage). It remembers a room only once the room saved
+ * something, so connections to ever new room ids that write nothing leave
+ * nothing behind.
+ */
+export class MemoryStore implements RoomStore {
+  readonly #saved = new Map<string, MemoryStorage>()
+
+  /** Number of rooms that have a snapshot. */
+  get size (): number { return this.#saved.size }
+
+  forRoom (roomId: string): Storage {
+    const saved = this.#saved.get(roomId)
+    if (saved !== undefined) return saved
+    // The plugin never runs two rooms of one id at once: nothing else can save this id meanwhile.
+    const store = new MemoryStorage()
+    const rooms = this.#saved
+    return {
+      load: async () => await store.load(),
+      save: async (snapshot) => {
+        rooms.set(roomId, store)
+        await store.save(snapshot)
+      }
+    }
+  }
 }
