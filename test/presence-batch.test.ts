@@ -213,3 +213,47 @@ t.test('in a room of 32 sessions or more, the others get clientCount at most onc
   await room.close()
   t.equal(timers(), before, 'closing the room clears the timer')
 })
+
+t.test('in a room of 32 sessions or more, presence goes out at most every 16 ms: one frame per session with every other sender\'s latest values, never its own; a document frame still carries it first', async (t) => {
+  const room = new Room({ roomId: 'r', presenceBatching: true })
+  const n = 40
+  const sockets = Array.from({ length: n }, () => fakeSocket())
+  const ids = sockets.map((socket, i) => room.handleSocketConnect({ socket, clientId: `c${i}`, permissions: 'readwrite' }))
+  const cursor = (i: number, x: number) => ({ [`cursor/c${i}`]: { _exists: true, x } })
+  const presence = (s: ReturnType<typeof fakeSocket>) => s.sent.filter((f) => f.type === 'patch')
+  // The first batch goes at the end of the turn.
+  room.handleSocketMessage(ids[0], JSON.stringify({ type: 'patch', messageId: 'p0', ephemeralPatches: [cursor(0, 0)] }))
+  await turn()
+  t.same(presence(sockets[1]), [{ type: 'patch', clientId: 'c0', ephemeralPatches: [cursor(0, 0)] }])
+  for (const s of sockets) s.sent.length = 0
+
+  // The next ones, in later turns well within 16 ms, wait for one batch.
+  for (let round = 1; round <= 2; round++) {
+    for (let i = 0; i < n; i++) room.handleSocketMessage(ids[i], JSON.stringify({ type: 'patch', messageId: `p${round}-${i}`, ephemeralPatches: [cursor(i, round)] }))
+    await turn()
+  }
+  t.same(presence(sockets[5]), [], 'nothing yet')
+  const batch = new Promise<void>((resolve) => {
+    const socket = sockets[n - 1]
+    socket.send = (data: string) => { socket.sent.push(JSON.parse(data)); resolve() }
+  })
+  await batch
+  for (let i = 0; i < n; i++) {
+    const frames = presence(sockets[i])
+    t.equal(frames.length, 1, `c${i}: one frame`)
+    const expected = Object.assign({}, ...Array.from({ length: n }, (_, j) => j).filter((j) => j !== i).map((j) => cursor(j, 2)))
+    t.same(Object.assign({}, ...frames[0].ephemeralPatches), expected, `c${i}: every other sender's latest value, not its own`)
+    t.equal(frames[0].clientId, '')
+  }
+
+  // A document frame does not wait: the batch pending so far leaves first.
+  for (const s of sockets) s.sent.length = 0
+  room.handleSocketMessage(ids[1], JSON.stringify({ type: 'patch', messageId: 'q1', ephemeralPatches: [cursor(1, 3)] }))
+  await turn()
+  room.handleSocketMessage(ids[2], JSON.stringify({ type: 'patch', messageId: 'q2', documentPatches: [{ k: { _exists: true } }] }))
+  t.same(sockets[3].sent, [
+    { type: 'patch', clientId: 'c1', ephemeralPatches: [cursor(1, 3)] },
+    { type: 'patch', clientId: 'c2', documentPatches: [{ k: { _exists: true } }], timestamp: 1 }
+  ], 'presence, then the document frame, at once')
+  await room.close()
+})

@@ -18,6 +18,7 @@ import type { Storage } from '../storage/storage.js'
 import { Document, emptyRecord, hasContent, applyValue, isBufferDelta, type Fields } from './document.js'
 import { DEFAULT_LIMITS, DEFAULT_RATE_LIMIT, DEFAULT_SLOW_CLIENT, TokenBucket, countKeys, type RateLimit, type RoomLimits, type SlowClientPolicy } from './limits.js'
 import { Persistence, type Durability } from './persistence.js'
+import { Pacer } from './pacer.js'
 import { PresenceBatch } from './presence-batch.js'
 import { MAX_HELD_BYTES, MAX_HELD_FRAMES, silentLogger, type RoomLogger, type RoomObserver, type Session, type WebSocketLike } from './session.js'
 
@@ -94,9 +95,16 @@ export interface ConnectOptions {
 const DEFAULT_SAVE_THROTTLE_MS = 1000
 const DEFAULT_STORAGE_FAILURE_TIMEOUT_MS = 10_000
 const OPEN = 1
-/** With presence batching, in a room of at least COUNT_THROTTLE_SESSIONS, the shortest time between two clientCount frames to the sessions that did not cause the change. */
+/**
+ * With presence batching, in a room of at least PACED_SESSIONS sessions, the
+ * shortest time between two batches of presence (about 60 a second), and
+ * between two clientCount frames to the sessions that did not cause the
+ * change. Smaller rooms get both at the end of every loop turn: their cost,
+ * sessions times changes, stays small.
+ */
+const PACED_SESSIONS = 32
+const PRESENCE_INTERVAL_MS = 16
 const COUNT_INTERVAL_MS = 100
-const COUNT_THROTTLE_SESSIONS = 32
 
 /**
  * One document and the sessions editing it: applies frames, fans them out
@@ -121,12 +129,10 @@ export class Room {
   /** Presence of this loop turn, sent once per session at its end (when batching). */
   readonly #presence = new PresenceBatch()
   readonly #batchPresence: boolean
-  #presenceScheduled = false
+  readonly #presencePacer = new Pacer(PRESENCE_INTERVAL_MS, () => this.#guarded('sending batched presence', () => this.#flushPresence()))
   /** With batching: a clientCount change some sessions have not been sent yet (see #flushCounts). */
   #countPending = false
-  /** When the others were last sent the count (performance.now()), and the timer of the next sending when it must wait. */
-  #countSentAt = Number.NEGATIVE_INFINITY
-  #countTimer: ReturnType<typeof setTimeout> | null = null
+  readonly #countPacer = new Pacer(COUNT_INTERVAL_MS, () => this.#guarded('sending clientCount', () => this.#flushCounts()))
   /** With durable acks: messages waiting for the write that holds what they report. */
   #outbox: Array<{ need: number, session: Session, data: string, droppable: boolean }> = []
   #closed = false
@@ -368,7 +374,8 @@ export class Room {
     if (!this.#closed) {
       this.#closed = true
       this.#persistence.stop()
-      this.#stopCountTimer()
+      this.#countPacer.cancel()
+      this.#presencePacer.cancel()
       const sessions = Array.from(this.#sessions.values())
       this.#sessions.clear()
       this.#ephemeral.clear()
@@ -537,10 +544,7 @@ export class Room {
       // Presence only: batched per loop turn (see #flushPresence).
       if (this.#sessions.size > 1) {
         this.#presence.add(session.clientId, ephs!)
-        if (!this.#presenceScheduled) {
-          this.#presenceScheduled = true
-          setImmediate(() => this.#guarded('sending batched presence', () => this.#flushPresence()))
-        }
+        this.#presencePacer.request(this.#sessions.size >= PACED_SESSIONS)
       }
       return
     }
@@ -562,15 +566,15 @@ export class Room {
   }
 
   /**
-   * Sends the presence batched during this loop turn: at most one frame per
-   * session, holding every other client's latest values, never the
-   * session's own. A frame with one sender carries its clientId, as a
+   * Sends the presence batched since the last batch (this loop turn, or up
+   * to PRESENCE_INTERVAL_MS in a big room): at most one frame per session,
+   * holding every other client's latest values, never the session's own. A frame with one sender carries its clientId, as a
    * forwarded frame would. Frames without deletions may be dropped for a slow
    * session (it gets fresh presence once it catches up).
    */
   #flushPresence (): void {
-    this.#presenceScheduled = false
     if (this.#presence.size === 0) return
+    this.#presencePacer.ran()
     const senders = this.#presence.take()
     const slow = this.#slow !== null
     if (senders.length === 1) {
@@ -581,17 +585,38 @@ export class Room {
       }
       return
     }
-    const all = `{"type":"patch","clientId":"","ephemeralPatches":[${senders.map((s) => s.json).join(',')}]}`
-    const deletes = senders.some((s) => s.deletes)
+    // A sender gets everyone else's: the senders before it, then the ones after it. Joined once for all
+    // (prefix[i]: senders 0..i-1, suffix[i]: i+1..), so a batch of k senders to n sessions costs k + n, not k * n.
+    const k = senders.length
+    const index = new Map<string, number>()
+    const prefix: string[] = new Array(k + 1)
+    const prefixDeletes: boolean[] = new Array(k + 1)
+    prefix[0] = ''
+    prefixDeletes[0] = false
+    for (let i = 0; i < k; i++) {
+      index.set(senders[i].clientId, i)
+      prefix[i + 1] = i === 0 ? senders[0].json : `${prefix[i]},${senders[i].json}`
+      prefixDeletes[i + 1] = prefixDeletes[i] || senders[i].deletes
+    }
+    const suffix: string[] = new Array(k)
+    const suffixDeletes: boolean[] = new Array(k)
+    suffix[k - 1] = ''
+    suffixDeletes[k - 1] = false
+    for (let i = k - 2; i >= 0; i--) {
+      suffix[i] = i === k - 2 ? senders[k - 1].json : `${senders[i + 1].json},${suffix[i + 1]}`
+      suffixDeletes[i] = suffixDeletes[i + 1] || senders[i + 1].deletes
+    }
+    const all = `{"type":"patch","clientId":"","ephemeralPatches":[${prefix[k]}]}`
     for (const session of this.#sessions.values()) {
-      const own = senders.findIndex((s) => s.clientId === session.clientId)
-      if (own === -1) {
-        this.#send(session, all, slow && !deletes)
+      const own = index.get(session.clientId)
+      if (own === undefined) {
+        this.#send(session, all, slow && !prefixDeletes[k])
         continue
       }
-      const others = senders.filter((_, i) => i !== own)
-      const only = others.length === 1 ? JSON.stringify(others[0].clientId) : '""'
-      this.#send(session, `{"type":"patch","clientId":${only},"ephemeralPatches":[${others.map((s) => s.json).join(',')}]}`, slow && !others.some((s) => s.deletes))
+      // With two senders, the other one's clientId, as a forwarded frame would carry.
+      const only = k === 2 ? JSON.stringify(senders[1 - own].clientId) : '""'
+      const others = own === 0 ? suffix[0] : own === k - 1 ? prefix[k - 1] : `${prefix[own]},${suffix[own]}`
+      this.#send(session, `{"type":"patch","clientId":${only},"ephemeralPatches":[${others}]}`, slow && !(prefixDeletes[own] || suffixDeletes[own]))
     }
   }
 
@@ -788,7 +813,7 @@ export class Room {
   /**
    * Tells every session the new number of sessions. With batching, the
    * others learn it at the end of the loop turn, once whatever the number of
-   * joins and leaves in that turn; in a room of COUNT_THROTTLE_SESSIONS or
+   * joins and leaves in that turn; in a room of PACED_SESSIONS or
    * more, at most once per COUNT_INTERVAL_MS (a reconnect storm would
    * otherwise send each of n sessions up to n counts, one write each). A
    * session about to get any other frame first gets the count it is
@@ -802,30 +827,17 @@ export class Room {
     }
     if (this.#countPending) return
     this.#countPending = true
-    // A small room's count goes out at the end of the turn: its cost, sessions times changes, stays small.
-    const wait = this.#sessions.size < COUNT_THROTTLE_SESSIONS ? 0 : this.#countSentAt + COUNT_INTERVAL_MS - performance.now()
-    if (wait <= 0) {
-      setImmediate(() => this.#guarded('sending clientCount', () => this.#flushCounts()))
-    } else {
-      this.#countTimer = setTimeout(() => this.#guarded('sending clientCount', () => this.#flushCounts()), wait)
-    }
+    this.#countPacer.request(this.#sessions.size >= PACED_SESSIONS)
   }
 
   #flushCounts (): void {
     if (!this.#countPending) return
-    this.#stopCountTimer()
+    this.#countPacer.ran()
     this.#countPending = false
-    this.#countSentAt = performance.now()
     const count = this.#sessions.size
     for (const session of this.#sessions.values()) {
       if (session.countSeen !== count) this.#sendCount(session)
     }
-  }
-
-  #stopCountTimer (): void {
-    if (this.#countTimer === null) return
-    clearTimeout(this.#countTimer)
-    this.#countTimer = null
   }
 
   #sendCount (session: Session): void {
