@@ -8,6 +8,7 @@
  * sessions are closed with 1001 over a few seconds, every room is saved, then it exits.
  */
 import { randomBytes } from 'node:crypto'
+import type { AddressInfo } from 'node:net'
 import { buildDemoServer } from './demo-app.js'
 
 const port = Number(process.env.PORT ?? 8087)
@@ -31,6 +32,8 @@ for (const signal of ['SIGINT', 'SIGTERM'] as const) {
 }
 
 await app.listen({ port, host })
-console.log(`canvas-store sync server: ws://${host}:${port}/sync?roomId=myRoom&clientId=myClient&token=demo`)
-console.log(`whiteboard demo: http://${host}:${port}/?room=demo (open it in two windows; add &token=ro-me for a read-only view)`)
-console.log(`admin page: http://${host}:${port}/admin/ui?token=${adminToken}`)
+// The port the server got (PORT=0 picks a free one).
+const { port: bound } = app.server.address() as AddressInfo
+console.log(`canvas-store sync server: ws://${host}:${bound}/sync?roomId=myRoom&clientId=myClient&token=demo`)
+console.log(`whiteboard demo: http://${host}:${bound}/?room=demo (open it in two windows; add &token=ro-me for a read-only view)`)
+console.log(`admin page: http://${host}:${bound}/admin/ui?token=${adminToken}`)
