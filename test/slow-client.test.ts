@@ -174,3 +174,33 @@ t.test('one slow session never delays the others: they receive everything', asyn
   t.equal(b.sent.length, 10, 'b got the document frames only')
   t.equal(room.getSessionCount(), 3)
 })
+
+t.test('with batched presence, a sender of the batch closed for being slow while the batch goes out leaves nobody with its presence', async (t) => {
+  const room = new Room({ ...options, presenceBatching: true })
+  const sockets = ['a', 'b', 'c'].map(() => fakeSocket())
+  const ids = ['a', 'b', 'c'].map((clientId, i) => room.handleSocketConnect({ socket: sockets[i], clientId, permissions: 'readwrite' }))
+  await new Promise((resolve) => setImmediate(resolve))
+  for (const socket of sockets) socket.sent.length = 0
+  room.handleSocketMessage(ids[0], JSON.stringify({ type: 'patch', messageId: 'm1', ephemeralPatches: [{ 'cursor/a': { _exists: true, x: 1 } }] }))
+  room.handleSocketMessage(ids[1], JSON.stringify({ type: 'patch', messageId: 'm2', ephemeralPatches: [{ 'cursor/b': { _exists: true, x: 2 } }] }))
+  // a is first in line for the batch, and is closed by it: b and c get the batch (with a's cursor) after a's tombstones.
+  sockets[0].bufferedAmount = HARD + 1
+  await new Promise((resolve) => setImmediate(resolve))
+  t.equal(sockets[0].terminated, 1, 'a was cut')
+  const state = (socket: FakeSocket): Record<string, unknown> => {
+    const cursors: Record<string, unknown> = {}
+    for (const frame of socket.sent) {
+      for (const patch of frame.ephemeralPatches ?? []) {
+        for (const [key, value] of Object.entries(patch as Record<string, { _exists?: boolean }>)) {
+          if (value._exists === false) delete cursors[key]
+          else cursors[key] = { ...(cursors[key] as object), ...value }
+        }
+      }
+    }
+    return cursors
+  }
+  t.same(state(sockets[1]), {}, 'b: a\'s cursor is gone in the end')
+  t.same(state(sockets[2]), { 'cursor/b': { _exists: true, x: 2 } }, 'c: only b\'s cursor')
+  t.same(sockets[2].sent.at(-1), { type: 'patch', ephemeralPatches: [{ 'cursor/a': { _exists: false } }], clientId: 'a' }, 'the tombstones come last')
+  await room.close()
+})

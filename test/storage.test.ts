@@ -49,6 +49,15 @@ t.test('MemoryStore remembers only rooms that saved something; the plugin\'s def
   t.same(stateOf(app, 'kept'), { 'e1/Shape': { _exists: true, x: 1 } }, 'loaded back after the unload')
   await back.close()
 
+  // Handles of one room made before its first save share what either saves.
+  const h1 = store.forRoom('x')
+  const h2 = store.forRoom('x')
+  await h1.save({ timestamp: 1, state: { k: { _exists: true } }, timestamps: { k: { _exists: 1 } } })
+  t.same((await h2.load())?.timestamp, 1, 'a second handle sees the first one\'s save')
+  await h2.save({ timestamp: 2, state: {}, timestamps: {} })
+  t.same((await h1.load())?.timestamp, 2, 'and the other way round')
+  t.same((await store.forRoom('x').load())?.timestamp, 2)
+
   // The same with the plugin's own default storage.
   const plain = await build(t, { saveThrottleMs: 0 })
   const a = await connect(plain, { roomId: 'd', clientId: 'a' })

@@ -129,6 +129,8 @@ export class Room {
   /** Presence of this loop turn, sent once per session at its end (when batching). */
   readonly #presence = new PresenceBatch()
   readonly #batchPresence: boolean
+  /** While a presence batch is being sent: the tombstone frames of the clients that left meanwhile (see #flushPresence). */
+  #leftDuringFlush: Array<{ clientId: string, data: string }> | null = null
   readonly #presencePacer = new Pacer(PRESENCE_INTERVAL_MS, () => this.#guarded('sending batched presence', () => this.#flushPresence()))
   /** With batching: a clientCount change some sessions have not been sent yet (see #flushCounts). */
   #countPending = false
@@ -576,6 +578,22 @@ export class Room {
     if (this.#presence.size === 0) return
     this.#presencePacer.ran()
     const senders = this.#presence.take()
+    // Sending can close a session that cannot keep up. If it was one of the senders, the frames still
+    // to go carry its presence after its tombstones: send those again once every frame is out.
+    const outer = this.#leftDuringFlush
+    const left: Array<{ clientId: string, data: string }> = []
+    this.#leftDuringFlush = left
+    try {
+      this.#sendPresence(senders)
+    } finally {
+      this.#leftDuringFlush = outer
+    }
+    for (const { clientId, data } of left) {
+      if (senders.some((sender) => sender.clientId === clientId)) this.#broadcast(data)
+    }
+  }
+
+  #sendPresence (senders: Array<{ clientId: string, json: string, deletes: boolean }>): void {
     const slow = this.#slow !== null
     if (senders.length === 1) {
       const { clientId, json, deletes } = senders[0]
@@ -802,7 +820,9 @@ export class Room {
       this.#ephemeral.delete(clientId)
       const deletion = emptyRecord<ComponentData>()
       for (const key of state.keys()) deletion[key] = { _exists: false }
-      this.#broadcast(JSON.stringify({ type: 'patch', ephemeralPatches: [deletion], clientId }))
+      const data = JSON.stringify({ type: 'patch', ephemeralPatches: [deletion], clientId })
+      this.#leftDuringFlush?.push({ clientId, data })
+      this.#broadcast(data)
     }
     this.#broadcastClientCount()
     this.#options.onSessionRemoved?.(this, { sessionId, remaining: this.#sessions.size })

@@ -56,13 +56,14 @@ export class MemoryStore implements RoomStore {
   forRoom (roomId: string): Storage {
     const saved = this.#saved.get(roomId)
     if (saved !== undefined) return saved
-    // The plugin never runs two rooms of one id at once: nothing else can save this id meanwhile.
-    const store = new MemoryStorage()
+    // Until this room's first save: another handle of the same id may save first, and then both use its store.
+    const mine = new MemoryStorage()
     const rooms = this.#saved
     return {
-      load: async () => await store.load(),
+      load: async () => await (rooms.get(roomId) ?? mine).load(),
       save: async (snapshot) => {
-        rooms.set(roomId, store)
+        let store = rooms.get(roomId)
+        if (store === undefined) rooms.set(roomId, store = mine)
         await store.save(snapshot)
       }
     }
