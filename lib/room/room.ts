@@ -126,7 +126,7 @@ export class Room {
   readonly #limits: RoomLimits
   readonly #rateLimit: RateLimit | null
   readonly #slow: SlowClientPolicy | null
-  /** Presence of this loop turn, sent once per session at its end (when batching). */
+  /** Presence since the last batch, sent once per session (when batching: see #flushPresence). */
   readonly #presence = new PresenceBatch()
   readonly #batchPresence: boolean
   /** While a presence batch is being sent: the tombstone frames of the clients that left meanwhile (see #flushPresence). */
@@ -543,7 +543,7 @@ export class Room {
     if (ephs !== undefined) this.#applyPresence(session.clientId, ephs)
 
     if (docs === undefined && this.#batchPresence) {
-      // Presence only: batched per loop turn (see #flushPresence).
+      // Presence only: batched (see #flushPresence).
       if (this.#sessions.size > 1) {
         this.#presence.add(session.clientId, ephs!)
         this.#presencePacer.request(this.#sessions.size >= PACED_SESSIONS)
@@ -570,9 +570,10 @@ export class Room {
   /**
    * Sends the presence batched since the last batch (this loop turn, or up
    * to PRESENCE_INTERVAL_MS in a big room): at most one frame per session,
-   * holding every other client's latest values, never the session's own. A frame with one sender carries its clientId, as a
-   * forwarded frame would. Frames without deletions may be dropped for a slow
-   * session (it gets fresh presence once it catches up).
+   * holding every other client's latest values, never the session's own. A
+   * frame with one sender carries its clientId, as a forwarded frame would.
+   * Frames without deletions may be dropped for a slow session (it gets
+   * fresh presence once it catches up).
    */
   #flushPresence (): void {
     if (this.#presence.size === 0) return
