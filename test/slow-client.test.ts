@@ -204,3 +204,33 @@ t.test('with batched presence, a sender of the batch closed for being slow while
   t.same(sockets[2].sent.at(-1), { type: 'patch', ephemeralPatches: [{ 'cursor/a': { _exists: false } }], clientId: 'a' }, 'the tombstones come last')
   await room.close()
 })
+
+t.test('above softBytes for longer than maxSlowMs: terminated at the next frame sent to it; catching up in between resets the clock', async (t) => {
+  const room = new Room({ ...options, slowClient: { softBytes: SOFT, hardBytes: HARD, maxSlowMs: 5 } })
+  const a = fakeSocket()
+  const b = fakeSocket()
+  room.handleSocketConnect({ socket: a, clientId: 'a', permissions: 'readwrite' })
+  const sb = room.handleSocketConnect({ socket: b, clientId: 'b', permissions: 'readwrite' })
+  let n = 0
+  const write = (): void => room.handleSocketMessage(sb, JSON.stringify({ type: 'patch', messageId: `m${++n}`, documentPatches: [{ k: { _exists: true, v: n } }] }))
+  // The policy reads the clock when a frame is sent: let it move past maxSlowMs without timers.
+  const pass = (ms: number): void => {
+    const start = performance.now()
+    while (performance.now() - start < ms);
+  }
+  a.bufferedAmount = SOFT + 1
+  write()
+  pass(10)
+  a.bufferedAmount = 0
+  write()
+  t.equal(room.getSessionCount(), 2, 'back under softBytes in time: kept')
+  a.bufferedAmount = SOFT + 1
+  write()
+  t.equal(room.getSessionCount(), 2, 'slow again: a new clock starts')
+  pass(10)
+  write()
+  t.equal(a.terminated, 1, 'slow for longer than maxSlowMs: terminated')
+  t.equal(room.getSessionCount(), 1)
+  t.equal(a.sent.filter((f) => f.type === 'patch').length, 3, 'the frame that found it too slow was not sent')
+  await room.close()
+})
