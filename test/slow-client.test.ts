@@ -234,3 +234,24 @@ t.test('above softBytes for longer than maxSlowMs: terminated at the next frame 
   t.equal(a.sent.filter((f) => f.type === 'patch').length, 3, 'the frame that found it too slow was not sent')
   await room.close()
 })
+
+t.test('with batched counts, a session closed for being slow while the counts go out: the others get the count that includes it, its tombstones, then the new count', async (t) => {
+  const room = new Room({ ...options, presenceBatching: true })
+  const sockets = ['a', 'b', 'c'].map(() => fakeSocket())
+  const ids = ['a', 'b', 'c'].map((clientId, i) => room.handleSocketConnect({ socket: sockets[i], clientId, permissions: 'readwrite' }))
+  room.handleSocketMessage(ids[0], JSON.stringify({ type: 'patch', messageId: 'm1', ephemeralPatches: [{ 'cursor/a': { _exists: true, x: 1 } }] }))
+  await new Promise((resolve) => setImmediate(resolve))
+  for (const socket of sockets) socket.sent.length = 0
+  const d = fakeSocket()
+  room.handleSocketConnect({ socket: d, clientId: 'd', permissions: 'readwrite' })
+  // a is first in line for the count of 4, and is closed by it.
+  sockets[0].bufferedAmount = HARD + 1
+  await new Promise((resolve) => setImmediate(resolve))
+  t.equal(sockets[0].terminated, 1, 'a was cut')
+  const tombstones = { type: 'patch', ephemeralPatches: [{ 'cursor/a': { _exists: false } }], clientId: 'a' }
+  for (const [name, socket] of [['b', sockets[1]], ['c', sockets[2]]] as const) {
+    t.same(socket.sent, [{ type: 'clientCount', count: 4 }, tombstones, { type: 'clientCount', count: 3 }], `${name}: the count with a, a's tombstones, the count without`)
+  }
+  t.same(d.sent.filter((f) => f.type === 'clientCount'), [{ type: 'clientCount', count: 4 }, { type: 'clientCount', count: 3 }])
+  await room.close()
+})

@@ -854,11 +854,21 @@ export class Room {
   #flushCounts (): void {
     if (!this.#countPending) return
     this.#countPacer.ran()
-    this.#countPending = false
-    const count = this.#sessions.size
+    // Still pending while the counts go out: sending can close a session that cannot keep up, and the
+    // sessions not told yet must get their count before its tombstones (see #removeSession, #send).
     for (const session of this.#sessions.values()) {
-      if (session.countSeen !== count) this.#sendCount(session)
+      if (session.countSeen !== this.#sessions.size) this.#sendCount(session)
     }
+    // Such a removal changed the count for the sessions told before it: they learn it at the next run.
+    let behind = false
+    for (const session of this.#sessions.values()) {
+      if (session.countSeen !== this.#sessions.size) {
+        behind = true
+        break
+      }
+    }
+    this.#countPending = behind
+    if (behind) this.#countPacer.request(this.#sessions.size >= PACED_SESSIONS)
   }
 
   #sendCount (session: Session): void {
