@@ -129,8 +129,6 @@ export class Room {
   /** Presence since the last batch, sent once per session (when batching: see #flushPresence). */
   readonly #presence = new PresenceBatch()
   readonly #batchPresence: boolean
-  /** While a presence batch is being sent: the tombstone frames of the clients that left meanwhile (see #flushPresence). */
-  #leftDuringFlush: Array<{ clientId: string, data: string }> | null = null
   readonly #presencePacer = new Pacer(PRESENCE_INTERVAL_MS, () => this.#guarded('sending batched presence', () => this.#flushPresence()))
   /** With batching: a clientCount change some sessions have not been sent yet (see #flushCounts). */
   #countPending = false
@@ -220,7 +218,7 @@ export class Room {
       presenceStale: false,
       // With batching the newcomer gets the count right after its presence, below: nothing to catch up before that.
       countSeen: this.#batchPresence ? this.#sessions.size + 1 : 0,
-      reconnects: 0
+      joined: false
     }
     this.#sessions.set(sessionId, session)
     const presence = this.#presenceFrame(session.clientId)
@@ -478,10 +476,10 @@ export class Room {
       if (diff !== null) out += `,"documentPatches":[${diff}],"timestamp":${timestamp}`
       if (presence !== null) out += `,"ephemeralPatches":[${JSON.stringify(presence)}]`
       // The first reconnect of a session is its join: only the ones after it are charged.
-      if (session.reconnects > 0) this.#charge(session, out.length)
+      if (session.joined) this.#charge(session, out.length)
       this.#send(session, out + '}')
     }
-    session.reconnects++
+    session.joined = true
     this.#sendMessage(session, { type: 'synced', timestamp })
   }
 
@@ -579,22 +577,6 @@ export class Room {
     if (this.#presence.size === 0) return
     this.#presencePacer.ran()
     const senders = this.#presence.take()
-    // Sending can close a session that cannot keep up. If it was one of the senders, the frames still
-    // to go carry its presence after its tombstones: send those again once every frame is out.
-    const outer = this.#leftDuringFlush
-    const left: Array<{ clientId: string, data: string }> = []
-    this.#leftDuringFlush = left
-    try {
-      this.#sendPresence(senders)
-    } finally {
-      this.#leftDuringFlush = outer
-    }
-    for (const { clientId, data } of left) {
-      if (senders.some((sender) => sender.clientId === clientId)) this.#broadcast(data)
-    }
-  }
-
-  #sendPresence (senders: Array<{ clientId: string, json: string, deletes: boolean }>): void {
     const slow = this.#slow !== null
     if (senders.length === 1) {
       const { clientId, json, deletes } = senders[0]
@@ -704,12 +686,10 @@ export class Room {
     // Merging into a key copies its stored fields: a few bytes naming a key of many fields, repeated, must not cost the server seconds.
     const presence = this.#ephemeral.get(session.clientId)
     const most = limits.maxFieldCopiesPerFrame
-    const inDocument = (key: string): Fields | undefined => this.#doc.get(key)
-    const inPresence = (key: string): Fields | undefined => presence?.get(key)
-    const copies = fieldCopies(docs, inDocument, most) + fieldCopies(ephs, inPresence, most)
+    const copies = fieldCopies(docs, this.#doc, most) + fieldCopies(ephs, presence, most)
     if (copies > most) return FRAME_TOO_LARGE
     let cost = copies * BYTES_PER_FIELD_COPY
-    if (bufferItems > 0) cost += bufferCost(docs, inDocument) + bufferCost(ephs, inPresence)
+    if (bufferItems > 0) cost += bufferCost(docs, this.#doc) + bufferCost(ephs, presence)
     if (cost > 0 && session.bucket !== null) {
       // More than a whole burst could never be paid: not worth retrying.
       if (cost > this.#rateLimit!.burstBytes) return FRAME_TOO_LARGE
@@ -821,9 +801,7 @@ export class Room {
       this.#ephemeral.delete(clientId)
       const deletion = emptyRecord<ComponentData>()
       for (const key of state.keys()) deletion[key] = { _exists: false }
-      const data = JSON.stringify({ type: 'patch', ephemeralPatches: [deletion], clientId })
-      this.#leftDuringFlush?.push({ clientId, data })
-      this.#broadcast(data)
+      this.#broadcast(JSON.stringify({ type: 'patch', ephemeralPatches: [deletion], clientId }))
     }
     this.#broadcastClientCount()
     this.#options.onSessionRemoved?.(this, { sessionId, remaining: this.#sessions.size })
@@ -854,21 +832,12 @@ export class Room {
   #flushCounts (): void {
     if (!this.#countPending) return
     this.#countPacer.ran()
-    // Still pending while the counts go out: sending can close a session that cannot keep up, and the
-    // sessions not told yet must get their count before its tombstones (see #removeSession, #send).
+    const count = this.#sessions.size
     for (const session of this.#sessions.values()) {
-      if (session.countSeen !== this.#sessions.size) this.#sendCount(session)
+      if (session.countSeen !== count) this.#sendCount(session)
     }
-    // Such a removal changed the count for the sessions told before it: they learn it at the next run.
-    let behind = false
-    for (const session of this.#sessions.values()) {
-      if (session.countSeen !== this.#sessions.size) {
-        behind = true
-        break
-      }
-    }
-    this.#countPending = behind
-    if (behind) this.#countPacer.request(this.#sessions.size >= PACED_SESSIONS)
+    // Cleared once they are out: should one throw, the others still get theirs before their next frame.
+    this.#countPending = false
   }
 
   #sendCount (session: Session): void {
@@ -953,7 +922,10 @@ export class Room {
       const socket = session.socket as WebSocketLike & { terminate?: () => void }
       if (typeof socket.terminate === 'function') socket.terminate()
       else safeClose(socket, CloseCode.TOO_SLOW, 'Too slow: reconnect to catch up')
-      this.#removeSession(session.sessionId)
+      // Removed once the frames being sent are out, never in the middle of a loop over the sessions (a batch
+      // of presence or counts): its tombstones and the new count must follow every frame of that loop.
+      const { sessionId } = session
+      queueMicrotask(() => this.#guarded('removing a slow session', () => this.#removeSession(sessionId)))
       return false
     }
     if (droppable) {
@@ -1012,12 +984,15 @@ const BYTES_PER_ADDED_ITEM = 2
 /** Items a buffer delta rewrites per byte of rate limit. */
 const ITEMS_PER_BYTE = 4
 
+/** The records a frame's patches merge into: the document, or the sender's presence (absent when it has none). */
+interface StoredRecords { get(key: string): Fields | undefined }
+
 /**
  * Fields a merge of `patches` copies beyond FREE_FIELDS_PER_MENTION: for each
  * mention of a key, the fields it holds by then (stored now, plus those
  * earlier patches of the frame add). Counting stops past `most`.
  */
-function fieldCopies (patches: Patch[] | undefined, stored: (key: string) => Fields | undefined, most: number): number {
+function fieldCopies (patches: Patch[] | undefined, stored: StoredRecords | undefined, most: number): number {
   if (patches === undefined) return 0
   // Running field counts, only needed when a key can come back in a later patch of the frame.
   const counts = patches.length > 1 ? new Map<string, number>() : null
@@ -1026,7 +1001,7 @@ function fieldCopies (patches: Patch[] | undefined, stored: (key: string) => Fie
     for (const key in patch) {
       let held = counts?.get(key)
       if (held === undefined) {
-        const value = stored(key)
+        const value = stored?.get(key)
         held = value === undefined ? 0 : Object.keys(value).length
       }
       if (held > FREE_FIELDS_PER_MENTION) copies += held - FREE_FIELDS_PER_MENTION
@@ -1047,7 +1022,7 @@ function fieldCopies (patches: Patch[] | undefined, stored: (key: string) => Fie
  * costs 1/4 of a byte, so that deltas against a huge array cannot keep the
  * event loop busy for free.
  */
-function bufferCost (patches: Patch[] | undefined, stored: (key: string) => Fields | undefined): number {
+function bufferCost (patches: Patch[] | undefined, stored: StoredRecords | undefined): number {
   if (patches === undefined) return 0
   let cost = 0
   for (const patch of patches) {
@@ -1056,7 +1031,7 @@ function bufferCost (patches: Patch[] | undefined, stored: (key: string) => Fiel
       for (const field of Object.keys(incoming)) {
         const value = incoming[field]
         if (!isBufferDelta(value)) continue
-        const old = stored(key)?.[field]
+        const old = stored?.get(key)?.[field]
         const added = Math.max(0, value.len - (Array.isArray(old) ? old.length : 0))
         cost += added * BYTES_PER_ADDED_ITEM + Math.ceil(value.len / ITEMS_PER_BYTE)
       }

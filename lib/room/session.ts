@@ -63,8 +63,8 @@ export interface Session {
   presenceStale: boolean
   /** The last clientCount sent to it. */
   countSeen: number
-  /** Reconnect frames answered so far (the first is the join). */
-  reconnects: number
+  /** Its first reconnect (the join) was answered: the diffs of later ones are charged to its byte rate. */
+  joined: boolean
 }
 
 /** Most frames held for one session while its `auth-refresh` is pending. */
