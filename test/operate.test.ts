@@ -1,5 +1,7 @@
 import t from 'tap'
 import { SqliteStorage, type IncrementalStorage, type RoomStore } from '../lib/index.js'
+import { Metrics } from '../lib/metrics.js'
+import type { RoomManager } from '../lib/room/room-manager.js'
 import { build, connect, connectReal, listen } from './helper.js'
 
 const bearer = (token: string) => async (request: { headers: Record<string, unknown> }, reply: { code(n: number): { send(b: unknown): Promise<unknown> | unknown } }) => {
@@ -65,6 +67,28 @@ t.test('metrics: behind the admin hooks, counting frames, sessions and closes', 
   t.match(body, /canvas_store_frames_out_total \d+/)
   t.match(body, /canvas_store_acks_waiting 0/)
   a.ws.terminate()
+})
+
+t.test('metrics: frames and bytes counted between scrapes add up exactly', async (t) => {
+  const metrics = new Metrics({ getRooms: () => [], getRoomIds: () => [], getPendingMessages: () => 0 } as unknown as RoomManager)
+  const value = async (pattern: RegExp): Promise<number> => Number(pattern.exec(await metrics.registry.metrics())?.[1])
+  metrics.frameIn('patch', 100, 0.001)
+  metrics.frameIn('patch', 20, 0.001)
+  metrics.frameIn('invalid', 3, 0.001)
+  for (let i = 0; i < 3; i++) metrics.frameOut(10)
+  t.equal(await value(/canvas_store_frames_in_total\{type="patch"\} (\d+)/), 2)
+  t.equal(await value(/canvas_store_frames_in_total\{type="invalid"\} (\d+)/), 1)
+  t.equal(await value(/canvas_store_bytes_in_total (\d+)/), 123)
+  t.equal(await value(/canvas_store_frames_out_total (\d+)/), 3)
+  t.equal(await value(/canvas_store_bytes_out_total (\d+)/), 30)
+  t.equal(await value(/canvas_store_frames_out_total (\d+)/), 3, 'reading again adds nothing')
+  metrics.frameIn('patch', 1, 0.001)
+  metrics.frameOut(5)
+  t.equal(await value(/canvas_store_frames_in_total\{type="patch"\} (\d+)/), 3, 'later frames add to what was read')
+  t.equal(await value(/canvas_store_bytes_in_total (\d+)/), 124)
+  t.equal(await value(/canvas_store_frames_out_total (\d+)/), 4)
+  t.equal(await value(/canvas_store_bytes_out_total (\d+)/), 35)
+  t.equal(await value(/canvas_store_frame_apply_seconds_count (\d+)/), 4)
 })
 
 t.test('metrics: storage writes and failures, closes by code', async (t) => {
