@@ -611,7 +611,9 @@ function checkRefusalExtra (f: Parsed, model: Model, touched: Set<string>, code?
 
 function touchedKeys (list: unknown): Set<string> {
   const keys = new Set<string>()
-  if (Array.isArray(list)) for (const p of list) for (const key of Object.keys(p)) keys.add(key)
+  if (Array.isArray(list)) {
+    for (const p of list) if (typeof p === 'object' && p !== null && !Array.isArray(p)) for (const key of Object.keys(p)) keys.add(key)
+  }
   return keys
 }
 
@@ -719,29 +721,54 @@ function runScenario (sc: Scenario): void {
       return
     }
     const got = s.socket.sent
+    let parsed: Parsed = JSON.parse(text)
+    const touched = touchedKeys(parsed.documentPatches)
+    /** An invalid reconnect whose only fault is in its patches: refused (INVALID_FRAME), then answered without them. */
+    let refusedPatches = false
     if (f.cls === 'invalid') {
-      explain(() => assert.equal(got.length, 1, 'one error frame for a malformed frame'), () => short(stringify(got)))
-      assert.equal(got[0].type, 'error')
-      assert.equal(got[0].code, INVALID_FRAME)
       nothingElse()
-      return
+      const lts: unknown = parsed.lastTimestamp
+      const messageId: unknown = parsed.messageId
+      if (parsed.type === 'patch' && typeof messageId === 'string' && messageId.length <= 1024) {
+        // Refused like any write: ack (the published client settles its in-flight write), error, corrective.
+        explain(() => {
+          assert.ok(got.length === 2 || got.length === 3, 'ack, error and at most one corrective patch')
+          assert.deepEqual(got[0], { type: 'ack', messageId, timestamp: model.counter }, 'ack of a refused frame')
+          assert.equal(got[1].type, 'error')
+          assert.equal(got[1].code, INVALID_FRAME)
+          assert.equal(got[1].messageId, messageId, 'the error names the refused message')
+          for (const m of got.slice(2)) checkRefusalExtra(m, model, touched)
+        }, () => short(stringify(got)))
+        return
+      }
+      if (parsed.type !== 'reconnect' || typeof lts !== 'number' || !Number.isFinite(lts) || lts < 0) {
+        explain(() => assert.equal(got.length, 1, 'one error frame for a malformed frame'), () => short(stringify(got)))
+        assert.equal(got[0].type, 'error')
+        assert.equal(got[0].code, INVALID_FRAME)
+        return
+      }
+      refusedPatches = true
+      parsed = { type: 'reconnect', lastTimestamp: lts, protocolVersion: 2 }
     }
     if (f.cls === 'mismatch') {
       assert.deepEqual(got, [{ type: 'version-mismatch', serverProtocolVersion: 2 }])
       nothingElse()
       return
     }
-    const parsed: Parsed = JSON.parse(text)
-    if (got.some((m) => m.type === 'error' && m.code !== READONLY) && rawDepth(f.body) > MAY_REFUSE_DEPTH) {
+    if (!refusedPatches && got.some((m) => m.type === 'error' && m.code !== READONLY) && rawDepth(f.body) > MAY_REFUSE_DEPTH) {
       // refused for its nesting: nothing applied (the snapshot check below), nothing forwarded
       trace[trace.length - 1] += '  -> refused (nesting)'
       nothingElse()
-      const touched = touchedKeys(parsed.documentPatches)
-      for (const m of got) {
-        if (m.type === 'ack') assert.deepEqual(m, { type: 'ack', messageId: parsed.messageId, timestamp: model.counter }, 'ack of a refused frame')
-        else checkRefusalExtra(m, model, touched)
+      if (parsed.type !== 'reconnect') {
+        for (const m of got) {
+          if (m.type === 'ack') assert.deepEqual(m, { type: 'ack', messageId: parsed.messageId, timestamp: model.counter }, 'ack of a refused frame')
+          else checkRefusalExtra(m, model, touched)
+        }
+        return
       }
-      return
+      // a reconnect: its patches are refused, the reconnect itself is answered
+      refusedPatches = true
+      parsed = { type: 'reconnect', lastTimestamp: parsed.lastTimestamp, protocolVersion: 2 }
     }
     const docs = hasKeys(parsed.documentPatches)
     const ephs = hasKeys(parsed.ephemeralPatches)
@@ -768,7 +795,6 @@ function runScenario (sc: Scenario): void {
       checkBroadcast(o.socket.sent[0], s, want, model.counter)
       checked.add(o.socket.raw[0])
     }
-    const touched = touchedKeys(parsed.documentPatches)
 
     if (f.cls === 'patch') {
       if (!docs && !ephs) {
@@ -790,7 +816,8 @@ function runScenario (sc: Scenario): void {
     const lts: number = parsed.lastTimestamp
     const diff = model.diff(lts)
     const presence = model.othersPresence(s.clientId)
-    const extra = !rw && docs
+    const extra = refusedPatches || (!rw && docs)
+    const refusal = refusedPatches ? INVALID_FRAME : READONLY
     const resync = rw && lts > since
     const tail: Array<(m: Parsed) => void> = []
     if (resync) tail.push((m) => assert.deepEqual(m, { type: 'resync', since }, 'resync names the counter before the frame'))
@@ -817,7 +844,7 @@ function runScenario (sc: Scenario): void {
     tail.push((m) => assert.deepEqual(m, { type: 'synced', timestamp: model.counter }, 'reconnect ends with synced at the counter'))
     const why = () => {
       const parts = [
-        ...(extra ? ['[READONLY error, corrective patch]'] : []),
+        ...(extra ? [`[${refusal} error, corrective patch]`] : []),
         ...(resync ? [`resync since ${since}`] : []),
         diff === null && presence === null
           ? 'no catch-up patch (no field changed after lastTimestamp, no other presence)'
@@ -832,7 +859,7 @@ function runScenario (sc: Scenario): void {
       got.slice(got.length - tail.length).forEach((m, i) => tail[i](m))
       if (head.length > 0) {
         assert.ok(extra, 'unexpected frames')
-        for (const m of head) checkRefusalExtra(m, model, touched, READONLY)
+        for (const m of head) checkRefusalExtra(m, model, touched, refusal)
       }
     }, why)
   }

@@ -1,6 +1,6 @@
 import type { FastifyInstance } from 'fastify'
 import t from 'tap'
-import { ACK, CLIENT_COUNT, Peer, build, connect, connectReal, gate, joined, listen, roomOf, serverReceived, snapshotOf, throwOnKey, write } from './helper.js'
+import { ACK, CLIENT_COUNT, Peer, build, connect, connectReal, gate, joined, listen, roomOf, serverReceived, snapshotOf, stateOf, throwOnKey, write } from './helper.js'
 
 t.test('connect: the newcomer gets the other clients\' presence, then every session gets clientCount', async (t) => {
   const app = await build(t)
@@ -434,7 +434,7 @@ const badFrames: Array<[string, unknown, string | undefined]> = [
 ]
 
 for (const [name, frame, messageId] of badFrames) {
-  t.test(`wrong shape (${name}): error CANVAS_STORE_INVALID_FRAME, not applied, connection stays up`, async (t) => {
+  t.test(`wrong shape (${name}): error CANVAS_STORE_INVALID_FRAME (with a messageId: ack and corrective too), not applied, connection stays up`, async (t) => {
     const app = await build(t)
     const a = await joined(app, 'a', 1)
     const b = await joined(app, 'b', 2)
@@ -449,13 +449,56 @@ for (const [name, frame, messageId] of badFrames) {
     t.equal(roomOf(app).timestamp, 0, 'not applied')
     t.strictSame(snapshotOf(app).state, {})
     t.strictSame(await write(a, 'ok', [{ 'e2/A': { _exists: true } }]), { type: 'ack', messageId: 'ok', timestamp: 1 }, 'later frames still work')
-    t.strictSame(a.frames.slice(from).map((f) => f.type), ['error', 'ack'])
+    const answer = a.frames.slice(from, -1)
+    // The document keys it names get the server's values back (none here: tombstones).
+    const docs = (frame as { documentPatches?: unknown }).documentPatches
+    const keys = Array.isArray(docs) ? docs.flatMap((p) => Object.keys(p as object)) : []
+    if (messageId === undefined) {
+      t.strictSame(answer.map((f) => f.type), ['error'], 'without a messageId, the error alone')
+    } else {
+      t.strictSame(answer[0], { type: 'ack', messageId, timestamp: 0 }, 'acked like any refused write, so that the client settles it')
+      t.strictSame(answer.slice(1).map((f) => f.type), keys.length > 0 ? ['error', 'patch'] : ['error'])
+      if (keys.length > 0) {
+        t.strictSame(answer[2], { type: 'patch', clientId: '', documentPatches: [Object.fromEntries(keys.map((k) => [k, { _exists: false }]))], timestamp: 0 }, 'corrective patch')
+      }
+    }
     await b.next((f) => f.type === 'patch', fromB)
     t.strictSame(b.frames.slice(fromB), [{ type: 'patch', clientId: 'a', documentPatches: [{ 'e2/A': { _exists: true } }], timestamp: 1 }], 'the refused frame was not broadcast')
     t.equal(roomOf(app).getSessionCount(), 2)
     await Promise.all([a.close(), b.close()])
   })
 }
+
+t.test('a reconnect whose carried patches have the wrong shape is still answered: error, corrective, diff, synced', async (t) => {
+  // The published client carries its offline changes in every reconnect: one bad key in them must not keep it from syncing.
+  const app = await build(t)
+  const a = await joined(app, 'a', 1)
+  await write(a, 'w1', [{ 'e1/A': { _exists: true, v: 1 } }])
+  const b = await connect(app, { roomId: 'r', clientId: 'b' })
+  await b.next(CLIENT_COUNT(2))
+  const from = b.frames.length
+  const fromA = a.frames.length
+  const synced = b.nextOfType('synced')
+  b.send({ type: 'reconnect', lastTimestamp: 0, protocolVersion: 2, documentPatches: [{ 'e1/A': { v: 2 }, 'e\u0000': { _exists: true } }], ephemeralPatches: [{ 'cursor/b': { _exists: true } }] })
+  t.strictSame(await synced, { type: 'synced', timestamp: 1 })
+  const got = b.frames.slice(from)
+  t.equal(got[0].type, 'error')
+  t.equal(got[0].code, 'CANVAS_STORE_INVALID_FRAME')
+  t.strictSame(got.slice(1), [
+    { type: 'patch', clientId: '', documentPatches: [{ 'e1/A': { _exists: true, v: 1 }, 'e\u0000': { _exists: false } }], timestamp: 1 },
+    { type: 'patch', clientId: '', documentPatches: [{ 'e1/A': { _exists: true, v: 1 } }], timestamp: 1 },
+    { type: 'synced', timestamp: 1 }
+  ], 'the corrective, then the diff since 0 and synced, as for any reconnect')
+  t.strictSame(stateOf(app), { 'e1/A': { _exists: true, v: 1 } }, 'nothing of the refused patches applied')
+  t.equal(roomOf(app).timestamp, 1)
+  // The client then sends its offline changes again, as a patch: refused, and acked so that it stops waiting for them.
+  const refused = await write(b, 'b-1', [{ 'e\u0000': { _exists: true } }])
+  t.strictSame(refused, { type: 'ack', messageId: 'b-1', timestamp: 1 })
+  t.strictSame(await write(b, 'b-2', [{ 'e1/A': { v: 3 } }]), { type: 'ack', messageId: 'b-2', timestamp: 2 }, 'its later writes apply')
+  await a.next((f) => f.type === 'patch' && f.timestamp === 2, fromA)
+  t.strictSame(a.frames.slice(fromA).filter((f) => f.type === 'patch'), [{ type: 'patch', clientId: 'b', documentPatches: [{ 'e1/A': { v: 3 } }], timestamp: 2 }], 'a saw only the write that applied')
+  await Promise.all([a.close(), b.close()])
+})
 
 t.test('__proto__ keys and fields never pollute Object.prototype and are stored as ordinary keys', async (t) => {
   const app = await build(t)

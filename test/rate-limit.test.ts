@@ -292,3 +292,35 @@ t.test('rateLimit: frames held during an auth-refresh are rate limited too', asy
   t.same(errors, ['m2', 'm3', 'm4'], 'the refresh took one token, two patches passed, three were refused')
   t.same(Object.keys(stateOf(app)).sort(), ['k0', 'k1'])
 })
+
+t.test('rateLimit: a frame of the wrong shape over the rate gets its ack and error, no corrective; a reconnect is still answered', async (t) => {
+  const app = await build(t, { rateLimit: { framesPerSecond: SLOW_REFILL, burstFrames: 2, closeAfter: 20 } })
+  const a = await connected(app, 'a', 1)
+  t.strictSame(await write(a, 'w1', [{ k: { _exists: true, v: 1 } }]), { type: 'ack', messageId: 'w1', timestamp: 1 })
+  // Under the rate, a malformed patch naming k gets k's value back (and it costs the reply's bytes).
+  const fromA = a.frames.length
+  t.strictSame(await write(a, 'bad1', [{ k: { v: 2 }, 'k\u0000': { _exists: true } }]), { type: 'ack', messageId: 'bad1', timestamp: 1 })
+  await a.next((f) => f.type === 'patch', fromA)
+  t.match(a.frames.slice(fromA), [
+    { type: 'ack', messageId: 'bad1' },
+    { type: 'error', code: 'CANVAS_STORE_INVALID_FRAME', messageId: 'bad1' },
+    { type: 'patch', clientId: '', documentPatches: [{ k: { _exists: true, v: 1 }, 'k\u0000': { _exists: false } }] }
+  ])
+  // Over it, no corrective: a stream of malformed frames cannot make the server send stored values without bound.
+  const from = a.frames.length
+  t.strictSame(await write(a, 'bad2', [{ k: { v: 3 }, 'k\u0000': { _exists: true } }]), { type: 'ack', messageId: 'bad2', timestamp: 1 })
+  const synced = a.next((f) => f.type === 'synced', a.frames.length)
+  a.send({ type: 'reconnect', lastTimestamp: 0, protocolVersion: 2, documentPatches: [{ 'k\u0000': { _exists: true } }] })
+  await synced
+  t.match(a.frames.slice(from), [
+    { type: 'ack', messageId: 'bad2' },
+    { type: 'error', code: 'CANVAS_STORE_INVALID_FRAME', messageId: 'bad2' },
+    { type: 'error', code: 'CANVAS_STORE_INVALID_FRAME' },
+    { type: 'error', code: RATE_LIMITED },
+    { type: 'patch', clientId: '', documentPatches: [{ k: { _exists: true, v: 1 } }], timestamp: 1 },
+    { type: 'synced', timestamp: 1 }
+  ], 'the reconnect over the rate: both refusals, then its diff and synced')
+  t.equal(a.frames.slice(from).length, 6)
+  t.strictSame(stateOf(app), { k: { _exists: true, v: 1 } })
+  await a.close()
+})

@@ -1,6 +1,6 @@
 import { Type } from '@sinclair/typebox'
 import { TypeCompiler } from '@sinclair/typebox/compiler'
-import { PROTOCOL_VERSION, type ClientMessage } from './types.js'
+import { PROTOCOL_VERSION, type ClientMessage, type ReconnectRequest } from './types.js'
 
 /**
  * Most items the buffer deltas of one frame may describe, together (more
@@ -171,7 +171,20 @@ export type ParsedFrame =
   /** A `reconnect` with another protocol version. */
   | { kind: 'version-mismatch' }
   /** A known type whose fields have the wrong shape: refused, never applied. */
-  | { kind: 'invalid', type: string, message: string, messageId?: string }
+  | InvalidFrame
+
+/** A refused frame, and what can still be answered of it. */
+export interface InvalidFrame {
+  kind: 'invalid'
+  type: string
+  message: string
+  /** Its `messageId`, when that is a string of at most 1024 characters. */
+  messageId?: string
+  /** The objects among its `documentPatches` (their keys name what the client changed). */
+  documentPatches?: Array<Record<string, unknown>>
+  /** A `reconnect` whose only fault is in the patches it carries: the reconnect itself, without them. */
+  reconnect?: ReconnectRequest
+}
 
 /** Parses and validates one text frame from a client. Never throws. */
 export function parseClientFrame (raw: string): ParsedFrame {
@@ -189,24 +202,27 @@ export function parseClientFrame (raw: string): ParsedFrame {
   }
   const items = checkFrame(type as ClientMessage['type'], value as Record<string, unknown>)
   if (items >= 0 && items <= MAX_BUFFER_LENGTH) return { kind: 'frame', frame: value as ClientMessage, bufferItems: items }
-  const messageId = (value as { messageId?: unknown }).messageId
-  if (items !== WRONG_SHAPE) {
-    return {
-      kind: 'invalid',
-      type,
-      message: items === TOO_DEEP
-        ? `invalid ${type} frame (values nested deeper than ${MAX_DEPTH} levels)`
-        : `invalid ${type} frame (its buffer deltas describe more than ${MAX_BUFFER_LENGTH} items)`,
-      ...(typeof messageId === 'string' ? { messageId } : {})
-    }
+  return refused(type as ClientMessage['type'], value as Record<string, unknown>, items)
+}
+
+/** Why a frame of a known type was refused (the first schema error, or the limit it broke), and what of it is usable. */
+function refused (type: ClientMessage['type'], frame: Record<string, unknown>, items: number): InvalidFrame {
+  let message: string
+  if (items === TOO_DEEP) {
+    message = `invalid ${type} frame (values nested deeper than ${MAX_DEPTH} levels)`
+  } else if (items !== WRONG_SHAPE) {
+    message = `invalid ${type} frame (its buffer deltas describe more than ${MAX_BUFFER_LENGTH} items)`
+  } else {
+    const first = checkers[type].Errors(frame).First()
+    const where = first === undefined ? '' : `${first.path || '/'}: ${first.message}`
+    message = `invalid ${type} frame${where ? ` (${where})` : ''}`.slice(0, 300)
   }
-  const checker = checkers[type as ClientMessage['type']]
-  const first = checker.Errors(value).First()
-  const where = first === undefined ? '' : `${first.path || '/'}: ${first.message}`
-  return {
-    kind: 'invalid',
-    type,
-    message: `invalid ${type} frame${where ? ` (${where})` : ''}`.slice(0, 300),
-    ...(typeof messageId === 'string' && messageId.length <= 1024 ? { messageId } : {})
+  const result: InvalidFrame = { kind: 'invalid', type, message }
+  const { messageId, documentPatches, lastTimestamp, protocolVersion } = frame
+  if (typeof messageId === 'string' && messageId.length <= 1024) result.messageId = messageId
+  if (Array.isArray(documentPatches)) result.documentPatches = documentPatches.filter(isRecord)
+  if (type === 'reconnect' && checkFrame(type, { lastTimestamp, protocolVersion }) === 0) {
+    result.reconnect = { type, lastTimestamp: lastTimestamp as number, protocolVersion: protocolVersion as number }
   }
+  return result
 }

@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto'
 import { CloseCode, closeReason, frameErrorCodes } from '../errors.js'
-import { parseClientFrame } from '../protocol/frames.js'
+import { parseClientFrame, type InvalidFrame } from '../protocol/frames.js'
 import { PROTOCOL_VERSION } from '../protocol/types.js'
 import type {
   ClientMessage,
@@ -394,6 +394,8 @@ export class Room {
   /** Handles one frame. @returns its type, for metrics */
   #handleFrame (session: Session, text: string, limited = false): string {
     const parsed = parseClientFrame(text)
+    let frame: ClientMessage
+    let bufferItems = 0
     switch (parsed.kind) {
       case 'ignore':
         return 'ignored'
@@ -402,16 +404,16 @@ export class Room {
         return 'version-mismatch'
       case 'invalid':
         this.#log.debug({ roomId: this.roomId, sessionId: session.sessionId, reason: parsed.message }, 'frame refused')
-        this.#sendMessage(session, {
-          type: 'error',
-          code: frameErrorCodes.INVALID_FRAME,
-          message: parsed.message,
-          ...(parsed.messageId === undefined ? {} : { messageId: parsed.messageId })
-        })
-        return 'invalid'
+        this.#refuseInvalid(session, parsed, limited)
+        if (parsed.reconnect === undefined) return 'invalid'
+        // Only the patches it carries are wrong: they were refused, and the reconnect is still answered (diff,
+        // synced), or a client whose offline changes hold a bad key could never sync again.
+        frame = parsed.reconnect
+        break
+      default:
+        frame = parsed.frame
+        bufferItems = parsed.bufferItems
     }
-    const frame = parsed.frame
-    const bufferItems = parsed.bufferItems
     if (limited) {
       this.#rateLimited(session, frame)
       if (frame.type !== 'reconnect' || !this.#sessions.has(session.sessionId)) return 'rate-limited'
@@ -429,7 +431,27 @@ export class Room {
       case 'auth-refresh':
         this.#handleAuthRefresh(session, frame.token)
     }
-    return frame.type
+    return parsed.kind === 'invalid' ? 'invalid' : frame.type
+  }
+
+  /**
+   * A frame of the wrong shape is never applied. A patch that names its
+   * message, and a reconnect that is answered all the same, are refused like
+   * any other write (an ack for the patch, error, the server's values of the
+   * keys it touched): the published client keeps a write it sent in flight,
+   * masking those fields, until it is acked. Other frames get the error alone,
+   * and so does a session over its rate, the corrective aside.
+   */
+  #refuseInvalid (session: Session, parsed: InvalidFrame, limited: boolean): void {
+    const reason = [frameErrorCodes.INVALID_FRAME, parsed.message] as const
+    const docs = limited ? undefined : parsed.documentPatches
+    if (parsed.type === 'patch' && parsed.messageId !== undefined) {
+      this.#refuse(session, parsed.messageId, docs, reason)
+    } else if (parsed.reconnect !== undefined) {
+      this.#refuse(session, undefined, docs, reason)
+    } else {
+      this.#sendMessage(session, { type: 'error', code: reason[0], message: reason[1], ...(parsed.messageId === undefined ? {} : { messageId: parsed.messageId }) })
+    }
   }
 
   #handlePatch (session: Session, frame: PatchRequest, bufferItems: number): void {
@@ -622,13 +644,13 @@ export class Room {
   }
 
   /**
-   * A write that is not applied (readonly session, a limit, the rate limit):
-   * ack it when it has a messageId (the published client needs the ack to
-   * settle its in-flight write), say why, and send the server's current values
-   * of the keys it touched (a tombstone where the server has none), so that
-   * the client's copy converges back.
+   * A write that is not applied (readonly session, a limit, the rate limit, a
+   * wrong shape): ack it when it has a messageId (the published client needs
+   * the ack to settle its in-flight write), say why, and send the server's
+   * current values of the keys it touched (a tombstone where the server has
+   * none), so that the client's copy converges back.
    */
-  #refuse (session: Session, messageId: string | undefined, docs: Patch[] | undefined, reason: readonly [code: string, message: string]): void {
+  #refuse (session: Session, messageId: string | undefined, docs: ReadonlyArray<Readonly<Record<string, unknown>>> | undefined, reason: readonly [code: string, message: string]): void {
     if (messageId !== undefined) this.#sendMessage(session, { type: 'ack', messageId, timestamp: this.#doc.timestamp })
     this.#sendMessage(session, { type: 'error', code: reason[0], message: reason[1], ...(messageId === undefined ? {} : { messageId }) })
     if (docs === undefined) return
