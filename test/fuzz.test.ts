@@ -857,6 +857,7 @@ function runScenario (sc: Scenario): void {
       assert.ok(got.length >= tail.length, 'answer too short')
       const head = got.slice(0, got.length - tail.length)
       got.slice(got.length - tail.length).forEach((m, i) => tail[i](m))
+      if (refusedPatches) assert.ok(head.some((m) => m.type === 'error' && m.code === INVALID_FRAME), 'its refused patches get an INVALID_FRAME error')
       if (head.length > 0) {
         assert.ok(extra, 'unexpected frames')
         for (const m of head) checkRefusalExtra(m, model, touched, refusal)
