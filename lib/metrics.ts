@@ -19,7 +19,7 @@ export class Metrics implements RoomObserver {
   #bytesOutCount = 0
   readonly #framesIn = new Counter({
     name: 'canvas_store_frames_in_total',
-    help: 'Client frames received, by type (patch, reconnect, auth-refresh, invalid, ignored, version-mismatch)',
+    help: 'Client frames received, by type (patch, reconnect, auth-refresh, invalid, ignored, version-mismatch, rate-limited)',
     labelNames: ['type'] as const,
     registers: [this.registry],
     collect: () => {
