@@ -90,6 +90,33 @@ t.test('changesSince stays right across many updates (log compaction)', async (t
   t.equal(doc.changesSince(0).keys, keys)
 })
 
+t.test('changesSince: the first diff since T > 0 after updates in any order (the log is built by sorting on last stamps)', async (t) => {
+  const doc = new Document()
+  const keys = 40
+  doc.applyFrame([Object.fromEntries(Array.from({ length: keys }, (_, i) => [`k${i}`, { _exists: true, v: 0 }]))])
+  // Keys change in an order unrelated to the order they were created in, some of them twice.
+  const order = Array.from({ length: 60 }, (_, i) => (i * 17) % keys)
+  for (const [n, i] of order.entries()) doc.applyFrame([{ [`k${i}`]: { v: n + 1 } }])
+  for (const since of [1, 20, 45, 60]) {
+    const expected: Record<string, unknown> = {}
+    for (const [n, i] of order.entries()) if (n + 2 > since) expected[`k${i}`] = { v: n + 1 }
+    const fresh = Document.fromSnapshot(plain(doc.toSnapshot()) as any)
+    t.same(plain(fresh.changesSince(since).patch), expected, `since ${since}, on a reloaded copy whose log is built now`)
+  }
+  t.same(plain(doc.changesSince(45).patch), Object.fromEntries(order.slice(44).map((i, n) => [`k${i}`, { v: n + 45 }])))
+})
+
+t.test('changesSince: the log is right with a counter too large to sort by counter * keys exactly', async (t) => {
+  const big = 2 ** 52
+  const doc = Document.fromSnapshot({
+    timestamp: big,
+    state: { a: { _exists: true }, b: { _exists: true }, c: { _exists: true } },
+    timestamps: { a: { _exists: big }, b: { _exists: big - 2 }, c: { _exists: big - 1 } }
+  })
+  t.same(Object.keys(doc.changesSince(big - 2).patch).sort(), ['a', 'c'])
+  t.same(Object.keys(doc.changesSince(big - 1).patch), ['a'])
+})
+
 t.test('snapshot round trip keeps tombstones, stamps and the counter', async (t) => {
   const doc = new Document()
   doc.applyFrame([{ a: { _exists: true, x: 1 }, b: { _exists: true, x: 1 } }])

@@ -153,12 +153,16 @@ const TOMBSTONE_FIELDS = ['_exists']
  */
 export class Document {
   #timestamp = 0
-  /** Key -> value record (with its stamps), kept in order of last change (a touched key moves to the end). */
+  /**
+   * Key -> value record (with its stamps). A changed key keeps its place:
+   * moving it to the end (delete, then set) made V8 rebuild a small room's
+   * table on every change, garbage that outlived young collections.
+   */
   readonly #entries = new Map<string, Fields>()
   /**
    * (counter, key) lines in counter order, for changesSince(T > 0). Built on
-   * the first such call (the map above is already in change order), so that
-   * rooms nobody reconnects to with a counter do not pay for it.
+   * the first such call (sorting the keys by their last stamp), so that rooms
+   * nobody reconnects to with a counter do not pay for it.
    */
   #logKeys: string[] | null = null
   #logStamps: number[] | null = null
@@ -311,7 +315,6 @@ export class Document {
   }
 
   #touch (key: string, value: Fields, last: number): void {
-    this.#entries.delete(key)
     this.#entries.set(key, value)
     if (this.#logKeys === null) return
     this.#logKeys.push(key)
@@ -319,16 +322,35 @@ export class Document {
     if (this.#logKeys.length > 1024 && this.#logKeys.length > 2 * this.#entries.size) this.#compactLog()
   }
 
-  /** (Re)writes the log with one line per key; the entries map is already in change order. */
+  /** (Re)writes the log with one line per key, in the order of their last change. */
   #compactLog (): void {
-    const keys: string[] = []
-    const stamps: number[] = []
+    const n = this.#entries.size
+    const keys: string[] = new Array(n)
+    const lasts = new Float64Array(n)
+    let i = 0
     for (const [key, value] of this.#entries) {
-      keys.push(key)
-      stamps.push(lastStamp(stampsOf(value)))
+      keys[i] = key
+      lasts[i] = lastStamp(stampsOf(value))
+      i++
     }
-    this.#logKeys = keys
-    this.#logStamps = stamps
+    // Sorted as numbers `last * n + index`, without a comparator (several times faster), while that stays exact.
+    const order = new Float64Array(n)
+    if (this.#timestamp * n + n <= Number.MAX_SAFE_INTEGER) {
+      for (let j = 0; j < n; j++) order[j] = lasts[j] * n + j
+      order.sort()
+      for (let j = 0; j < n; j++) order[j] = order[j] % n
+    } else {
+      const indexes = Array.from({ length: n }, (_, j) => j).sort((a, b) => lasts[a] - lasts[b])
+      for (let j = 0; j < n; j++) order[j] = indexes[j]
+    }
+    const logKeys: string[] = new Array(n)
+    const logStamps: number[] = new Array(n)
+    for (let j = 0; j < n; j++) {
+      logKeys[j] = keys[order[j]]
+      logStamps[j] = lasts[order[j]]
+    }
+    this.#logKeys = logKeys
+    this.#logStamps = logStamps
   }
 }
 
