@@ -178,7 +178,7 @@ export interface InvalidFrame {
   kind: 'invalid'
   type: string
   message: string
-  /** Its `messageId`, when that is a string of at most 1024 characters. */
+  /** A patch's `messageId`, when that is a string of at most 1024 characters. */
   messageId?: string
   /** The objects among its `documentPatches` (their keys name what the client changed). */
   documentPatches?: Array<Record<string, unknown>>
@@ -219,7 +219,7 @@ function refused (type: ClientMessage['type'], frame: Record<string, unknown>, i
   }
   const result: InvalidFrame = { kind: 'invalid', type, message }
   const { messageId, documentPatches, lastTimestamp, protocolVersion } = frame
-  if (typeof messageId === 'string' && messageId.length <= 1024) result.messageId = messageId
+  if (type === 'patch' && typeof messageId === 'string' && messageId.length <= 1024) result.messageId = messageId
   if (Array.isArray(documentPatches)) result.documentPatches = documentPatches.filter(isRecord)
   if (type === 'reconnect' && checkFrame(type, { lastTimestamp, protocolVersion }) === 0) {
     result.reconnect = { type, lastTimestamp: lastTimestamp as number, protocolVersion: protocolVersion as number }

@@ -435,23 +435,16 @@ export class Room {
   }
 
   /**
-   * A frame of the wrong shape is never applied. A patch that names its
-   * message, and a reconnect that is answered all the same, are refused like
-   * any other write (an ack for the patch, error, the server's values of the
-   * keys it touched): the published client keeps a write it sent in flight,
-   * masking those fields, until it is acked. Other frames get the error alone,
-   * and so does a session over its rate, the corrective aside.
+   * A frame of the wrong shape is never applied, and is refused like any
+   * other write (see #refuse): a patch that names its message is acked (the
+   * published client keeps a write in flight, masking its fields, until it
+   * is), and it, or a reconnect that is answered all the same, gets the
+   * server's values of the keys it touched, unless the session is over its
+   * rate. Other frames get the error alone.
    */
   #refuseInvalid (session: Session, parsed: InvalidFrame, limited: boolean): void {
-    const reason = [frameErrorCodes.INVALID_FRAME, parsed.message] as const
-    const docs = limited ? undefined : parsed.documentPatches
-    if (parsed.type === 'patch' && parsed.messageId !== undefined) {
-      this.#refuse(session, parsed.messageId, docs, reason)
-    } else if (parsed.reconnect !== undefined) {
-      this.#refuse(session, undefined, docs, reason)
-    } else {
-      this.#sendMessage(session, { type: 'error', code: reason[0], message: reason[1], ...(parsed.messageId === undefined ? {} : { messageId: parsed.messageId }) })
-    }
+    const answered = parsed.messageId !== undefined || parsed.reconnect !== undefined
+    this.#refuse(session, parsed.messageId, answered && !limited ? parsed.documentPatches : undefined, [frameErrorCodes.INVALID_FRAME, parsed.message])
   }
 
   #handlePatch (session: Session, frame: PatchRequest, bufferItems: number): void {
