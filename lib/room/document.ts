@@ -56,18 +56,26 @@ export type ApplyKind = 'dropped' | 'tombstone' | 'create' | 'merge'
  * incoming object) and what happened; `dropped` leaves the key untouched.
  */
 export function applyValue (existing: Fields | undefined, incoming: ComponentData): [ApplyKind, Fields | undefined] {
-  if (incoming._exists === false) {
+  const kind = applyKind(existing, incoming)
+  return [kind, kind === 'dropped' ? undefined : appliedValue(kind, existing, incoming)]
+}
+
+/** What applying `incoming` to the stored `existing` does. The hot paths call this and appliedValue: no pair to allocate. */
+export function applyKind (existing: Fields | undefined, incoming: ComponentData): ApplyKind {
+  if (incoming._exists === false) return 'tombstone'
+  if (existing !== undefined && existing._exists !== false) return 'merge'
+  // A partial update to a missing or deleted key must never resurrect it.
+  return incoming._exists === true ? 'create' : 'dropped'
+}
+
+/** The new stored value, for every kind but `dropped`. */
+export function appliedValue (kind: Exclude<ApplyKind, 'dropped'>, existing: Fields | undefined, incoming: ComponentData): Fields {
+  if (kind === 'tombstone') {
     const tomb = emptyRecord()
     tomb._exists = false
-    return ['tombstone', tomb]
+    return tomb
   }
-  const live = existing !== undefined && existing._exists !== false
-  if (!live) {
-    // A partial update to a missing or deleted key must never resurrect it.
-    if (incoming._exists !== true) return ['dropped', undefined]
-    return ['create', materialize(undefined, incoming)]
-  }
-  return ['merge', materialize(existing, incoming)]
+  return materialize(kind === 'merge' ? existing : undefined, incoming)
 }
 
 function materialize (base: Fields | undefined, incoming: ComponentData): Fields {
@@ -75,7 +83,8 @@ function materialize (base: Fields | undefined, incoming: ComponentData): Fields
   if (base !== undefined) {
     for (const field in base) out[field] = base[field]
   }
-  for (const field of Object.keys(incoming)) {
+  for (const field in incoming) {
+    if (!Object.hasOwn(incoming, field)) continue
     const value = incoming[field]
     out[field] = isBufferDelta(value) ? applyBufferDelta(base?.[field], value) : value
   }
@@ -92,9 +101,14 @@ function materialize (base: Fields | undefined, incoming: ComponentData): Fields
  */
 const STAMPS = Symbol('canvas-store.stamps')
 
-/** Attaches the stamps to a new value record and freezes both. */
+/** One descriptor for every seal (not writable, enumerable or configurable): no object per record. */
+const STAMPS_DESCRIPTOR: PropertyDescriptor = { value: undefined }
+
+/** Attaches the stamps (frozen already) to a new value record and freezes it. */
 function seal (value: Fields, stamps: Stamps): Fields {
-  Object.defineProperty(value, STAMPS, { value: stamps })
+  STAMPS_DESCRIPTOR.value = stamps
+  Object.defineProperty(value, STAMPS, STAMPS_DESCRIPTOR)
+  STAMPS_DESCRIPTOR.value = undefined
   return Object.freeze(value)
 }
 
@@ -126,12 +140,26 @@ class StampsCache {
 }
 
 function makeStamps (base: Stamps | null, fields: string[], ts: number): Stamps {
+  const stamps = copyStamps(base)
+  for (const field of fields) stamps[field] = ts
+  return Object.freeze(stamps)
+}
+
+/** makeStamps for the own fields of a record (one key's incoming value), without listing them first. */
+function stampFields (base: Stamps | null, incoming: object, ts: number): Stamps {
+  const stamps = copyStamps(base)
+  for (const field in incoming) {
+    if (Object.hasOwn(incoming, field)) stamps[field] = ts
+  }
+  return Object.freeze(stamps)
+}
+
+function copyStamps (base: Stamps | null): Record<string, number> {
   const stamps = emptyRecord<number>()
   if (base !== null) {
     for (const field in base) stamps[field] = base[field]
   }
-  for (const field of fields) stamps[field] = ts
-  return Object.freeze(stamps)
+  return stamps
 }
 
 /** The highest stamp of a key: the counter of the last frame that stored something under it. */
@@ -186,16 +214,20 @@ export class Document {
     // Only a frame with several keys can share stamps records between them.
     const cache = patches.length > 1 || !hasOneKey(patches[0]) ? new StampsCache() : null
     for (const patch of patches) {
-      for (const key of Object.keys(patch)) {
+      for (const key in patch) {
+        if (!Object.hasOwn(patch, key)) continue
         const incoming = patch[key]
         const entry = this.#entries.get(key)
-        const [kind, value] = applyValue(entry, incoming)
+        const kind = applyKind(entry, incoming)
         // An empty update of a live key stores nothing: no stamp, no change to report.
         if (kind === 'dropped' || (kind === 'merge' && isEmpty(incoming))) continue
+        const value = appliedValue(kind, entry, incoming)
         const base = kind === 'merge' ? stampsOf(entry!) : null
-        const fields = kind === 'tombstone' ? TOMBSTONE_FIELDS : Object.keys(incoming)
-        const stamps = cache === null ? makeStamps(base, fields, ts) : cache.get(base, fields, ts)
-        this.#touch(key, seal(value!, stamps), ts)
+        let stamps: Stamps
+        if (cache !== null) stamps = cache.get(base, kind === 'tombstone' ? TOMBSTONE_FIELDS : Object.keys(incoming), ts)
+        else if (kind === 'tombstone') stamps = makeStamps(null, TOMBSTONE_FIELDS, ts)
+        else stamps = stampFields(base, incoming, ts)
+        this.#touch(key, seal(value, stamps), ts)
         stored.push(key)
       }
     }
@@ -361,7 +393,10 @@ export function hasContent (patches: readonly Patch[] | undefined): patches is P
 }
 
 function isEmpty (value: object): boolean {
-  return Object.keys(value).length === 0
+  for (const key in value) {
+    if (Object.hasOwn(value, key)) return false
+  }
+  return true
 }
 
 function hasOneKey (patch: Patch): boolean {

@@ -127,8 +127,17 @@ export function countKeys (patches: readonly Patch[] | undefined, max: number): 
   if (patches === undefined) return 0
   let n = 0
   for (const patch of patches) {
-    n += Object.keys(patch).length
+    n += ownCount(patch)
     if (n > max) return n
+  }
+  return n
+}
+
+/** Number of own enumerable keys of a record, without listing them (Object.keys allocates an array). */
+export function ownCount (record: object): number {
+  let n = 0
+  for (const key in record) {
+    if (Object.hasOwn(record, key)) n++
   }
   return n
 }

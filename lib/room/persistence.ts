@@ -113,6 +113,11 @@ export class Persistence {
 
   #schedule (delay: number): void {
     if (this.#stopped || this.#inFlight !== null || this.#timer !== null || this.#queued) return
+    this.#arm(delay)
+  }
+
+  /** Separate from #schedule, which runs on every document frame: its closure is only made when a write is armed. */
+  #arm (delay: number): void {
     const run = (): void => {
       this.#timer = null
       if (!this.#queued && delay === 0) return

@@ -15,8 +15,8 @@ import type {
   SessionPermission
 } from '../protocol/types.js'
 import type { Storage } from '../storage/storage.js'
-import { Document, emptyRecord, hasContent, applyValue, isBufferDelta, type Fields } from './document.js'
-import { DEFAULT_LIMITS, DEFAULT_RATE_LIMIT, DEFAULT_SLOW_CLIENT, TokenBucket, countKeys, type RateLimit, type RoomLimits, type SlowClientPolicy } from './limits.js'
+import { Document, emptyRecord, hasContent, applyKind, appliedValue, isBufferDelta, type Fields } from './document.js'
+import { DEFAULT_LIMITS, DEFAULT_RATE_LIMIT, DEFAULT_SLOW_CLIENT, TokenBucket, countKeys, ownCount, type RateLimit, type RoomLimits, type SlowClientPolicy } from './limits.js'
 import { Persistence, type Durability } from './persistence.js'
 import { Pacer } from './pacer.js'
 import { PresenceBatch } from './presence-batch.js'
@@ -764,12 +764,14 @@ export class Room {
       this.#ephemeral.set(clientId, state)
     }
     for (const patch of patches) {
-      for (const key of Object.keys(patch)) {
-        const [kind, value] = applyValue(state.get(key), patch[key])
+      for (const key in patch) {
+        if (!Object.hasOwn(patch, key)) continue
+        const existing = state.get(key)
+        const kind = applyKind(existing, patch[key])
         if (kind === 'dropped') continue
         // Presence is never persisted, so a deleted key is simply forgotten.
         if (kind === 'tombstone') state.delete(key)
-        else state.set(key, value!)
+        else state.set(key, appliedValue(kind, existing, patch[key]))
       }
     }
     if (state.size === 0) this.#ephemeral.delete(clientId)
@@ -1017,11 +1019,11 @@ function fieldCopies (patches: Patch[] | undefined, stored: StoredRecords | unde
       let held = counts?.get(key)
       if (held === undefined) {
         const value = stored?.get(key)
-        held = value === undefined ? 0 : Object.keys(value).length
+        held = value === undefined ? 0 : ownCount(value)
       }
       if (held > FREE_FIELDS_PER_MENTION) copies += held - FREE_FIELDS_PER_MENTION
       if (copies > most) return copies
-      if (counts !== null) counts.set(key, held + Object.keys(patch[key]).length)
+      if (counts !== null) counts.set(key, held + ownCount(patch[key]))
     }
   }
   return copies
