@@ -165,7 +165,7 @@ if (!existsSync(CHROMIUM)) {
 
   /**
    * Drags shape `id` with the mouse by about (dx, dy), grabbing it at a point
-   * no other shape covers. Unless `moves` is false (a read-only page), waits
+   * where no other shape lies on top of it. Unless `moves` is false (a read-only page), waits
    * until the page shows the shape there (within a pixel of rounding) and
    * returns it, with where the mouse was released, in board coordinates.
    */
@@ -175,15 +175,13 @@ if (!existsSync(CHROMIUM)) {
     if (shape === undefined) throw new Error(`${person.label}: no shape ${id} to drag`)
     const box = await person.page.locator('#board').boundingBox()
     if (box === null) throw new Error('the board is not visible')
-    let grab: { x: number, y: number } | undefined
-    for (const fy of [0.5, 0.2, 0.8]) {
-      for (const fx of [0.5, 0.2, 0.8]) {
-        const x = shape.x + shape.w * fx
-        const y = shape.y + shape.h * fy
-        const covered = shapes.some((s) => s.id !== id && x >= s.x && x <= s.x + s.w && y >= s.y && y <= s.y + s.h)
-        if (grab === undefined && !covered) grab = { x, y }
-      }
-    }
+    // A point where the page itself finds this shape on top (shapes stack in the order this page first drew them).
+    const fractions = [0.5, 0.3, 0.7, 0.15, 0.85]
+    const points = fractions.flatMap((fy) => fractions.map((fx) => ({ x: shape.x + shape.w * fx, y: shape.y + shape.h * fy })))
+    const grab = await person.page.evaluate(({ id, points }) => {
+      const rect = document.getElementById('board')!.getBoundingClientRect()
+      return points.find((p) => document.elementFromPoint(rect.left + p.x, rect.top + p.y)?.getAttribute('data-id') === id)
+    }, { id, points })
     if (grab === undefined) throw new Error(`${person.label}: shape ${id} is covered by other shapes`)
     await person.page.mouse.move(box.x + grab.x, box.y + grab.y)
     await person.page.mouse.down()
