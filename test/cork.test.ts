@@ -36,6 +36,8 @@ function receive (client: WebSocket, count: number): Promise<Array<{ text: strin
 // Payload lengths around the three header forms of RFC 6455 (7-bit, 16-bit, 64-bit), multi-byte characters included.
 const texts = ['', 'a', 'é'.repeat(62), 'x'.repeat(125), 'x'.repeat(126), 'ü'.repeat(40_000), 'x'.repeat(65_535), 'x'.repeat(65_536), '{"a":"☃"}'.repeat(30_000)]
 
+const small = ['', 'a', 'é'.repeat(62), 'x'.repeat(125), 'x'.repeat(126)]
+
 for (const deflate of [false, true]) {
   t.test(`frames arrive whole and in order, batched per turn (${deflate ? 'permessage-deflate: through ws' : 'written as ready-made frames'})`, async (t) => {
     const { server, client } = await pair(t, deflate)
@@ -44,20 +46,35 @@ for (const deflate of [false, true]) {
     let throughWs = 0
     const send = server.send.bind(server)
     server.send = ((...args: Parameters<WebSocket['send']>) => { throughWs++; send(...args) }) as WebSocket['send']
-    const raw = (server as unknown as { _socket: { writableCorked: number } })._socket
-    const got = receive(client, texts.length + 2)
+    const raw = (server as unknown as { _socket: { writableCorked: number, bytesWritten: number } })._socket
+    const got = receive(client, small.length + texts.length + 2)
+    let pings = 0
+    client.on('ping', () => { pings++ })
+    // One turn of small frames (copied into one buffer), then one with big ones (written as they are).
+    const before = raw.bytesWritten
+    for (const text of small) socket.send(text)
+    if (deflate) {
+      t.equal(raw.writableCorked, 1, 'corked once for the rest of the turn')
+    } else {
+      t.equal(raw.bytesWritten, before, 'nothing written before the end of the turn')
+      t.ok(socket.bufferedAmount >= small.length * 2, 'frames held count as buffered')
+    }
+    t.equal(throughWs, deflate ? small.length : 0, deflate ? 'through ws.send' : 'written as ready-made frames, not through ws.send')
+    await new Promise((resolve) => setImmediate(resolve))
+    t.equal(raw.writableCorked, 0, 'nothing left corked at the end of the turn')
+    // (permessage-deflate compresses asynchronously, after the turn)
+    if (!deflate) t.ok(raw.bytesWritten > before, 'written at the end of the turn')
     for (const text of texts) socket.send(text)
-    t.equal(raw.writableCorked, 1, 'corked once for the rest of the turn')
-    t.equal(throughWs, deflate ? texts.length : 0, deflate ? 'through ws.send' : 'written as ready-made frames, not through ws.send')
-    // ws's own writes (a ping) keep their place between ours.
+    // ws's own frames (a ping) may go out between ours; never a data frame out of order.
     server.ping()
     socket.send('after the ping')
     socket.send(texts[2])
     await new Promise((resolve) => setImmediate(resolve))
-    t.equal(raw.writableCorked, 0, 'uncorked at the end of the turn')
+    t.equal(raw.writableCorked, 0, 'nothing left corked at the end of the turn')
     const frames = await got
-    t.same(frames.map((f) => f.text), [...texts, 'after the ping', texts[2]])
+    t.same(frames.map((f) => f.text), [...small, ...texts, 'after the ping', texts[2]])
     t.ok(frames.every((f) => !f.binary), 'text frames')
+    t.equal(pings, 1, 'the ping arrived')
     t.equal(socket.readyState, WebSocket.OPEN)
     t.equal(typeof socket.bufferedAmount, 'number')
     socket.close(1000, 'bye')
@@ -68,4 +85,66 @@ for (const deflate of [false, true]) {
     t.equal(code, 1000)
     t.notOk(late, 'no data frame after the close frame')
   })
+
+  t.test(`frames sent in the turn of a close leave before the close frame (${deflate ? 'permessage-deflate' : 'ready-made frames'})`, async (t) => {
+    const { server, client } = await pair(t, deflate)
+    const socket = new CorkedSocket(server)
+    const got: string[] = []
+    client.on('message', (data) => got.push(data.toString()))
+    socket.send('one')
+    socket.send('two')
+    socket.close(4000, 'kicked')
+    socket.send('after the close')
+    const [code] = await once(client, 'close') as [number]
+    t.equal(code, 4000)
+    t.same(got, ['one', 'two'])
+  })
+
+  t.test(`no data frame follows a close frame ws sent by itself in the same turn (${deflate ? 'permessage-deflate' : 'ready-made frames'})`, async (t) => {
+    const { server, client } = await pair(t, deflate)
+    const socket = new CorkedSocket(server)
+    const got: string[] = []
+    client.on('message', (data) => got.push(data.toString()))
+    socket.send('held')
+    // As when the peer's close frame arrives: ws answers it at once, not through this socket.
+    server.close(1000, 'peer')
+    const [code] = await once(client, 'close') as [number]
+    t.equal(code, 1000)
+    // Corked, the frame was queued ahead of the close frame and arrives; held, it is dropped. Never after it.
+    t.same(got, deflate ? ['held'] : [])
+  })
 }
+
+t.test('terminate drops the frames held for the turn', async (t) => {
+  const { server, client } = await pair(t, false)
+  const socket = new CorkedSocket(server)
+  const got: string[] = []
+  client.on('message', (data) => got.push(data.toString()))
+  socket.send('held')
+  socket.terminate()
+  await once(client, 'close')
+  await new Promise((resolve) => setImmediate(resolve))
+  t.same(got, [])
+  t.equal(socket.bufferedAmount, 0)
+})
+
+t.test('one string to sockets with and without permessage-deflate in the same turn, in either order', async (t) => {
+  const plain = await pair(t, false)
+  const deflated = await pair(t, true)
+  const a = new CorkedSocket(plain.server)
+  const b = new CorkedSocket(deflated.server)
+  const texts = ['{"type":"patch","x":"é"}', 'ü'.repeat(70_000), '']
+  const gotPlain = receive(plain.client, texts.length * 2)
+  const gotDeflated = receive(deflated.client, texts.length * 2)
+  for (const text of texts) {
+    a.send(text)
+    b.send(text)
+  }
+  await new Promise((resolve) => setImmediate(resolve))
+  for (const text of texts) {
+    b.send(text)
+    a.send(text)
+  }
+  t.same((await gotPlain).map((f) => f.text), [...texts, ...texts])
+  t.same((await gotDeflated).map((f) => f.text), [...texts, ...texts])
+})

@@ -3,12 +3,13 @@ import type { WebSocket } from 'ws'
 import type { WebSocketLike } from '../room/session.js'
 
 /**
- * Sockets corked during this event-loop turn. Every frame a socket is sent
- * in one turn leaves in one write at the end of the turn (setImmediate),
- * instead of one system call per frame: the main cost of fan-out.
+ * Sockets sent something during this event-loop turn. Every frame a socket
+ * is sent in one turn leaves in one write at the end of the turn
+ * (setImmediate), instead of one system call per frame: the main cost of
+ * fan-out.
  */
-let corked: CorkedSocket[] = []
-/** Counts the turns in which something was corked; a socket corked in the current one has `turn === currentTurn`. */
+let held: CorkedSocket[] = []
+/** Counts the turns in which something was held; a socket held in the current one has `turn === currentTurn`. */
 let currentTurn = 1
 let scheduled = false
 
@@ -17,27 +18,36 @@ let scheduled = false
  * encode it to UTF-8 and frame it once, and write the same bytes to every
  * socket, instead of once per socket.
  */
-const EMPTY = Buffer.alloc(0)
 let lastText: string | null = null
-let lastBytes: Buffer = EMPTY
+/** The last string as a frame (header, then the UTF-8 payload), or null. */
 let lastFrame: Buffer | null = null
+let lastHeaderLength = 0
+/** The last string's UTF-8 bytes alone (for ws.send), or null until asked for. */
+let lastBytes: Buffer | null = null
 const TEXT = { binary: false }
 const OPEN = 1
+/** Up to this many bytes, a turn's frames to one socket are copied into one buffer; above, written as they are. */
+const CONCAT_BYTES = 16 * 1024
 
+/** The string as UTF-8 bytes, for sockets whose frames ws builds itself (an extension such as permessage-deflate). */
 function encoded (data: string): Buffer {
   if (data !== lastText) {
     lastText = data
-    lastBytes = Buffer.from(data, 'utf8')
     lastFrame = null
+    lastBytes = Buffer.from(data, 'utf8')
+  } else if (lastBytes === null) {
+    lastBytes = lastFrame!.subarray(lastHeaderLength)
   }
   return lastBytes
 }
 
-/** The string as one complete, unmasked, unfragmented WebSocket text frame (RFC 6455 section 5.2). */
+/**
+ * The string as one complete, unmasked, unfragmented WebSocket text frame
+ * (RFC 6455 section 5.2), encoded straight into the frame's buffer.
+ */
 function framed (data: string): Buffer {
-  const payload = encoded(data)
-  if (lastFrame !== null) return lastFrame
-  const length = payload.length
+  if (data === lastText && lastFrame !== null) return lastFrame
+  const length = data === lastText ? lastBytes!.length : Buffer.byteLength(data, 'utf8')
   const headerLength = length < 126 ? 2 : length < 65536 ? 4 : 10
   const frame = Buffer.allocUnsafe(headerLength + length)
   frame[0] = 0x81 // FIN, text
@@ -51,40 +61,60 @@ function framed (data: string): Buffer {
     frame.writeUInt32BE(Math.floor(length / 0x100000000), 2)
     frame.writeUInt32BE(length >>> 0, 6)
   }
-  payload.copy(frame, headerLength)
+  if (data === lastText) {
+    lastBytes!.copy(frame, headerLength)
+  } else {
+    frame.write(data, headerLength, length, 'utf8')
+    lastText = data
+    lastBytes = null
+  }
   lastFrame = frame
+  lastHeaderLength = headerLength
   return frame
 }
 
-function uncorkAll (): void {
+function flushAll (): void {
   scheduled = false
   currentTurn++
-  const sockets = corked
-  corked = []
-  for (let i = 0; i < sockets.length; i++) sockets[i].raw!.uncork()
+  const sockets = held
+  held = []
+  for (let i = 0; i < sockets.length; i++) sockets[i].flush()
   // Do not keep the turn's last frame (it may be a whole document) alive.
   lastText = null
-  lastBytes = EMPTY
   lastFrame = null
+  lastBytes = null
 }
 
 /**
  * A room's view of a ws socket whose frames of one event-loop turn are
  * written together. One class for every socket, so that the room's send
  * path sees a single shape.
+ *
+ * Where no extension was negotiated, the turn's frames are kept here as
+ * ready-made bytes and handed to the socket as one buffer at the end of the
+ * turn: one write, without corking the stream (a corked stream queues an
+ * entry per write and rebuilds its queue when uncorked, garbage on every
+ * frame). ws's own frames (pings, pongs) may then leave before them, which
+ * control frames may; a close frame never precedes them: close() writes
+ * them first, and frames for a socket ws has begun to close meanwhile (the
+ * peer closed) are dropped, as ws.send would. Where an extension was
+ * negotiated, ws frames each string and the stream is corked for the turn.
  */
 export class CorkedSocket implements WebSocketLike {
   readonly ws: WebSocket
   /** ws keeps its net.Socket private; without one (tests, other transports) frames go out as usual. */
   readonly raw: Socket | null
-  /** The turn this socket was last corked in. */
+  /** The turn this socket was last sent something in. */
   turn = 0
   /**
    * Frames can be written to the net.Socket as ready-made bytes: no
    * extension (permessage-deflate) was negotiated, so ws would write exactly
-   * these bytes itself, in order with its own writes (pings, close).
+   * these bytes itself.
    */
   readonly #direct: boolean
+  /** Ready-made frames of this turn (direct sockets). */
+  #pending: Buffer[] = []
+  #pendingBytes = 0
 
   constructor (ws: WebSocket) {
     this.ws = ws
@@ -96,33 +126,70 @@ export class CorkedSocket implements WebSocketLike {
   send (data: string): void {
     const raw = this.raw
     if (raw === null) {
-      // Nothing to cork, so no turn end to forget the shared bytes at: let ws encode them.
+      // No turn end to write at, and none to forget the shared bytes at: let ws encode them.
       this.ws.send(data)
       return
     }
+    // As ws.send would: never a data frame after the close frame.
+    if (this.#direct && this.ws.readyState !== OPEN) return
     if (this.turn !== currentTurn) {
-      raw.cork()
+      if (!this.#direct) raw.cork()
       this.turn = currentTurn
-      corked.push(this)
+      held.push(this)
       if (!scheduled) {
         scheduled = true
-        setImmediate(uncorkAll)
+        setImmediate(flushAll)
       }
     }
-    if (!this.#direct) this.ws.send(encoded(data), TEXT)
-    // As ws.send would: never a data frame after the close frame.
-    else if (this.ws.readyState === OPEN) raw.write(framed(data))
+    if (this.#direct) {
+      const frame = framed(data)
+      this.#pending.push(frame)
+      this.#pendingBytes += frame.length
+    } else {
+      this.ws.send(encoded(data), TEXT)
+    }
+  }
+
+  /** Writes what this turn sent the socket: at the end of the turn, and before a close. */
+  flush (): void {
+    const raw = this.raw!
+    if (!this.#direct) {
+      raw.uncork()
+      return
+    }
+    const frames = this.#pending
+    if (frames.length === 0) return
+    const bytes = this.#pendingBytes
+    this.#pending = []
+    this.#pendingBytes = 0
+    // ws has sent its close frame meanwhile (the peer closed, a protocol error): no data after it.
+    if (this.ws.readyState !== OPEN) return
+    if (frames.length === 1) {
+      raw.write(frames[0])
+    } else if (bytes <= CONCAT_BYTES) {
+      raw.write(Buffer.concat(frames, bytes))
+    } else {
+      // A big frame (a whole document, shared by every joiner) is not copied: one writev instead.
+      raw.cork()
+      for (let i = 0; i < frames.length; i++) raw.write(frames[i])
+      raw.uncork()
+    }
   }
 
   close (code?: number, reason?: string): void {
+    // The frames sent before the close leave before the close frame.
+    if (this.#direct) this.flush()
     this.ws.close(code, reason)
   }
 
   terminate (): void {
+    this.#pending = []
+    this.#pendingBytes = 0
     this.ws.terminate()
   }
 
   get readyState (): number { return this.ws.readyState }
 
-  get bufferedAmount (): number { return this.ws.bufferedAmount }
+  /** Bytes not yet sent: ws's and the stream's, and this turn's frames still held here. */
+  get bufferedAmount (): number { return this.ws.bufferedAmount + this.#pendingBytes }
 }
