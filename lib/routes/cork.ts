@@ -8,7 +8,10 @@ import type { WebSocketLike } from '../room/session.js'
  * (setImmediate), instead of one system call per frame: the main cost of
  * fan-out.
  */
-let held: CorkedSocket[] = []
+let held: Array<CorkedSocket | undefined> = []
+let heldCount = 0
+/** The other turn's list: the two are swapped at every turn end and reused, cleared but not shrunk. */
+let spare: Array<CorkedSocket | undefined> = []
 /** Counts the turns in which something was held; a socket held in the current one has `turn === currentTurn`. */
 let currentTurn = 1
 let scheduled = false
@@ -77,8 +80,16 @@ function flushAll (): void {
   scheduled = false
   currentTurn++
   const sockets = held
-  held = []
-  for (let i = 0; i < sockets.length; i++) sockets[i].flush()
+  const count = heldCount
+  // A socket sent something while these are written goes on the other list, for the next turn end.
+  held = spare
+  heldCount = 0
+  spare = sockets
+  for (let i = 0; i < count; i++) {
+    const socket = sockets[i]!
+    sockets[i] = undefined
+    socket.flush()
+  }
   // Do not keep the turn's last frame (it may be a whole document) alive.
   lastText = null
   lastFrame = null
@@ -113,7 +124,10 @@ export class CorkedSocket implements WebSocketLike {
    */
   readonly #direct: boolean
   /** Ready-made frames of this turn (direct sockets). */
-  #pending: Buffer[] = []
+  /** The turn's first frame (a socket mostly gets one per turn), */
+  #first: Buffer | null = null
+  /** and every frame of the turn once there are several. */
+  #several: Buffer[] | null = null
   #pendingBytes = 0
 
   constructor (ws: WebSocket) {
@@ -135,7 +149,7 @@ export class CorkedSocket implements WebSocketLike {
     if (this.turn !== currentTurn) {
       if (!this.#direct) raw.cork()
       this.turn = currentTurn
-      held.push(this)
+      held[heldCount++] = this
       if (!scheduled) {
         scheduled = true
         setImmediate(flushAll)
@@ -143,7 +157,9 @@ export class CorkedSocket implements WebSocketLike {
     }
     if (this.#direct) {
       const frame = framed(data)
-      this.#pending.push(frame)
+      if (this.#first === null) this.#first = frame
+      else if (this.#several === null) this.#several = [this.#first, frame]
+      else this.#several.push(frame)
       this.#pendingBytes += frame.length
     } else {
       this.ws.send(encoded(data), TEXT)
@@ -157,15 +173,15 @@ export class CorkedSocket implements WebSocketLike {
       raw.uncork()
       return
     }
-    const frames = this.#pending
-    if (frames.length === 0) return
+    const first = this.#first
+    const frames = this.#several
+    if (first === null) return
     const bytes = this.#pendingBytes
-    this.#pending = []
-    this.#pendingBytes = 0
+    this.#clear()
     // ws has sent its close frame meanwhile (the peer closed, a protocol error): no data after it.
     if (this.ws.readyState !== OPEN) return
-    if (frames.length === 1) {
-      raw.write(frames[0])
+    if (frames === null) {
+      raw.write(first)
     } else if (bytes <= CONCAT_BYTES) {
       raw.write(Buffer.concat(frames, bytes))
     } else {
@@ -183,9 +199,14 @@ export class CorkedSocket implements WebSocketLike {
   }
 
   terminate (): void {
-    this.#pending = []
-    this.#pendingBytes = 0
+    this.#clear()
     this.ws.terminate()
+  }
+
+  #clear (): void {
+    this.#first = null
+    this.#several = null
+    this.#pendingBytes = 0
   }
 
   get readyState (): number { return this.ws.readyState }
