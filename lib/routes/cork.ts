@@ -81,7 +81,7 @@ function flushAll (): void {
   currentTurn++
   const sockets = held
   const count = heldCount
-  // A socket sent something while these are written goes on the other list, for the next turn end.
+  // A socket sent something while these are written is listed on the other list, for the next turn end.
   held = spare
   heldCount = 0
   spare = sockets
@@ -123,8 +123,7 @@ export class CorkedSocket implements WebSocketLike {
    * these bytes itself.
    */
   readonly #direct: boolean
-  /** Ready-made frames of this turn (direct sockets). */
-  /** The turn's first frame (a socket mostly gets one per turn), */
+  /** This turn's ready-made frames (direct sockets): the first (a socket mostly gets one per turn), */
   #first: Buffer | null = null
   /** and every frame of the turn once there are several. */
   #several: Buffer[] | null = null
