@@ -3,10 +3,10 @@ import type { WebSocket } from 'ws'
 import type { WebSocketLike } from '../room/session.js'
 
 /**
- * Sockets sent something during this event-loop turn. Every frame a socket
- * is sent in one turn leaves in one write at the end of the turn
- * (setImmediate), instead of one system call per frame: the main cost of
- * fan-out.
+ * Sockets sent something during this event-loop turn. The frames a socket is
+ * sent in one turn are written together at the end of the turn
+ * (setImmediate), in one write where the socket's stream is idle, instead of
+ * one system call per frame: the main cost of fan-out.
  */
 let held: Array<CorkedSocket | undefined> = []
 let heldCount = 0
@@ -88,7 +88,12 @@ function flushAll (): void {
   for (let i = 0; i < count; i++) {
     const socket = sockets[i]!
     sockets[i] = undefined
-    socket.flush()
+    try {
+      socket.flush()
+    } catch (err) {
+      // Not expected (a failed write is reported asynchronously); it must cost that connection, not the process.
+      socket.raw!.destroy(err as Error)
+    }
   }
   // Do not keep the turn's last frame (it may be a whole document) alive.
   lastText = null
@@ -103,13 +108,15 @@ function flushAll (): void {
  *
  * Where no extension was negotiated, the turn's frames are kept here as
  * ready-made bytes and handed to the socket as one buffer at the end of the
- * turn: one write, without corking the stream (a corked stream queues an
- * entry per write and rebuilds its queue when uncorked, garbage on every
- * frame). ws's own frames (pings, pongs) may then leave before them, which
- * control frames may; a close frame never precedes them: close() writes
- * them first, and frames for a socket ws has begun to close meanwhile (the
- * peer closed) are dropped, as ws.send would. Where an extension was
- * negotiated, ws frames each string and the stream is corked for the turn.
+ * turn, without corking the stream (a corked stream queues an entry per
+ * write and rebuilds its queue when uncorked, garbage on every frame). ws's
+ * own control frames (pings, pongs) may then leave before them, which
+ * RFC 6455 allows; a close frame never does: every close of the socket,
+ * whoever starts it (the room, the route, the plugin's shutdown, or ws
+ * itself answering the peer's close frame or refusing a frame), first
+ * writes the frames held, which were sent while the socket was open. Where
+ * an extension was negotiated, ws frames each string and the stream is
+ * corked for the turn, so its close frame queues behind them too.
  */
 export class CorkedSocket implements WebSocketLike {
   readonly ws: WebSocket
@@ -134,6 +141,14 @@ export class CorkedSocket implements WebSocketLike {
     const raw = (ws as unknown as { _socket?: Socket | null })._socket
     this.raw = raw !== undefined && raw !== null && typeof raw.cork === 'function' ? raw : null
     this.#direct = this.raw !== null && ws.extensions === ''
+    if (this.#direct) {
+      // Every close goes through the socket's own close method (ws calls it on itself too): write what is held first.
+      const close = ws.close
+      ws.close = (code?: number, data?: string | Buffer): void => {
+        this.flush()
+        close.call(ws, code, data)
+      }
+    }
   }
 
   send (data: string): void {
@@ -177,14 +192,14 @@ export class CorkedSocket implements WebSocketLike {
     if (first === null) return
     const bytes = this.#pendingBytes
     this.#clear()
-    // ws has sent its close frame meanwhile (the peer closed, a protocol error): no data after it.
+    // Closed or closing without passing through close() (the socket ended, was destroyed): nothing more to write.
     if (this.ws.readyState !== OPEN) return
     if (frames === null) {
       raw.write(first)
     } else if (bytes <= CONCAT_BYTES) {
       raw.write(Buffer.concat(frames, bytes))
     } else {
-      // A big frame (a whole document, shared by every joiner) is not copied: one writev instead.
+      // A big frame (a whole document, shared by every joiner) is not copied: written as it is, corked.
       raw.cork()
       for (let i = 0; i < frames.length; i++) raw.write(frames[i])
       raw.uncork()
@@ -192,8 +207,7 @@ export class CorkedSocket implements WebSocketLike {
   }
 
   close (code?: number, reason?: string): void {
-    // The frames sent before the close leave before the close frame.
-    if (this.#direct) this.flush()
+    // The frames held leave first (see the constructor).
     this.ws.close(code, reason)
   }
 
