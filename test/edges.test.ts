@@ -1,10 +1,10 @@
 /**
  * Answers at the edges of the HTTP and close-code contract that no other file
- * pins down: the `code` of a refused upgrade, and close reasons cut to what
- * the WebSocket protocol allows.
+ * pins down: the `code` of a refused upgrade, close reasons cut to what the
+ * WebSocket protocol allows, and frames sent just before a close.
  */
 import t from 'tap'
-import { build, connect } from './helper.js'
+import { build, connect, connectReal, listen } from './helper.js'
 
 const tooLong = 'r'.repeat(257)
 
@@ -39,4 +39,19 @@ t.test('a close reason longer than 123 bytes of UTF-8 is cut to fit, on a charac
   t.equal(code, 4403)
   t.ok(Buffer.byteLength(reason) <= 123, `${Buffer.byteLength(reason)} bytes`)
   t.ok(reason.length > 0 && message.startsWith(reason), 'a prefix of the message, no broken character')
+})
+
+t.test('a frame the room sends in the turn the server shuts down arrives before the 1001 close', async (t) => {
+  const app = await build(t)
+  const peer = await connectReal(await listen(app), { roomId: 'r', clientId: 'a' })
+  await peer.join()
+  const room = app.canvasStore.getExistingRoom('r')!
+  const [session] = room.getSessions()
+  // Frames of a turn are written at its end; the shutdown closes the socket earlier in the same turn.
+  room.setSessionPermissions(session.sessionId, 'readonly')
+  const closing = app.close()
+  const { code } = await peer.closed
+  await closing
+  t.equal(code, 1001)
+  t.match(peer.frames.at(-1), { type: 'permissions', permissions: 'readonly' })
 })
