@@ -2,6 +2,17 @@ import { Counter, Gauge, Histogram, Registry } from 'prom-client'
 import type { RoomManager } from './room/room-manager.js'
 import type { RoomObserver } from './room/session.js'
 
+/** A counter added to as a plain number (`pending`), handed to prom-client when the registry is read. */
+class DeferredCounter {
+  pending = 0
+
+  constructor (registry: Registry, name: string, help: string) {
+    const deferred = this
+    // eslint-disable-next-line no-new
+    new Counter({ name, help, registers: [registry], collect () { this.inc(deferred.pending); deferred.pending = 0 } })
+  }
+}
+
 /**
  * Prometheus metrics of one plugin instance, in a registry of its own (so
  * two instances, or the app's own default registry, never collide).
@@ -14,9 +25,6 @@ export class Metrics implements RoomObserver {
    * sessions) and handed to the counters when they are read (`collect`).
    */
   #framesInByType: Record<string, number> = Object.create(null)
-  #bytesInCount = 0
-  #framesOutCount = 0
-  #bytesOutCount = 0
   readonly #framesIn = new Counter({
     name: 'canvas_store_frames_in_total',
     help: 'Client frames received, by type (patch, reconnect, auth-refresh, invalid, ignored, version-mismatch, rate-limited)',
@@ -29,27 +37,9 @@ export class Metrics implements RoomObserver {
     }
   })
 
-  readonly #bytesIn = new Counter({
-    name: 'canvas_store_bytes_in_total',
-    help: 'Bytes of client frames received',
-    registers: [this.registry],
-    collect: () => { this.#bytesIn.inc(this.#bytesInCount); this.#bytesInCount = 0 }
-  })
-
-  readonly #framesOut = new Counter({
-    name: 'canvas_store_frames_out_total',
-    help: 'Frames sent to clients',
-    registers: [this.registry],
-    collect: () => { this.#framesOut.inc(this.#framesOutCount); this.#framesOutCount = 0 }
-  })
-
-  readonly #bytesOut = new Counter({
-    name: 'canvas_store_bytes_out_total',
-    help: 'Bytes of frames sent to clients',
-    registers: [this.registry],
-    collect: () => { this.#bytesOut.inc(this.#bytesOutCount); this.#bytesOutCount = 0 }
-  })
-
+  readonly #bytesIn = new DeferredCounter(this.registry, 'canvas_store_bytes_in_total', 'Bytes of client frames received')
+  readonly #framesOut = new DeferredCounter(this.registry, 'canvas_store_frames_out_total', 'Frames sent to clients')
+  readonly #bytesOut = new DeferredCounter(this.registry, 'canvas_store_bytes_out_total', 'Bytes of frames sent to clients')
   readonly #apply = new Histogram({ name: 'canvas_store_frame_apply_seconds', help: 'Time to handle one client frame', buckets: [0.00001, 0.00005, 0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1], registers: [this.registry] })
   readonly #storageWrite = new Histogram({ name: 'canvas_store_storage_write_seconds', help: 'Time of one storage write (append batch or snapshot save)', buckets: [0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5], registers: [this.registry] })
   readonly #storageFailures = new Counter({ name: 'canvas_store_storage_write_failures_total', help: 'Storage writes that failed (they are retried)', registers: [this.registry] })
@@ -68,13 +58,13 @@ export class Metrics implements RoomObserver {
 
   frameIn (type: string, bytes: number, seconds: number): void {
     this.#framesInByType[type] = (this.#framesInByType[type] ?? 0) + 1
-    this.#bytesInCount += bytes
+    this.#bytesIn.pending += bytes
     this.#apply.observe(seconds)
   }
 
   frameOut (bytes: number): void {
-    this.#framesOutCount++
-    this.#bytesOutCount += bytes
+    this.#framesOut.pending++
+    this.#bytesOut.pending += bytes
   }
 
   presenceDropped (): void {

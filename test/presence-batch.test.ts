@@ -1,7 +1,7 @@
 import t from 'tap'
 import fc from 'fast-check'
 import { Room } from '../lib/index.js'
-import { applyValue, type Fields } from '../lib/room/document.js'
+import { applyKind, appliedValue, type Fields } from '../lib/room/document.js'
 import { PresenceBatch } from '../lib/room/presence-batch.js'
 
 /** A receiver's state after applying patches in order, with the protocol's rules. */
@@ -9,8 +9,8 @@ function receive (patches: any[]): Record<string, unknown> {
   const state = new Map<string, Fields>()
   for (const patch of patches) {
     for (const key of Object.keys(patch)) {
-      const [kind, value] = applyValue(state.get(key), patch[key])
-      if (kind !== 'dropped') state.set(key, value!)
+      const kind = applyKind(state.get(key), patch[key])
+      if (kind !== 'dropped') state.set(key, appliedValue(kind, state.get(key), patch[key]))
     }
   }
   return JSON.parse(JSON.stringify(Object.fromEntries(state)))

@@ -51,16 +51,10 @@ export function applyBufferDelta (base: unknown, delta: BufferDelta): unknown[] 
 export type ApplyKind = 'dropped' | 'tombstone' | 'create' | 'merge'
 
 /**
- * Applies one incoming value to the stored value of a key, following the
- * protocol's rules. Returns the new stored value (a fresh record, never the
- * incoming object) and what happened; `dropped` leaves the key untouched.
+ * What applying one incoming value to the stored value of a key does,
+ * following the protocol's rules; `dropped` leaves the key untouched. For
+ * the other kinds, appliedValue gives the new stored value.
  */
-export function applyValue (existing: Fields | undefined, incoming: ComponentData): [ApplyKind, Fields | undefined] {
-  const kind = applyKind(existing, incoming)
-  return [kind, kind === 'dropped' ? undefined : appliedValue(kind, existing, incoming)]
-}
-
-/** What applying `incoming` to the stored `existing` does. The hot paths call this and appliedValue: no pair to allocate. */
 export function applyKind (existing: Fields | undefined, incoming: ComponentData): ApplyKind {
   if (incoming._exists === false) return 'tombstone'
   if (existing !== undefined && existing._exists !== false) return 'merge'
@@ -68,7 +62,7 @@ export function applyKind (existing: Fields | undefined, incoming: ComponentData
   return incoming._exists === true ? 'create' : 'dropped'
 }
 
-/** The new stored value, for every kind but `dropped`. */
+/** The new stored value (a fresh record, never the incoming object), for every kind but `dropped`. */
 export function appliedValue (kind: Exclude<ApplyKind, 'dropped'>, existing: Fields | undefined, incoming: ComponentData): Fields {
   if (kind === 'tombstone') {
     const tomb = emptyRecord()
@@ -220,7 +214,7 @@ export class Document {
         const entry = this.#entries.get(key)
         const kind = applyKind(entry, incoming)
         // An empty update of a live key stores nothing: no stamp, no change to report.
-        if (kind === 'dropped' || (kind === 'merge' && isEmpty(incoming))) continue
+        if (kind === 'dropped' || (kind === 'merge' && !isNonEmpty(incoming))) continue
         const value = appliedValue(kind, entry, incoming)
         const base = kind === 'merge' ? stampsOf(entry!) : null
         let stamps: Stamps
@@ -392,13 +386,6 @@ export function hasContent (patches: readonly Patch[] | undefined): patches is P
   return patches.some(isNonEmpty)
 }
 
-function isEmpty (value: object): boolean {
-  for (const key in value) {
-    if (Object.hasOwn(value, key)) return false
-  }
-  return true
-}
-
 function hasOneKey (patch: Patch): boolean {
   let n = 0
   for (const key in patch) {
@@ -407,7 +394,7 @@ function hasOneKey (patch: Patch): boolean {
   return true
 }
 
-function isNonEmpty (patch: Patch): boolean {
+function isNonEmpty (patch: object): boolean {
   for (const key in patch) {
     if (Object.hasOwn(patch, key)) return true
   }
