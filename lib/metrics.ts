@@ -52,6 +52,7 @@ export class Metrics implements RoomObserver {
     new Gauge({ name: 'canvas_store_rooms', help: 'Rooms loaded', registers: [this.registry], collect () { this.set(manager.getRoomIds().length) } })
     new Gauge({ name: 'canvas_store_sessions', help: 'Sessions connected', registers: [this.registry], collect () { this.set(rooms().reduce((n, r) => n + r.sessionCount, 0)) } })
     new Gauge({ name: 'canvas_store_document_keys', help: 'Document keys held by loaded rooms, tombstones included', registers: [this.registry], collect () { this.set(rooms().reduce((n, r) => n + r.documentSize, 0)) } })
+    new Gauge({ name: 'canvas_store_document_bytes', help: 'Estimated size of the documents of loaded rooms as JSON text', registers: [this.registry], collect () { this.set(rooms().reduce((n, r) => n + r.documentBytes, 0)) } })
     new Gauge({ name: 'canvas_store_acks_waiting', help: 'Frames (acks, broadcasts) waiting for a durable write to commit', registers: [this.registry], collect () { this.set(manager.getPendingMessages()) } })
     /* eslint-enable no-new */
   }

@@ -38,8 +38,9 @@ t.test('GET /rooms lists the loaded rooms with session count, counter and size',
   res = await app.inject({ method: 'GET', url: '/rooms' })
   t.equal(res.statusCode, 200)
   t.strictSame(res.json().sort((x: any, y: any) => x.roomId.localeCompare(y.roomId)), [
-    { roomId: 'r1', sessionCount: 2, timestamp: 2, documentSize: 2 },
-    { roomId: 'r2', sessionCount: 1, timestamp: 0, documentSize: 0 }
+    // Estimated JSON: "e1/A":{"_exists":true,"v":1}, is 8 + 31 (a number counts 8), "e2/A":{"_exists":false}, 8 + 18.
+    { roomId: 'r1', sessionCount: 2, timestamp: 2, documentSize: 2, documentBytes: 65 },
+    { roomId: 'r2', sessionCount: 1, timestamp: 0, documentSize: 0, documentBytes: 0 }
   ])
   await Promise.all([a.close(), b.close(), c.close()])
 })

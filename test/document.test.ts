@@ -1,6 +1,9 @@
 import t from 'tap'
 import { Room } from '../lib/index.js'
-import { Document, applyBufferDelta } from '../lib/room/document.js'
+import fc from 'fast-check'
+import type { Patch } from '../lib/protocol/types.js'
+import { Document, applyBufferDelta, applyPresence, growthOf, keyOverhead, type Fields } from '../lib/room/document.js'
+import { growthBound, jsonSize } from '../lib/room/size.js'
 
 const plain = (value: unknown): unknown => JSON.parse(JSON.stringify(value))
 
@@ -204,4 +207,52 @@ t.test('fromSnapshot stamps every field at least 1, so that a diff since 0 holds
   t.same(plain(doc.getStamps('k')), { _exists: 1, v: 1 })
   t.equal(doc.get('empty'), undefined)
   t.same(plain(doc.changesSince(0).patch), { k: { _exists: true, v: 1 } })
+})
+
+t.test('sizes: document and presence bytes always equal a fresh count, growth predicts each frame exactly, growthBound never underestimates it', async (t) => {
+  const keys = fc.constantFrom('a', 'b', 'e1/Shape', '__proto__')
+  const scalar = fc.oneof(fc.integer(), fc.double({ noNaN: true, noDefaultInfinity: true }), fc.string({ maxLength: 12 }), fc.boolean(), fc.constant(null))
+  const value = fc.oneof(scalar, fc.array(scalar, { maxLength: 6 }), fc.dictionary(fc.string({ maxLength: 4 }), scalar, { maxKeys: 3 }))
+  const buffer = fc.record({
+    __buf: fc.constant(1),
+    len: fc.nat(12),
+    runs: fc.array(fc.tuple(fc.integer({ min: -2, max: 14 }), fc.array(scalar, { maxLength: 4 })), { maxLength: 3 })
+  })
+  const fields = fc.dictionary(fc.constantFrom('x', 'y', 'pts', 'style', 'constructor'), fc.oneof(value, buffer), { maxKeys: 4 })
+  const component = fc.oneof(
+    fields.map((f) => ({ ...f, _exists: true })),
+    fields,
+    fc.constant({ _exists: false })
+  )
+  const frame = fc.array(fc.dictionary(keys, component, { maxKeys: 3 }), { minLength: 1, maxLength: 3 })
+  fc.assert(fc.property(fc.array(frame, { maxLength: 12 }), (frames) => {
+    const doc = new Document()
+    const presence = new Map<string, Fields>()
+    let presenceBytes = 0
+    let presenceBefore = 0
+    for (const raw of frames) {
+      // As the server sees frames: parsed JSON, where __proto__ is an ordinary key.
+      const patches = JSON.parse(JSON.stringify(raw)) as Patch[]
+      const before = doc.bytes
+      const predicted = doc.growth(patches)
+      if (growthBound(patches) < predicted) return false
+      doc.applyFrame(patches)
+      if (doc.bytes - before !== predicted) return false
+      let recount = 0
+      for (const [key, stored] of Object.entries(doc.toSnapshot().state)) recount += keyOverhead(key) + jsonSize(plain(stored))
+      if (doc.bytes !== recount) return false
+      // The same frames as presence, where a deleted key is forgotten rather than kept.
+      const growth = growthOf(presence, patches, false)
+      if (growth > growthBound(patches)) return false
+      presenceBytes += applyPresence(presence, patches)
+      if (presenceBytes - growth !== presenceBefore) return false
+      presenceBefore = presenceBytes
+      let presenceRecount = 0
+      for (const [key, stored] of presence) presenceRecount += keyOverhead(key) + jsonSize(plain(stored))
+      if (presenceBytes !== presenceRecount) return false
+    }
+    const reloaded = Document.fromSnapshot(JSON.parse(JSON.stringify(doc.toSnapshot())))
+    return reloaded.bytes === doc.bytes
+  }), { seed: 7, numRuns: 500 })
+  t.pass('500 random frame sequences')
 })

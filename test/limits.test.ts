@@ -156,6 +156,95 @@ t.test('maxEphemeralKeys: PRESENCE_FULL past the limit; updates and deletions of
   await Promise.all([a.close(), b.close(), c.close()])
 })
 
+t.test('maxDocumentBytes: a frame that would make the document larger than the limit is refused; one that keeps it the same size or shrinks it passes', async (t) => {
+  const app = await build(t, { limits: { maxDocumentBytes: 300 } })
+  const a = await joined(app, 'a', 1)
+  const b = await joined(app, 'b', 2)
+  const bytes = (): number => roomOf(app).documentBytes
+  // "kN":{"_exists":true,"text":"<100>"}, is 6 + 2 + 16 + 110 = 134 estimated bytes.
+  await write(a, 'm1', [{ k1: { _exists: true, text: 'a'.repeat(100) } }, { k2: { _exists: true, text: 'b'.repeat(100) } }])
+  t.equal(bytes(), 268)
+
+  let fromB = b.frames.length
+  const big = await refused(a, 'm2', [{ k3: { _exists: true, text: 'c'.repeat(10) } }])
+  t.strictSame(big, [
+    { type: 'ack', messageId: 'm2', timestamp: 1 },
+    { type: 'error', code: DOCUMENT_FULL, message: big[1].message, messageId: 'm2' },
+    { type: 'patch', clientId: '', documentPatches: [{ k3: { _exists: false } }], timestamp: 1 }
+  ], 'a new key of 44 bytes would pass 300: ack, DOCUMENT_FULL, corrective')
+  t.match(big[1].message, /size limit/)
+  t.equal(bytes(), 268, 'nothing applied')
+  await receivedNothing(t, b, fromB, 'probe1')
+
+  t.equal((await write(a, 'm3', [{ k1: { text: 'A'.repeat(100) } }])).timestamp, 2, 'near the limit, a change of the same size passes')
+  t.equal((await write(a, 'm4', [{ k1: { text: 'A'.repeat(132) } }])).timestamp, 3, 'and one that grows it to exactly the limit')
+  t.equal(bytes(), 300)
+  const grow = await refused(a, 'm5', [{ k1: { text: 'A'.repeat(133) } }])
+  t.strictSame(grow.map((f) => [f.type, f.code]), [['ack', undefined], ['error', DOCUMENT_FULL], ['patch', undefined]], 'one byte more is refused')
+  t.strictSame(grow[2].documentPatches, [{ k1: { _exists: true, text: 'A'.repeat(132) } }], 'the corrective holds the stored value')
+  t.equal((await write(a, 'm6', [{ k1: { text: 'A'.repeat(200) } }, { k2: { _exists: false } }])).timestamp, 4, 'a frame that grows one key but deletes another, smaller overall, passes')
+  t.equal(bytes(), 234 + 24, 'k1 with 200 characters, k2 a tombstone')
+  const buffer = await refused(a, 'm7', [{ k4: { _exists: true, pts: { __buf: 1, len: 1000, runs: [] } } }])
+  t.equal(buffer[1].code, DOCUMENT_FULL, 'a buffer delta is counted as the array it becomes: 1,000 zeros')
+  fromB = b.frames.length
+  await write(a, 'm8', [{ k1: { _exists: false } }])
+  t.match(await b.next((f) => f.type === 'patch' && f.clientId === 'a', fromB), { documentPatches: [{ k1: { _exists: false } }] }, 'deletions pass and are broadcast')
+  t.strictSame(stateOf(app), { k1: { _exists: false }, k2: { _exists: false } })
+  t.equal(bytes(), 48, 'two tombstones')
+  await Promise.all([a.close(), b.close()])
+})
+
+t.test('maxDocumentBytes: a document loaded above the limit (the limit was lowered) takes any change that does not grow it', async (t) => {
+  const snapshot = { timestamp: 1, state: { k1: { _exists: true, text: 'a'.repeat(400) } }, timestamps: { k1: { _exists: 1, text: 1 } } }
+  const app = await build(t, { limits: { maxDocumentBytes: 100 }, createStorage: () => ({ load: async () => snapshot, save: async () => {} }) })
+  const a = await joined(app, 'a', 1)
+  const before = roomOf(app).documentBytes
+  t.ok(before > 400)
+  t.equal((await write(a, 'm1', [{ k1: { text: 'b'.repeat(400) } }])).timestamp, 2, 'same size: passes')
+  const grow = await refused(a, 'm2', [{ k1: { text: 'b'.repeat(401) } }])
+  t.equal(grow[1].code, DOCUMENT_FULL, 'larger: refused')
+  t.equal((await write(a, 'm3', [{ k1: { text: 'c' } }])).timestamp, 3, 'smaller: passes')
+  t.equal(roomOf(app).documentBytes, before - 399)
+  await a.close()
+})
+
+t.test('maxEphemeralBytes: presence that would pass the limit is refused (PRESENCE_FULL, no corrective); updates that fit, deletions and a rejoin start over', async (t) => {
+  const app = await build(t, { limits: { maxEphemeralBytes: 200 } })
+  const a = await joined(app, 'a', 1)
+  const b = await joined(app, 'b', 2)
+  // "cursor/a":{"_exists":true,"x":1,"y":1}, is 12 + 2 + 16 + 13 + 13 = 56.
+  await write(a, 'm1', undefined, [{ 'cursor/a': { _exists: true, x: 1, y: 1 } }])
+  await b.next((f) => f.type === 'patch' && f.clientId === 'a')
+
+  let fromB = b.frames.length
+  const ids = Array.from({ length: 20 }, (_, i) => `shape-${i}`)
+  const frames = await refused(a, 'm2', undefined, [{ 'sel/a': { _exists: true, ids } }])
+  t.strictSame(frames, [
+    { type: 'ack', messageId: 'm2', timestamp: 0 },
+    { type: 'error', code: PRESENCE_FULL, message: frames[1].message, messageId: 'm2' }
+  ], 'a selection of 20 ids would pass 200 bytes')
+  t.match(frames[1].message, /size limit/)
+  await receivedNothing(t, b, fromB, 'probe1')
+
+  fromB = b.frames.length
+  await write(a, 'm3', undefined, [{ 'sel/a': { _exists: true, ids: ids.slice(0, 5) } }])
+  t.match(await b.next((f) => f.type === 'patch' && f.clientId === 'a', fromB), { ephemeralPatches: [{ 'sel/a': { ids: ids.slice(0, 5) } }] }, 'a smaller selection fits')
+  for (let i = 0; i < 3; i++) await write(a, `move${i}`, undefined, [{ 'cursor/a': { x: i, y: i } }])
+  t.notOk(a.frames.some((f) => f.type === 'error' && f.messageId !== 'm2'), 'cursor moves keep passing')
+  await write(a, 'm4', undefined, [{ 'sel/a': { _exists: false } }])
+  await write(a, 'm5', undefined, [{ 'sel/a': { _exists: true, ids: ids.slice(0, 8) } }])
+  t.notOk(a.frames.some((f) => f.type === 'error' && f.messageId === 'm5'), 'after a deletion, a larger selection fits')
+
+  await a.close()
+  await b.next(CLIENT_COUNT(1))
+  const again = await joined(app, 'a', 2)
+  const last = await refused(again, 'm6', undefined, [{ 'sel/a': { _exists: true, ids } }])
+  t.equal(last[1].code, PRESENCE_FULL, 'still refused after a rejoin')
+  await write(again, 'm7', undefined, [{ 'sel/a': { _exists: true, ids: ids.slice(0, 10) } }])
+  t.notOk(again.frames.some((f) => f.type === 'error' && f.messageId === 'm7'), 'the presence of the session that left no longer counts')
+  await Promise.all([again.close(), b.close()])
+})
+
 t.test('limits on a reconnect carrying patches: error and corrective for the refused part, still ending with synced', async (t) => {
   const app = await build(t, small)
   const w = await joined(app, 'w', 1)
@@ -243,7 +332,7 @@ t.test('maxRooms: a connection needing one more room is closed with 1013 Server 
 })
 
 t.test('limits.maxFieldCopiesPerFrame: merging into a key copies its fields; a frame that would copy more is refused (FRAME_TOO_LARGE), fields added earlier in the same frame counted', async (t) => {
-  const app = await build(t, { rateLimit: false })
+  const app = await build(t, { rateLimit: false, limits: { maxEphemeralBytes: 1024 * 1024 } })
   const a = await joined(app, 'a', 1)
   const wide: Record<string, unknown> = { _exists: true }
   for (let i = 0; i < 20_000; i++) wide[`f${i}`] = 0
@@ -260,7 +349,7 @@ t.test('limits.maxFieldCopiesPerFrame: merging into a key copies its fields; a f
   t.match(inOne[1], { type: 'error', code: FRAME_TOO_LARGE, messageId: 'm4' })
   t.notOk('L' in stateOf(app), 'not applied')
 
-  // Presence merges copy fields too.
+  // Presence merges copy fields too (a presence of 20,000 fields, about 360 KB, needs a limit above the default 256 KiB).
   t.equal((await write(a, 'e1', undefined, [{ cursor: wide }])).timestamp, 2)
   const eph = await refused(a, 'e2', undefined, touch('cursor', 11))
   t.match(eph[1], { type: 'error', code: FRAME_TOO_LARGE, messageId: 'e2' })

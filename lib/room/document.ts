@@ -1,4 +1,5 @@
 import type { BufferDelta, ComponentData, FieldTimestamps, Patch, RoomSnapshot } from '../protocol/types.js'
+import { fieldSize, jsonSize } from './size.js'
 
 /**
  * A record whose prototype chain does not reach `Object.prototype`: a key
@@ -86,6 +87,35 @@ function materialize (base: Fields | undefined, incoming: ComponentData): Fields
 }
 
 /**
+ * Applies presence patches to one client's presence: like the document, but
+ * nothing is stamped, and a deleted key is forgotten (presence is never
+ * persisted, so no tombstone is kept).
+ * @returns how much the estimated size changed
+ */
+export function applyPresence (state: Map<string, Fields>, patches: readonly Patch[]): number {
+  let growth = 0
+  for (const patch of patches) {
+    for (const key in patch) {
+      if (!Object.hasOwn(patch, key)) continue
+      const existing = state.get(key)
+      const incoming = patch[key]
+      const kind = applyKind(existing, incoming)
+      if (kind === 'dropped') continue
+      if (existing !== undefined) growth -= keyOverhead(key) + sizeOf(existing)
+      if (kind === 'tombstone') {
+        state.delete(key)
+        continue
+      }
+      const value = appliedValue(kind, existing, incoming)
+      const size = appliedSize(kind, existing, incoming, value)
+      growth += keyOverhead(key) + size
+      state.set(key, withSize(value, size))
+    }
+  }
+  return growth
+}
+
+/**
  * Each key of the document is one value record that also carries its field
  * timestamps, under a symbol that is neither enumerable nor serialized (a
  * separate entry object per key would cost 40 bytes more). Value and stamps
@@ -95,15 +125,92 @@ function materialize (base: Fields | undefined, incoming: ComponentData): Fields
  */
 const STAMPS = Symbol('canvas-store.stamps')
 
-/** One descriptor for every seal (not writable, enumerable or configurable): no object per record. */
-const STAMPS_DESCRIPTOR: PropertyDescriptor = { value: undefined }
+/**
+ * Each stored record also carries its estimated JSON size (see size.ts), so
+ * that a change costs the fields it touches, not the whole record.
+ */
+const SIZE = Symbol('canvas-store.size')
 
-/** Attaches the stamps (frozen already) to a new value record and freezes it. */
-function seal (value: Fields, stamps: Stamps): Fields {
+/** One descriptor for each hidden property (not writable, enumerable or configurable): no object per record. */
+const STAMPS_DESCRIPTOR: PropertyDescriptor = { value: undefined }
+const SIZE_DESCRIPTOR: PropertyDescriptor = { value: 0 }
+
+/** Attaches the stamps (frozen already) and the size to a new value record and freezes it. */
+function seal (value: Fields, stamps: Stamps, size: number): Fields {
   STAMPS_DESCRIPTOR.value = stamps
   Object.defineProperty(value, STAMPS, STAMPS_DESCRIPTOR)
   STAMPS_DESCRIPTOR.value = undefined
-  return Object.freeze(value)
+  return Object.freeze(withSize(value, size))
+}
+
+/** Attaches its estimated size to a new record (presence records, which are not frozen, too). */
+export function withSize (value: Fields, size: number): Fields {
+  SIZE_DESCRIPTOR.value = size
+  Object.defineProperty(value, SIZE, SIZE_DESCRIPTOR)
+  return value
+}
+
+/** The estimated JSON size of a stored record (measured when it was stored). */
+export function sizeOf (value: Fields): number {
+  return (value as unknown as { [SIZE]?: number })[SIZE] ?? jsonSize(value)
+}
+
+/** What a key adds to a record's size besides its value: `"key":` and a comma. */
+export function keyOverhead (key: string): number {
+  return key.length + 4
+}
+
+const TOMBSTONE_SIZE = jsonSize({ _exists: false })
+
+/**
+ * The estimated size of the record appliedValue made: a merge costs the
+ * fields it replaces and writes, not the ones it copies unchanged.
+ */
+export function appliedSize (kind: Exclude<ApplyKind, 'dropped'>, existing: Fields | undefined, incoming: ComponentData, value: Fields): number {
+  if (kind === 'tombstone') return TOMBSTONE_SIZE
+  if (kind === 'create') return jsonSize(value)
+  let size = sizeOf(existing!)
+  for (const field in incoming) {
+    if (!Object.hasOwn(incoming, field)) continue
+    if (Object.hasOwn(existing!, field)) size -= fieldSize(field, existing![field], 1)
+    size += fieldSize(field, value[field], 1)
+  }
+  return size
+}
+
+/** The records a frame's patches apply to: a document, or one client's presence. */
+export interface StoredRecords { get(key: string): Fields | undefined }
+
+/**
+ * How much applying `patches` would change the estimated size of `stored`
+ * (negative when it shrinks), computed exactly by applying them to copies.
+ * `keepTombstones`: a deleted key stays as a tombstone (the document), or is
+ * forgotten (presence).
+ */
+export function growthOf (stored: StoredRecords | undefined, patches: readonly Patch[], keepTombstones: boolean): number {
+  // Records this frame has already changed; null for a key it deleted from presence.
+  const pending = new Map<string, Fields | null>()
+  let growth = 0
+  for (const patch of patches) {
+    for (const key in patch) {
+      if (!Object.hasOwn(patch, key)) continue
+      const incoming = patch[key]
+      const held = pending.get(key)
+      const entry = held === undefined ? stored?.get(key) : held ?? undefined
+      const kind = applyKind(entry, incoming)
+      if (kind === 'dropped' || (kind === 'merge' && !isNonEmpty(incoming))) continue
+      growth -= entry === undefined ? 0 : keyOverhead(key) + sizeOf(entry)
+      if (kind === 'tombstone' && !keepTombstones) {
+        pending.set(key, null)
+        continue
+      }
+      const value = appliedValue(kind, entry, incoming)
+      const size = appliedSize(kind, entry, incoming, value)
+      growth += keyOverhead(key) + size
+      pending.set(key, withSize(value, size))
+    }
+  }
+  return growth
 }
 
 function stampsOf (value: Fields): Stamps {
@@ -188,12 +295,22 @@ export class Document {
    */
   #logKeys: string[] | null = null
   #logStamps: number[] | null = null
+  /** Estimated JSON size of every key and value held (see size.ts). */
+  #bytes = 0
 
   /** The room counter: how many document frames have been applied. */
   get timestamp (): number { return this.#timestamp }
 
   /** Number of keys held, tombstones included. */
   get size (): number { return this.#entries.size }
+
+  /** Estimated size in bytes of the document as JSON, tombstones included (see size.ts). */
+  get bytes (): number { return this.#bytes }
+
+  /** How much applying `patches` would change {@link bytes}, without applying them. */
+  growth (patches: readonly Patch[]): number {
+    return growthOf(this.#entries, patches, true)
+  }
 
   /**
    * Applies the document patches of one client frame. A frame that carries
@@ -216,12 +333,14 @@ export class Document {
         // An empty update of a live key stores nothing: no stamp, no change to report.
         if (kind === 'dropped' || (kind === 'merge' && !isNonEmpty(incoming))) continue
         const value = appliedValue(kind, entry, incoming)
+        const size = appliedSize(kind, entry, incoming, value)
+        this.#bytes += size - (entry === undefined ? -keyOverhead(key) : sizeOf(entry))
         const base = kind === 'merge' ? stampsOf(entry!) : null
         let stamps: Stamps
         if (cache !== null) stamps = cache.get(base, kind === 'tombstone' ? TOMBSTONE_FIELDS : Object.keys(incoming), ts)
         else if (kind === 'tombstone') stamps = makeStamps(null, TOMBSTONE_FIELDS, ts)
         else stamps = stampFields(base, incoming, ts)
-        this.#touch(key, seal(value, stamps), ts)
+        this.#touch(key, seal(value, stamps, size), ts)
         stored.push(key)
       }
     }
@@ -332,7 +451,10 @@ export class Document {
       }
       const last = lastStamp(stamps)
       if (last > counter) counter = last
-      loaded.push([key, seal(value, Object.freeze(stamps)), last])
+      // A record this process stored before (MemoryStorage shares them) knows its size already.
+      const size = sizeOf(raw)
+      doc.#bytes += keyOverhead(key) + size
+      loaded.push([key, seal(value, Object.freeze(stamps), size), last])
     }
     doc.#timestamp = counter
     loaded.sort((a, b) => a[2] - b[2])

@@ -8,8 +8,16 @@ export interface RoomLimits {
   maxKeysPerFrame: number
   /** Most document keys a room holds, tombstones included. */
   maxDocumentKeys: number
+  /**
+   * Largest document, in bytes of its JSON text as estimated by the server
+   * (strings by length, every number as 8 bytes). A frame that would make a
+   * document larger than this, and larger than it is, is refused.
+   */
+  maxDocumentBytes: number
   /** Most presence (ephemeral) keys one client holds. */
   maxEphemeralKeys: number
+  /** Largest presence of one client, in bytes estimated like {@link maxDocumentBytes}. */
+  maxEphemeralBytes: number
   /** Most sessions in one room; one more is refused with 1013. */
   maxSessions: number
   /**
@@ -23,7 +31,9 @@ export const DEFAULT_LIMITS: RoomLimits = {
   maxPatchesPerFrame: 1000,
   maxKeysPerFrame: 50_000,
   maxDocumentKeys: 1_000_000,
+  maxDocumentBytes: 64 * 1024 * 1024,
   maxEphemeralKeys: 1000,
+  maxEphemeralBytes: 256 * 1024,
   maxSessions: 1000,
   maxFieldCopiesPerFrame: 200_000
 }

@@ -33,6 +33,7 @@ export interface RoomInfo {
   sessionCount: number
   timestamp: number
   documentSize: number
+  documentBytes: number
 }
 
 const DEFAULT_IDLE_TIMEOUT = 30_000
@@ -119,7 +120,8 @@ export class RoomManager {
       roomId,
       sessionCount: room.getSessionCount(),
       timestamp: room.timestamp,
-      documentSize: room.documentSize
+      documentSize: room.documentSize,
+      documentBytes: room.documentBytes
     }))
   }
 

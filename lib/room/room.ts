@@ -15,11 +15,12 @@ import type {
   SessionPermission
 } from '../protocol/types.js'
 import type { Storage } from '../storage/storage.js'
-import { Document, emptyRecord, hasContent, applyKind, appliedValue, isBufferDelta, type Fields } from './document.js'
+import { Document, emptyRecord, hasContent, applyPresence, growthOf, isBufferDelta, type Fields, type StoredRecords } from './document.js'
 import { DEFAULT_LIMITS, DEFAULT_RATE_LIMIT, DEFAULT_SLOW_CLIENT, TokenBucket, countKeys, ownCount, type RateLimit, type RoomLimits, type SlowClientPolicy } from './limits.js'
 import { Persistence, type Durability } from './persistence.js'
 import { Pacer } from './pacer.js'
 import { PresenceBatch } from './presence-batch.js'
+import { growthBound } from './size.js'
 import { MAX_HELD_BYTES, MAX_HELD_FRAMES, silentLogger, type RoomLogger, type RoomObserver, type Session, type WebSocketLike } from './session.js'
 
 /** What an `auth-refresh` decides. */
@@ -117,6 +118,8 @@ export class Room {
   #doc = new Document()
   /** clientId -> key -> value of that client's presence. */
   readonly #ephemeral = new Map<string, Map<string, Fields>>()
+  /** clientId -> estimated size of that client's presence (see size.ts). */
+  readonly #ephemeralBytes = new Map<string, number>()
   readonly #sessions = new Map<string, Session>()
   readonly #storage: Storage | undefined
   readonly #persistence: Persistence
@@ -186,6 +189,9 @@ export class Room {
 
   /** Number of document keys, tombstones included. */
   get documentSize (): number { return this.#doc.size }
+
+  /** Estimated size of the document as JSON text, in bytes (see `limits.maxDocumentBytes`). */
+  get documentBytes (): number { return this.#doc.bytes }
 
   // ---------------------------------------------------------------- sessions
 
@@ -379,6 +385,7 @@ export class Room {
       const sessions = Array.from(this.#sessions.values())
       this.#sessions.clear()
       this.#ephemeral.clear()
+      this.#ephemeralBytes.clear()
       for (const session of sessions) safeClose(session.socket, CloseCode.GOING_AWAY, 'Server closing the room')
     }
     if (options.flush === false) return
@@ -688,6 +695,14 @@ export class Room {
       }
       if (this.#doc.size + added.size > limits.maxDocumentKeys) return DOCUMENT_FULL
     }
+    // Sizes: a bound from the frame alone first; applied to copies only when that bound could pass the limit.
+    if (docs !== undefined) {
+      const bytes = this.#doc.bytes
+      if (bytes + growthBound(docs) > limits.maxDocumentBytes) {
+        const growth = this.#doc.growth(docs)
+        if (growth > 0 && bytes + growth > limits.maxDocumentBytes) return DOCUMENT_TOO_BIG
+      }
+    }
     if (ephs !== undefined) {
       const state = this.#ephemeral.get(session.clientId)
       if ((state?.size ?? 0) + ephKeys > limits.maxEphemeralKeys) {
@@ -696,6 +711,11 @@ export class Room {
           for (const key of Object.keys(patch)) if (patch[key]._exists !== false) keys.add(key)
         }
         if (keys.size > limits.maxEphemeralKeys) return PRESENCE_FULL
+      }
+      const bytes = this.#ephemeralBytes.get(session.clientId) ?? 0
+      if (bytes + growthBound(ephs) > limits.maxEphemeralBytes) {
+        const growth = growthOf(state, ephs, false)
+        if (growth > 0 && bytes + growth > limits.maxEphemeralBytes) return PRESENCE_TOO_BIG
       }
     }
     // Merging into a key copies its stored fields: a few bytes naming a key of many fields, repeated, must not cost the server seconds.
@@ -763,18 +783,13 @@ export class Room {
       state = new Map()
       this.#ephemeral.set(clientId, state)
     }
-    for (const patch of patches) {
-      for (const key in patch) {
-        if (!Object.hasOwn(patch, key)) continue
-        const existing = state.get(key)
-        const kind = applyKind(existing, patch[key])
-        if (kind === 'dropped') continue
-        // Presence is never persisted, so a deleted key is simply forgotten.
-        if (kind === 'tombstone') state.delete(key)
-        else state.set(key, appliedValue(kind, existing, patch[key]))
-      }
+    const bytes = (this.#ephemeralBytes.get(clientId) ?? 0) + applyPresence(state, patches)
+    if (state.size === 0) {
+      this.#ephemeral.delete(clientId)
+      this.#ephemeralBytes.delete(clientId)
+    } else {
+      this.#ephemeralBytes.set(clientId, bytes)
     }
-    if (state.size === 0) this.#ephemeral.delete(clientId)
   }
 
   /** The other clients' presence as one patch frame, or null when there is none. */
@@ -816,6 +831,7 @@ export class Room {
       // Its presence still batched for this turn would only follow its tombstones: drop it; the rest of the batch waits.
       this.#presence.drop(clientId)
       this.#ephemeral.delete(clientId)
+      this.#ephemeralBytes.delete(clientId)
       const deletion = emptyRecord<ComponentData>()
       for (const key of state.keys()) deletion[key] = { _exists: false }
       this.#broadcast(JSON.stringify({ type: 'patch', ephemeralPatches: [deletion], clientId }))
@@ -990,6 +1006,8 @@ const READONLY = [frameErrorCodes.READONLY, 'This session is readonly: its chang
 const FRAME_TOO_LARGE = [frameErrorCodes.FRAME_TOO_LARGE, 'Too many patches or keys in one frame: not applied'] as const
 const DOCUMENT_FULL = [frameErrorCodes.DOCUMENT_FULL, 'The document has reached its key limit: not applied'] as const
 const PRESENCE_FULL = [frameErrorCodes.PRESENCE_FULL, 'Too many presence keys for this client: not applied'] as const
+const DOCUMENT_TOO_BIG = [frameErrorCodes.DOCUMENT_FULL, 'The document would pass its size limit: not applied'] as const
+const PRESENCE_TOO_BIG = [frameErrorCodes.PRESENCE_FULL, "This client's presence would pass its size limit: not applied"] as const
 const RATE_LIMITED = [frameErrorCodes.RATE_LIMITED, 'Too many frames or bytes per second: not applied'] as const
 const BUFFERS_LIMITED = [frameErrorCodes.RATE_LIMITED, 'The frame makes the server copy more fields or array items than the byte rate limit allows: not applied'] as const
 /** Byte-rate cost of one stored field copied by a merge beyond FREE_FIELDS_PER_MENTION (about 1 µs of the server's time for a wide key). */
@@ -1000,9 +1018,6 @@ const FREE_FIELDS_PER_MENTION = 32
 const BYTES_PER_ADDED_ITEM = 2
 /** Items a buffer delta rewrites per byte of rate limit. */
 const ITEMS_PER_BYTE = 4
-
-/** The records a frame's patches merge into: the document, or the sender's presence (absent when it has none). */
-interface StoredRecords { get(key: string): Fields | undefined }
 
 /**
  * Fields a merge of `patches` copies beyond FREE_FIELDS_PER_MENTION: for each

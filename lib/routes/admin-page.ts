@@ -30,7 +30,7 @@ export function adminPage (prefix: string): string {
 <h1>canvas-store admin</h1>
 <p class="muted">Rooms loaded on this server. Refreshes every 2 seconds. <span id="status"></span></p>
 <form id="auth"><label>Admin token <input id="token" type="password" autocomplete="off"></label> <button>Use</button></form>
-<table id="rooms"><thead><tr><th>Room</th><th>Sessions</th><th>Counter</th><th>Keys</th></tr></thead><tbody></tbody></table>
+<table id="rooms"><thead><tr><th>Room</th><th>Sessions</th><th>Counter</th><th>Keys</th><th>Size</th></tr></thead><tbody></tbody></table>
 <h2 id="sessions-title">Sessions</h2>
 <table id="sessions"><thead><tr><th>Session</th><th>Client</th><th>Permissions</th><th>Metadata</th><th></th></tr></thead><tbody></tbody></table>
 <script>
@@ -65,6 +65,10 @@ export function adminPage (prefix: string): string {
     return td
   }
 
+  function kilobytes (n) {
+    return n < 1024 ? n + ' B' : n < 1048576 ? (n / 1024).toFixed(1) + ' KiB' : (n / 1048576).toFixed(1) + ' MiB'
+  }
+
   function button (td, label, onclick) {
     const b = document.createElement('button')
     b.textContent = label
@@ -83,10 +87,10 @@ export function adminPage (prefix: string): string {
         const row = tbody.insertRow()
         row.className = 'room' + (room.roomId === selected ? ' selected' : '')
         row.dataset.roomId = room.roomId
-        cell(row, room.roomId); cell(row, String(room.sessionCount)); cell(row, String(room.timestamp)); cell(row, String(room.documentSize))
+        cell(row, room.roomId); cell(row, String(room.sessionCount)); cell(row, String(room.timestamp)); cell(row, String(room.documentSize)); cell(row, kilobytes(room.documentBytes))
         row.addEventListener('click', () => { selected = room.roomId; refresh() })
       }
-      if (rooms.length === 0) cell(tbody.insertRow(), 'No room is loaded.', 'muted').colSpan = 4
+      if (rooms.length === 0) cell(tbody.insertRow(), 'No room is loaded.', 'muted').colSpan = 5
       document.querySelector('#rooms tbody').replaceWith(tbody)
       if (selected !== null && !rooms.some((r) => r.roomId === selected)) selected = null
       await refreshSessions()

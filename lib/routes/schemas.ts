@@ -32,7 +32,8 @@ export const RoomInfo = Type.Object({
   roomId: Type.String(),
   sessionCount: Type.Integer(),
   timestamp: Type.Integer({ description: 'The room counter' }),
-  documentSize: Type.Integer({ description: 'Document keys, tombstones included' })
+  documentSize: Type.Integer({ description: 'Document keys, tombstones included' }),
+  documentBytes: Type.Integer({ description: 'Estimated size of the document as JSON text (see limits.maxDocumentBytes)' })
 })
 
 /**
