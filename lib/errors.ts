@@ -25,9 +25,16 @@ export const frameErrorCodes = {
   READONLY: 'CANVAS_STORE_READONLY',
   /** Too many patches or keys in one frame (`limits.maxPatchesPerFrame`, `limits.maxKeysPerFrame`). */
   FRAME_TOO_LARGE: 'CANVAS_STORE_FRAME_TOO_LARGE',
-  /** The room's document holds `limits.maxDocumentKeys` keys: new keys are refused. */
+  /**
+   * The frame would take the room's document past `limits.maxDocumentKeys`
+   * keys or `limits.maxDocumentBytes` bytes; it was not applied.
+   */
   DOCUMENT_FULL: 'CANVAS_STORE_DOCUMENT_FULL',
-  /** The client holds `limits.maxEphemeralKeys` presence keys. */
+  /**
+   * The frame would take the client's presence past `limits.maxEphemeralKeys`
+   * keys or `limits.maxEphemeralBytes` bytes; its presence patches were not
+   * applied (its document patches were, when they passed every other limit).
+   */
   PRESENCE_FULL: 'CANVAS_STORE_PRESENCE_FULL',
   /** The session sent more frames or bytes per second than `rateLimit` allows. */
   RATE_LIMITED: 'CANVAS_STORE_RATE_LIMITED',

@@ -123,7 +123,7 @@ export interface CanvasStoreOptions {
   admin?: AdminOptions
   /**
    * Bounds on frames, documents, presence and sessions per room.
-   * @default { maxPatchesPerFrame: 1000, maxKeysPerFrame: 50000, maxDocumentKeys: 1000000, maxDocumentBytes: 64 MiB, maxEphemeralKeys: 1000, maxEphemeralBytes: 256 KiB, maxSessions: 1000, maxFieldCopiesPerFrame: 200000 }
+   * @default { maxPatchesPerFrame: 1000, maxKeysPerFrame: 50000, maxDocumentKeys: 1000000, maxDocumentBytes: 64 MiB, maxEphemeralKeys: 1000, maxEphemeralBytes: 128 KiB, maxSessions: 1000, maxFieldCopiesPerFrame: 200000 }
    */
   limits?: Partial<RoomLimits>
   /**

@@ -2,8 +2,8 @@ import t from 'tap'
 import { Room } from '../lib/index.js'
 import fc from 'fast-check'
 import type { Patch } from '../lib/protocol/types.js'
-import { Document, applyBufferDelta, applyPresence, growthOf, keyOverhead, type Fields } from '../lib/room/document.js'
-import { growthBound, jsonSize } from '../lib/room/size.js'
+import { Document, applyBufferDelta, applyPresence, growthOf, type Fields } from '../lib/room/document.js'
+import { growthBound, jsonSize, keyOverhead, stringSize } from '../lib/room/size.js'
 
 const plain = (value: unknown): unknown => JSON.parse(JSON.stringify(value))
 
@@ -251,8 +251,23 @@ t.test('sizes: document and presence bytes always equal a fresh count, growth pr
       for (const [key, stored] of presence) presenceRecount += keyOverhead(key) + jsonSize(plain(stored))
       if (presenceBytes !== presenceRecount) return false
     }
+    // Only numbers are estimated (8 for 1 to 24 characters): the real JSON is never more than 3 times the estimate.
+    if (JSON.stringify(doc.changesSince(0).patch).length > 3 * doc.bytes + 2) return false
     const reloaded = Document.fromSnapshot(JSON.parse(JSON.stringify(doc.toSnapshot())))
     return reloaded.bytes === doc.bytes
   }), { seed: 7, numRuns: 500 })
   t.pass('500 random frame sequences')
+})
+
+t.test('stringSize is the length JSON.stringify writes: escapes, quotes, surrogate pairs and lone surrogates', async (t) => {
+  const unit = fc.oneof(
+    fc.integer({ min: 0x20, max: 0x7e }),
+    fc.integer({ min: 0, max: 0x1f }),
+    fc.constantFrom(0x22, 0x5c, 0x2028, 0xe9, 0xffff),
+    fc.integer({ min: 0xd800, max: 0xdfff })
+  ).map((c) => String.fromCharCode(c))
+  fc.assert(fc.property(fc.string({ unit, maxLength: 20 }), (text) => stringSize(text) === JSON.stringify(text).length), { seed: 3, numRuns: 2000 })
+  t.equal(stringSize('\u{1F600}'), 4, 'a surrogate pair is written as is')
+  t.equal(stringSize('\u0001'), 8)
+  t.pass('2,000 random strings')
 })

@@ -1,5 +1,6 @@
 import t, { type Test } from 'tap'
 import type { CanvasStoreOptions } from '../lib/index.js'
+import { Document } from '../lib/room/document.js'
 import { CLIENT_COUNT, Peer, build, connect, joined, roomOf, stateOf, write } from './helper.js'
 
 /**
@@ -133,10 +134,14 @@ t.test('maxEphemeralKeys: PRESENCE_FULL past the limit; updates and deletions of
     { type: 'ack', messageId: 'm2', timestamp: 0 },
     { type: 'error', code: PRESENCE_FULL, message: frames[1].message, messageId: 'm2' }
   ], 'a third presence key: ack and error, no corrective')
-  const mixed = await refused(a, 'm3', [{ 'e1/A': { _exists: true } }], [{ 'hover/a': { _exists: true } }])
-  t.strictSame(mixed.map((f) => [f.type, f.code]), [['ack', undefined], ['error', PRESENCE_FULL], ['patch', undefined]], 'a frame with document patches too: all refused, with a corrective')
-  t.strictSame(stateOf(app), {}, 'its document patch was not applied')
   await receivedNothing(t, b, fromB, 'probe1')
+  fromB = b.frames.length
+  const error = a.next((f) => f.type === 'error' && f.messageId === 'm3')
+  t.equal((await write(a, 'm3', [{ 'e1/A': { _exists: true } }], [{ 'hover/a': { _exists: true } }])).timestamp, 1, 'a frame with document patches too: they are applied')
+  t.match(await error, { code: PRESENCE_FULL, message: /presence patches were not applied/ }, 'and the presence alone refused')
+  t.strictSame(stateOf(app), { 'e1/A': { _exists: true } })
+  t.strictSame(await b.next((f) => f.type === 'patch' && f.clientId === 'a', fromB), { type: 'patch', clientId: 'a', documentPatches: [{ 'e1/A': { _exists: true } }], timestamp: 1 }, 'the others get the document patches without the presence')
+  t.notOk(a.frames.some((f) => f.type === 'patch' && f.clientId === ''), 'no corrective: the document patches were applied')
 
   fromB = b.frames.length
   await write(a, 'm4', undefined, [{ 'cursor/a': { x: 2 } }])
@@ -208,6 +213,46 @@ t.test('maxDocumentBytes: a document loaded above the limit (the limit was lower
   await a.close()
 })
 
+t.test('maxDocumentBytes: the exact size check, which applies the frame to copies, runs only once the frame has been charged for that work', async (t) => {
+  const growth = Document.prototype.growth
+  let calls = 0
+  t.teardown(() => { Document.prototype.growth = growth })
+  Document.prototype.growth = function (patches) {
+    calls++
+    return growth.call(this, patches)
+  }
+  const app = await build(t, { limits: { maxDocumentBytes: 1000 } })
+  const a = await joined(app, 'a', 1)
+  const huge = await refused(a, 'm1', [{ k: { _exists: true, pts: { __buf: 1, len: 7_500_000, runs: [] } } }])
+  t.equal(huge[1].code, FRAME_TOO_LARGE, '7,500,000 new items cost more than a whole burst of the byte rate')
+  t.equal(calls, 0, 'refused before any array was built')
+  const big = await refused(a, 'm2', [{ k: { _exists: true, pts: { __buf: 1, len: 10_000, runs: [] } } }])
+  t.equal(big[1].code, DOCUMENT_FULL, 'paid for, then too large for the document')
+  t.equal(calls, 1)
+  await a.close()
+})
+
+t.test('a reconnect whose diff and presence are large together gets them as two frames, then synced', async (t) => {
+  // 65 million characters of document (loaded from storage) and a little presence: past 64 MiB together.
+  const text = 'x'.repeat(65 * 1024 * 1024)
+  const snapshot = { timestamp: 1, state: { big: { _exists: true, text } }, timestamps: { big: { _exists: 1, text: 1 } } }
+  const app = await build(t, { limits: { maxDocumentBytes: 128 * 1024 * 1024 }, createStorage: () => ({ load: async () => snapshot, save: async () => {} }) })
+  const a = await joined(app, 'a', 1)
+  await write(a, 'm1', undefined, [{ 'cursor/a': { _exists: true, x: 1 } }])
+  const b = await connect(app, { roomId: 'r', clientId: 'b' })
+  await b.next(CLIENT_COUNT(2))
+  const from = b.frames.length
+  const synced = await b.join(0)
+  const frames = b.frames.slice(from)
+  t.equal(frames.length, 3)
+  t.equal(frames[0].documentPatches[0].big.text.length, text.length, 'first the document')
+  t.equal(frames[0].timestamp, 1)
+  t.notOk('ephemeralPatches' in frames[0])
+  t.strictSame(frames[1], { type: 'patch', clientId: '', ephemeralPatches: [{ 'cursor/a': { _exists: true, x: 1 } }] }, 'then the presence')
+  t.equal(synced.timestamp, 1)
+  await Promise.all([a.close(), b.close()])
+})
+
 t.test('maxEphemeralBytes: presence that would pass the limit is refused (PRESENCE_FULL, no corrective); updates that fit, deletions and a rejoin start over', async (t) => {
   const app = await build(t, { limits: { maxEphemeralBytes: 200 } })
   const a = await joined(app, 'a', 1)
@@ -226,17 +271,40 @@ t.test('maxEphemeralBytes: presence that would pass the limit is refused (PRESEN
   t.match(frames[1].message, /size limit/)
   await receivedNothing(t, b, fromB, 'probe1')
 
+  // Selecting many shapes and moving them: the move is applied, the selection alone refused.
+  fromB = b.frames.length
+  const error = a.next((f) => f.type === 'error' && f.messageId === 'drag')
+  t.equal((await write(a, 'drag', [{ 'e1/Pos': { _exists: true, x: 5 } }], [{ 'sel/a': { _exists: true, ids } }])).timestamp, 1)
+  t.match(await error, { code: PRESENCE_FULL })
+  t.strictSame(await b.next((f) => f.type === 'patch' && f.clientId === 'a', fromB), { type: 'patch', clientId: 'a', documentPatches: [{ 'e1/Pos': { _exists: true, x: 5 } }], timestamp: 1 })
+
+  // A reconnect carrying offline edits and a presence too large: the edits are applied, then the diff and synced.
+  const c = await connect(app, { roomId: 'r', clientId: 'c' })
+  await c.next(CLIENT_COUNT(3))
+  await b.next(CLIENT_COUNT(3))
+  const fromC = c.frames.length
+  const synced = await c.join(0, { documentPatches: [{ 'e2/Pos': { _exists: true, x: 1 } }], ephemeralPatches: [{ 'sel/c': { _exists: true, ids } }] })
+  t.match(c.frames.slice(fromC).find((f) => f.type === 'error'), { code: PRESENCE_FULL }, 'the reconnect gets the presence error')
+  t.equal(synced.timestamp, 2, 'its document patch was applied')
+  t.strictSame(stateOf(app)['e2/Pos'], { _exists: true, x: 1 })
+  fromB = b.frames.length
+  // Closed by the server: an injectWS socket's own close reaches the server only after ws's 30 s timer.
+  const leave = (clientId: string): void => { roomOf(app).disconnectSession(roomOf(app).getSessions().find((s) => s.clientId === clientId)!.sessionId) }
+  leave('c')
+  await Promise.all([c.closed, b.next(CLIENT_COUNT(2), fromB)])
+
   fromB = b.frames.length
   await write(a, 'm3', undefined, [{ 'sel/a': { _exists: true, ids: ids.slice(0, 5) } }])
   t.match(await b.next((f) => f.type === 'patch' && f.clientId === 'a', fromB), { ephemeralPatches: [{ 'sel/a': { ids: ids.slice(0, 5) } }] }, 'a smaller selection fits')
   for (let i = 0; i < 3; i++) await write(a, `move${i}`, undefined, [{ 'cursor/a': { x: i, y: i } }])
-  t.notOk(a.frames.some((f) => f.type === 'error' && f.messageId !== 'm2'), 'cursor moves keep passing')
+  t.notOk(a.frames.some((f) => f.type === 'error' && String(f.messageId).startsWith('move')), 'cursor moves keep passing')
   await write(a, 'm4', undefined, [{ 'sel/a': { _exists: false } }])
   await write(a, 'm5', undefined, [{ 'sel/a': { _exists: true, ids: ids.slice(0, 8) } }])
   t.notOk(a.frames.some((f) => f.type === 'error' && f.messageId === 'm5'), 'after a deletion, a larger selection fits')
 
-  await a.close()
-  await b.next(CLIENT_COUNT(1))
+  fromB = b.frames.length
+  leave('a')
+  await Promise.all([a.closed, b.next(CLIENT_COUNT(1), fromB)])
   const again = await joined(app, 'a', 2)
   const last = await refused(again, 'm6', undefined, [{ 'sel/a': { _exists: true, ids } }])
   t.equal(last[1].code, PRESENCE_FULL, 'still refused after a rejoin')
@@ -349,7 +417,7 @@ t.test('limits.maxFieldCopiesPerFrame: merging into a key copies its fields; a f
   t.match(inOne[1], { type: 'error', code: FRAME_TOO_LARGE, messageId: 'm4' })
   t.notOk('L' in stateOf(app), 'not applied')
 
-  // Presence merges copy fields too (a presence of 20,000 fields, about 360 KB, needs a limit above the default 256 KiB).
+  // Presence merges copy fields too (a presence of 20,000 fields, about 360 KB, needs a limit above the default 128 KiB).
   t.equal((await write(a, 'e1', undefined, [{ cursor: wide }])).timestamp, 2)
   const eph = await refused(a, 'e2', undefined, touch('cursor', 11))
   t.match(eph[1], { type: 'error', code: FRAME_TOO_LARGE, messageId: 'e2' })

@@ -261,3 +261,47 @@ t.test('with batched counts, a session closed for being slow while the counts go
   t.same(d.sent.filter((f) => f.type === 'clientCount'), [{ type: 'clientCount', count: 4 }, { type: 'clientCount', count: 3 }])
   await room.close()
 })
+
+t.test('the answer to a reconnect is not held against the session: a document larger than hardBytes can be joined, even slowly; what the room sends besides still is', async (t) => {
+  const room = new Room({ ...options, slowClient: { softBytes: SOFT, hardBytes: HARD, maxSlowMs: 5 } })
+  const w = fakeSocket()
+  const sw = room.handleSocketConnect({ socket: w, clientId: 'w', permissions: 'readwrite' })
+  let n = 0
+  const write = (patch: Record<string, unknown>): void => room.handleSocketMessage(sw, JSON.stringify({ type: 'patch', messageId: `m${++n}`, documentPatches: [patch] }))
+  write({ big: { _exists: true, text: 'x'.repeat(3 * HARD) } })
+
+  // A joiner that reads nothing: every frame sent to it stays buffered.
+  const j = fakeSocket()
+  j.send = function (data: string) { this.sent.push(JSON.parse(data)); this.bufferedAmount += Buffer.byteLength(data) }
+  const sj = room.handleSocketConnect({ socket: j, clientId: 'j', permissions: 'readwrite' })
+  room.handleSocketMessage(sj, JSON.stringify({ type: 'reconnect', lastTimestamp: 0, protocolVersion: 2 }))
+  t.ok(j.bufferedAmount > 3 * HARD, 'the diff is out, three times hardBytes')
+  t.match(j.sent.at(-1), { type: 'synced', timestamp: 1 }, 'and synced after it')
+  const pass = (ms: number): void => {
+    const start = performance.now()
+    while (performance.now() - start < ms);
+  }
+  pass(10)
+  write({ k: { _exists: true, v: 1 } })
+  t.equal(j.terminated, 0, 'still receiving its diff after maxSlowMs: kept')
+  t.match(j.sent.at(-1), { type: 'patch', timestamp: 2 })
+
+  // Beyond its diff, the room's own frames count as always.
+  for (let i = 0; i < 12 && j.terminated === 0; i++) write({ k: { v: 'y'.repeat(1000) } })
+  t.equal(j.terminated, 1, 'more than hardBytes beyond the diff: terminated')
+  await Promise.resolve()
+  t.equal(room.getSessionCount(), 1)
+  await room.close()
+})
+
+t.test('a session that caught up after its reconnect has no allowance left', async (t) => {
+  const { room, sockets: { a }, ids, send } = setup(['a', 'b'])
+  send('b', { documentPatches: [{ big: { _exists: true, text: 'x'.repeat(3 * HARD) } }] })
+  room.handleSocketMessage(ids.a, JSON.stringify({ type: 'reconnect', lastTimestamp: 0, protocolVersion: 2 }))
+  a.bufferedAmount = 0
+  send('b', { documentPatches: [{ k: { _exists: true } }] })
+  a.bufferedAmount = HARD + 1
+  send('b', { documentPatches: [{ k: { v: 1 } }] })
+  t.equal(a.terminated, 1, 'caught up, then behind by more than hardBytes: terminated')
+  await room.close()
+})

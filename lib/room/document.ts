@@ -1,5 +1,5 @@
 import type { BufferDelta, ComponentData, FieldTimestamps, Patch, RoomSnapshot } from '../protocol/types.js'
-import { fieldSize, jsonSize } from './size.js'
+import { fieldSize, jsonSize, keyOverhead } from './size.js'
 
 /**
  * A record whose prototype chain does not reach `Object.prototype`: a key
@@ -153,11 +153,6 @@ export function withSize (value: Fields, size: number): Fields {
 /** The estimated JSON size of a stored record (measured when it was stored). */
 export function sizeOf (value: Fields): number {
   return (value as unknown as { [SIZE]?: number })[SIZE] ?? jsonSize(value)
-}
-
-/** What a key adds to a record's size besides its value: `"key":` and a comma. */
-export function keyOverhead (key: string): number {
-  return key.length + 4
 }
 
 const TOMBSTONE_SIZE = jsonSize({ _exists: false })

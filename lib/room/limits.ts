@@ -33,7 +33,7 @@ export const DEFAULT_LIMITS: RoomLimits = {
   maxDocumentKeys: 1_000_000,
   maxDocumentBytes: 64 * 1024 * 1024,
   maxEphemeralKeys: 1000,
-  maxEphemeralBytes: 256 * 1024,
+  maxEphemeralBytes: 128 * 1024,
   maxSessions: 1000,
   maxFieldCopiesPerFrame: 200_000
 }

@@ -104,6 +104,8 @@ const OPEN = 1
  * sessions times changes, stays small.
  */
 const PACED_SESSIONS = 32
+/** Above this many characters, the diff and the presence a reconnect is answered with go as two frames. */
+const JOIN_FRAME_SPLIT_CHARS = 64 * 1024 * 1024
 const PRESENCE_INTERVAL_MS = 16
 const COUNT_INTERVAL_MS = 100
 
@@ -137,7 +139,7 @@ export class Room {
   #countPending = false
   readonly #countPacer = new Pacer(COUNT_INTERVAL_MS, () => this.#guarded('sending clientCount', () => this.#flushCounts()))
   /** With durable acks: messages waiting for the write that holds what they report. */
-  #outbox: Array<{ need: number, session: Session, data: string, droppable: boolean }> = []
+  #outbox: Array<{ need: number, session: Session, data: string, droppable: boolean, catchUp: boolean }> = []
   #closed = false
   /** Serialized full document (diff since 0) for the counter value it was made at. */
   #fullDiff: { timestamp: number, json: string } | null = null
@@ -221,6 +223,7 @@ export class Room {
       bucket: this.#rateLimit === null ? null : new TokenBucket(this.#rateLimit, performance.now()),
       refusedInRow: 0,
       slowSince: 0,
+      catchUpBytes: 0,
       presenceStale: false,
       // With batching the newcomer gets the count right after its presence, below: nothing to catch up before that.
       countSeen: this.#batchPresence ? this.#sessions.size + 1 : 0,
@@ -460,12 +463,14 @@ export class Room {
     if (docs === undefined && ephs === undefined) return
     if (session.permissions === 'readwrite') {
       const violation = this.#checkLimits(session, docs, ephs, bufferItems)
-      if (violation === null) {
-        this.#apply(session, docs, ephs)
-        this.#sendMessage(session, { type: 'ack', messageId: frame.messageId, timestamp: this.#doc.timestamp })
-      } else {
+      if (violation !== null && !(isPresenceOnly(violation) && docs !== undefined)) {
         this.#refuse(session, frame.messageId, docs, violation)
+        return
       }
+      this.#apply(session, docs, violation === null ? ephs : undefined)
+      this.#sendMessage(session, { type: 'ack', messageId: frame.messageId, timestamp: this.#doc.timestamp })
+      // The document patches went; the presence alone is refused (it has no corrective: see #refuse).
+      if (violation !== null) this.#sendMessage(session, { type: 'error', code: violation[0], message: violation[1], messageId: frame.messageId })
       return
     }
     if (docs !== undefined) this.#refuse(session, frame.messageId, docs, READONLY)
@@ -482,8 +487,12 @@ export class Room {
     if (readwrite) {
       if (docs !== undefined || ephs !== undefined) {
         const violation = this.#checkLimits(session, docs, ephs, bufferItems)
-        if (violation === null) this.#apply(session, docs, ephs)
-        else this.#refuse(session, undefined, docs, violation)
+        if (violation !== null && !(isPresenceOnly(violation) && docs !== undefined)) {
+          this.#refuse(session, undefined, docs, violation)
+        } else {
+          this.#apply(session, docs, violation === null ? ephs : undefined)
+          if (violation !== null) this.#refuse(session, undefined, undefined, violation)
+        }
       }
     } else if (docs !== undefined) {
       this.#refuse(session, undefined, docs, READONLY)
@@ -492,14 +501,20 @@ export class Room {
 
     const timestamp = this.#doc.timestamp
     const diff = this.#diffJson(frame.lastTimestamp)
-    const presence = this.#presenceExcept(session.clientId)
-    if (diff !== null || presence !== null) {
-      let out = '{"type":"patch","clientId":""'
-      if (diff !== null) out += `,"documentPatches":[${diff}],"timestamp":${timestamp}`
-      if (presence !== null) out += `,"ephemeralPatches":[${JSON.stringify(presence)}]`
+    const merged = this.#presenceExcept(session.clientId)
+    const presence = merged === null ? null : JSON.stringify(merged)
+    const head = '{"type":"patch","clientId":""'
+    const documentPart = diff === null ? '' : `,"documentPatches":[${diff}],"timestamp":${timestamp}`
+    const presencePart = presence === null ? '' : `,"ephemeralPatches":[${presence}]`
+    // One frame, or two when together they would be large: each part is bounded (limits.maxDocumentBytes,
+    // limits.maxEphemeralBytes per client), their sum could pass the longest string V8 can build.
+    const frames = documentPart.length + presencePart.length > JOIN_FRAME_SPLIT_CHARS
+      ? [documentPart, presencePart].filter((part) => part !== '').map((part) => head + part + '}')
+      : documentPart === '' && presencePart === '' ? [] : [head + documentPart + presencePart + '}']
+    for (const frame of frames) {
       // The first reconnect of a session is its join: only the ones after it are charged.
-      if (session.joined) this.#charge(session, out.length)
-      this.#send(session, out + '}')
+      if (session.joined) this.#charge(session, frame.length)
+      this.#send(session, frame, false, true)
     }
     session.joined = true
     this.#sendMessage(session, { type: 'synced', timestamp })
@@ -677,12 +692,17 @@ export class Room {
   }
 
   /**
-   * Which limit a readwrite frame would break, or null. Last, the fields its
-   * merges copy and the arrays its buffer deltas write are paid from the
-   * session's byte rate (see fieldCopies, bufferCost): a frame that passes
-   * has been charged.
+   * Which limit a readwrite frame would break, or null. Presence limits
+   * (PRESENCE_FULL, PRESENCE_TOO_BIG, see isPresenceOnly) refuse the presence
+   * alone: the document patches of the same frame, checked without it, still
+   * go (the published client carries its presence in the frames that carry
+   * its edits, and in every reconnect with its offline edits). The fields
+   * merges copy and the arrays buffer deltas write are paid from the
+   * session's byte rate (see fieldCopies, bufferCost) before the sizes are
+   * checked, since the exact size check does that work once more: a frame
+   * that passes, or breaks a size limit or a presence limit, has been charged.
    */
-  #checkLimits (session: Session, docs: Patch[] | undefined, ephs: Patch[] | undefined, bufferItems: number): readonly [string, string] | null {
+  #checkLimits (session: Session, docs: Patch[] | undefined, ephs: Patch[] | undefined, bufferItems: number): Violation | null {
     const limits = this.#limits
     if ((docs?.length ?? 0) > limits.maxPatchesPerFrame || (ephs?.length ?? 0) > limits.maxPatchesPerFrame) return FRAME_TOO_LARGE
     const docKeys = countKeys(docs, limits.maxKeysPerFrame)
@@ -695,6 +715,27 @@ export class Room {
       }
       if (this.#doc.size + added.size > limits.maxDocumentKeys) return DOCUMENT_FULL
     }
+    const presence = this.#ephemeral.get(session.clientId)
+    let presenceViolation: Violation | null = null
+    if (ephs !== undefined && (presence?.size ?? 0) + ephKeys > limits.maxEphemeralKeys) {
+      const keys = new Set(presence?.keys())
+      for (const patch of ephs) {
+        for (const key of Object.keys(patch)) if (patch[key]._exists !== false) keys.add(key)
+      }
+      if (keys.size > limits.maxEphemeralKeys) presenceViolation = PRESENCE_FULL
+    }
+    const eph = presenceViolation === null ? ephs : undefined
+    // Merging into a key copies its stored fields: a few bytes naming a key of many fields, repeated, must not cost the server seconds.
+    const most = limits.maxFieldCopiesPerFrame
+    const copies = fieldCopies(docs, this.#doc, most) + fieldCopies(eph, presence, most)
+    if (copies > most) return FRAME_TOO_LARGE
+    let cost = copies * BYTES_PER_FIELD_COPY
+    if (bufferItems > 0) cost += bufferCost(docs, this.#doc) + bufferCost(eph, presence)
+    if (cost > 0 && session.bucket !== null) {
+      // More than a whole burst could never be paid: not worth retrying.
+      if (cost > this.#rateLimit!.burstBytes) return FRAME_TOO_LARGE
+      if (!session.bucket.takeBytes(cost, performance.now())) return BUFFERS_LIMITED
+    }
     // Sizes: a bound from the frame alone first; applied to copies only when that bound could pass the limit.
     if (docs !== undefined) {
       const bytes = this.#doc.bytes
@@ -703,34 +744,14 @@ export class Room {
         if (growth > 0 && bytes + growth > limits.maxDocumentBytes) return DOCUMENT_TOO_BIG
       }
     }
-    if (ephs !== undefined) {
-      const state = this.#ephemeral.get(session.clientId)
-      if ((state?.size ?? 0) + ephKeys > limits.maxEphemeralKeys) {
-        const keys = new Set(state?.keys())
-        for (const patch of ephs) {
-          for (const key of Object.keys(patch)) if (patch[key]._exists !== false) keys.add(key)
-        }
-        if (keys.size > limits.maxEphemeralKeys) return PRESENCE_FULL
-      }
+    if (eph !== undefined) {
       const bytes = this.#ephemeralBytes.get(session.clientId) ?? 0
-      if (bytes + growthBound(ephs) > limits.maxEphemeralBytes) {
-        const growth = growthOf(state, ephs, false)
-        if (growth > 0 && bytes + growth > limits.maxEphemeralBytes) return PRESENCE_TOO_BIG
+      if (bytes + growthBound(eph) > limits.maxEphemeralBytes) {
+        const growth = growthOf(presence, eph, false)
+        if (growth > 0 && bytes + growth > limits.maxEphemeralBytes) presenceViolation = PRESENCE_TOO_BIG
       }
     }
-    // Merging into a key copies its stored fields: a few bytes naming a key of many fields, repeated, must not cost the server seconds.
-    const presence = this.#ephemeral.get(session.clientId)
-    const most = limits.maxFieldCopiesPerFrame
-    const copies = fieldCopies(docs, this.#doc, most) + fieldCopies(ephs, presence, most)
-    if (copies > most) return FRAME_TOO_LARGE
-    let cost = copies * BYTES_PER_FIELD_COPY
-    if (bufferItems > 0) cost += bufferCost(docs, this.#doc) + bufferCost(ephs, presence)
-    if (cost > 0 && session.bucket !== null) {
-      // More than a whole burst could never be paid: not worth retrying.
-      if (cost > this.#rateLimit!.burstBytes) return FRAME_TOO_LARGE
-      if (!session.bucket.takeBytes(cost, performance.now())) return BUFFERS_LIMITED
-    }
-    return null
+    return presenceViolation
   }
 
   /** A frame over the session's rate: refused; a long run of them closes the session. */
@@ -876,7 +897,7 @@ export class Room {
   #sendCount (session: Session): void {
     const count = this.#sessions.size
     session.countSeen = count
-    this.#enqueue(session, `{"type":"clientCount","count":${count}}`, false)
+    this.#enqueue(session, `{"type":"clientCount","count":${count}}`, false, false)
   }
 
   #broadcast (data: string): void {
@@ -897,31 +918,36 @@ export class Room {
     this.#send(session, JSON.stringify(message))
   }
 
-  /** Sends now, or, with durable acks, once what the message reports is committed (order kept). */
-  #send (session: Session, data: string, droppable = false): void {
+  /**
+   * Sends now, or, with durable acks, once what the message reports is
+   * committed (order kept). `droppable`: presence that a slow session may
+   * miss; `catchUp`: the answer to its reconnect (see Session.catchUpBytes).
+   */
+  #send (session: Session, data: string, droppable = false, catchUp = false): void {
     if (this.#countPending && session.countSeen !== this.#sessions.size) this.#sendCount(session)
-    this.#enqueue(session, data, droppable)
+    this.#enqueue(session, data, droppable, catchUp)
   }
 
-  #enqueue (session: Session, data: string, droppable: boolean): void {
+  #enqueue (session: Session, data: string, droppable: boolean, catchUp: boolean): void {
     const persistence = this.#persistence
     if (persistence.holding) {
       const need = persistence.required
       if (this.#outbox.length > 0 || need > persistence.committed) {
-        this.#outbox.push({ need, session, data, droppable })
+        this.#outbox.push({ need, session, data, droppable, catchUp })
         return
       }
     }
-    this.#deliver(session, data, droppable)
+    this.#deliver(session, data, droppable, catchUp)
   }
 
-  #deliver (session: Session, data: string, droppable = false): void {
+  #deliver (session: Session, data: string, droppable = false, catchUp = false): void {
     const socket = session.socket
     const state = socket.readyState
     if (state !== undefined && state !== OPEN) return
     if (this.#slow !== null) {
       const buffered = socket.bufferedAmount
       if (buffered !== undefined && !this.#keepsUp(session, buffered, droppable)) return
+      if (catchUp) session.catchUpBytes += Buffer.byteLength(data)
     }
     this.#observer?.frameOut(data.length)
     try {
@@ -938,6 +964,9 @@ export class Room {
    */
   #keepsUp (session: Session, buffered: number, droppable: boolean): boolean {
     const policy = this.#slow!
+    if (buffered <= policy.softBytes) session.catchUpBytes = 0
+    // What it asked for with a reconnect is not held against it: only what the room sent it besides.
+    else buffered -= session.catchUpBytes
     if (buffered <= policy.softBytes) {
       session.slowSince = 0
       if (session.presenceStale) {
@@ -975,8 +1004,8 @@ export class Room {
     const committed = this.#persistence.committed
     let i = 0
     while (i < this.#outbox.length && this.#outbox[i].need <= committed) {
-      const { session, data, droppable } = this.#outbox[i++]
-      this.#deliver(session, data, droppable)
+      const { session, data, droppable, catchUp } = this.#outbox[i++]
+      this.#deliver(session, data, droppable, catchUp)
     }
     if (i > 0) this.#outbox = this.#outbox.slice(i)
   }
@@ -1005,9 +1034,17 @@ function describe (session: Session): SessionInfo {
 const READONLY = [frameErrorCodes.READONLY, 'This session is readonly: its changes were not applied'] as const
 const FRAME_TOO_LARGE = [frameErrorCodes.FRAME_TOO_LARGE, 'Too many patches or keys in one frame: not applied'] as const
 const DOCUMENT_FULL = [frameErrorCodes.DOCUMENT_FULL, 'The document has reached its key limit: not applied'] as const
-const PRESENCE_FULL = [frameErrorCodes.PRESENCE_FULL, 'Too many presence keys for this client: not applied'] as const
+const PRESENCE_FULL = [frameErrorCodes.PRESENCE_FULL, 'Too many presence keys for this client: its presence patches were not applied'] as const
 const DOCUMENT_TOO_BIG = [frameErrorCodes.DOCUMENT_FULL, 'The document would pass its size limit: not applied'] as const
-const PRESENCE_TOO_BIG = [frameErrorCodes.PRESENCE_FULL, "This client's presence would pass its size limit: not applied"] as const
+const PRESENCE_TOO_BIG = [frameErrorCodes.PRESENCE_FULL, "This client's presence would pass its size limit: its presence patches were not applied"] as const
+
+/** Why a frame is refused: an error code and its message. */
+type Violation = readonly [code: string, message: string]
+
+/** A presence limit refuses a frame's presence patches only (see #checkLimits). */
+function isPresenceOnly (violation: Violation): boolean {
+  return violation === PRESENCE_FULL || violation === PRESENCE_TOO_BIG
+}
 const RATE_LIMITED = [frameErrorCodes.RATE_LIMITED, 'Too many frames or bytes per second: not applied'] as const
 const BUFFERS_LIMITED = [frameErrorCodes.RATE_LIMITED, 'The frame makes the server copy more fields or array items than the byte rate limit allows: not applied'] as const
 /** Byte-rate cost of one stored field copied by a merge beyond FREE_FIELDS_PER_MENTION (about 1 µs of the server's time for a wide key). */

@@ -59,6 +59,13 @@ export interface Session {
   refusedInRow: number
   /** When (performance.now()) the session went above the slow-client soft limit; 0 when it is not. */
   slowSince: number
+  /**
+   * Bytes of the answers to its reconnects (the diff it asked for) that may
+   * still be unsent: not counted against the slow-client limits until it
+   * catches up, or a big document could never be joined (and over a slow
+   * link, not in maxSlowMs).
+   */
+  catchUpBytes: number
   /** Presence frames were dropped for it: send fresh presence once it catches up. */
   presenceStale: boolean
   /** The last clientCount sent to it. */

@@ -1,14 +1,16 @@
 import type { BufferDelta, Patch } from '../protocol/types.js'
 
 /**
- * Sizes of stored values, in bytes of their JSON text as an estimate:
- * strings and names by their length plus quotes and separators, every
- * number as 8 bytes, `true`/`false`/`null` as 5. The estimate bounds what a
- * room holds (limits.maxDocumentBytes, limits.maxEphemeralBytes), and with
- * it what the full-document diff, the presence sent to a joiner and a
- * storage's snapshot can grow to: V8 cannot build a string of more than
- * about 512 million characters, and a document past that could no longer be
- * sent to anyone.
+ * Sizes of stored values, in characters of their JSON text as an estimate:
+ * strings, keys and field names exactly (quotes and escapes included), every
+ * number as 8, `true`/`false`/`null` as 5. The estimate bounds what a room
+ * holds (limits.maxDocumentBytes, limits.maxEphemeralBytes), and with it what
+ * the full-document diff, the presence sent to a joiner and a storage's
+ * snapshot can grow to: V8 cannot build a string of more than about 536
+ * million characters, and a document past that could no longer be sent to
+ * anyone. Only numbers are estimated: a number prints in 1 to 24 characters,
+ * so the real JSON is at most 3 times the estimate, and a snapshot, which
+ * repeats each field name with its stamp, at most about 4 times.
  */
 
 /** Bytes counted per number: most coordinates and sizes print in fewer, long fractions in up to 24. */
@@ -16,10 +18,40 @@ const NUMBER_BYTES = 8
 /** Nesting below which a value is no longer walked (frames are checked to 64 levels; a storage might hold deeper). */
 const MAX_DEPTH = 256
 
+/** Characters that JSON.stringify escapes, and surrogates (a lone one is escaped, a pair is not). */
+// eslint-disable-next-line no-control-regex
+const ESCAPED = /[\u0000-\u001f"\\\ud800-\udfff]/
+
+/** Length of a string as JSON.stringify writes it, quotes included. */
+export function stringSize (text: string): number {
+  if (!ESCAPED.test(text)) return text.length + 2
+  let n = 2
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i)
+    if (c < 0x20) n += c === 0x08 || c === 0x09 || c === 0x0a || c === 0x0c || c === 0x0d ? 2 : 6
+    else if (c === 0x22 || c === 0x5c) n += 2
+    else if (c >= 0xd800 && c <= 0xdbff && isLowSurrogate(text.charCodeAt(i + 1))) {
+      n += 2
+      i++
+    } else if (c >= 0xd800 && c <= 0xdfff) n += 6
+    else n += 1
+  }
+  return n
+}
+
+function isLowSurrogate (c: number): boolean {
+  return c >= 0xdc00 && c <= 0xdfff
+}
+
+/** What a key adds to a record's size besides its value: `"key":` and a comma. */
+export function keyOverhead (key: string): number {
+  return stringSize(key) + 2
+}
+
 /** Estimated JSON size of any value. */
 export function jsonSize (value: unknown, depth = 0): number {
   switch (typeof value) {
-    case 'string': return value.length + 2
+    case 'string': return stringSize(value)
     case 'number': return NUMBER_BYTES
     case 'boolean': return 5
     case 'object': break
@@ -41,7 +73,7 @@ export function jsonSize (value: unknown, depth = 0): number {
 
 /** Estimated size of one `"name":value,` member of a record. */
 export function fieldSize (name: string, value: unknown, depth = 0): number {
-  return name.length + 4 + jsonSize(value, depth)
+  return keyOverhead(name) + jsonSize(value, depth)
 }
 
 /** Estimated size of a buffer delta's `{ __buf, len, runs }` as the array it becomes, at most: `len` zeros, plus every run's values. */
@@ -66,13 +98,13 @@ export function growthBound (patches: readonly Patch[]): number {
     for (const key in patch) {
       if (!Object.hasOwn(patch, key)) continue
       const incoming = patch[key] as Record<string, unknown>
-      n += key.length + 6
+      n += keyOverhead(key) + 2
       for (const field in incoming) {
         if (!Object.hasOwn(incoming, field)) continue
         const value = incoming[field]
         // The frame validator has checked the shape of every `{ __buf: 1 }` value.
         n += typeof value === 'object' && value !== null && (value as { __buf?: unknown }).__buf === 1
-          ? field.length + 4 + bufferBound(value as BufferDelta)
+          ? keyOverhead(field) + bufferBound(value as BufferDelta)
           : fieldSize(field, value, 1)
       }
     }
