@@ -71,7 +71,7 @@ t.test('a client that does not answer pings is terminated and its session remove
   // Without autoPong, the client answers by hand until its presence is in place, then falls silent.
   let stop = (): void => {}
   const mute = await open(base, 'mute', 2, { autoPong: false }, (ws) => {
-    const onPing = (): void => ws.pong()
+    const onPing = (data: Buffer): void => ws.pong(data)
     ws.on('ping', onPing)
     stop = () => ws.off('ping', onPing)
   })
@@ -88,6 +88,27 @@ t.test('a client that does not answer pings is terminated and its session remove
   await a.next(CLIENT_COUNT(1), fromA)
   t.equal(server.canvasStore.getExistingRoom('r')!.getSessionCount(), 1)
   t.equal(a.ws.readyState, WebSocket.OPEN, 'the answering client stays')
+  await a.close()
+})
+
+t.test('a pong must echo its ping: a client answering every ping with other data (as one sending pongs blindly, without reading) is terminated', async (t) => {
+  const { app: server, base } = await app(t, { heartbeatInterval: INTERVAL })
+  const a = await open(base, 'a', 1)
+  await a.join()
+  let answered = 0
+  const blind = await open(base, 'blind', 2, { autoPong: false }, (ws) => {
+    ws.on('ping', () => {
+      answered++
+      ws.pong(Buffer.from('alive'))
+    })
+  })
+  await blind.join()
+  const closed = await blind.closed
+  t.equal(closed.code, 1006, 'terminated')
+  t.ok(answered >= 1, 'after answering pings with the wrong data')
+  await a.next(CLIENT_COUNT(1), a.frames.findIndex(CLIENT_COUNT(2)))
+  t.equal(server.canvasStore.getExistingRoom('r')!.getSessionCount(), 1, 'its session removed')
+  t.equal(a.ws.readyState, WebSocket.OPEN, 'the client that echoes stays')
   await a.close()
 })
 

@@ -294,6 +294,22 @@ t.test('the answer to a reconnect is not held against the session: a document la
   await room.close()
 })
 
+t.test('only the answer to the latest reconnect is exempt: a session that reconnects again without reading the last answer is terminated', async (t) => {
+  const room = new Room(options)
+  const w = fakeSocket()
+  const sw = room.handleSocketConnect({ socket: w, clientId: 'w', permissions: 'readwrite' })
+  room.handleSocketMessage(sw, JSON.stringify({ type: 'patch', messageId: 'm1', documentPatches: [{ big: { _exists: true, text: 'x'.repeat(3 * HARD) } }] }))
+  const j = fakeSocket()
+  j.send = function (data: string) { this.sent.push(JSON.parse(data)); this.bufferedAmount += Buffer.byteLength(data) }
+  const sj = room.handleSocketConnect({ socket: j, clientId: 'j', permissions: 'readwrite' })
+  const reconnect = JSON.stringify({ type: 'reconnect', lastTimestamp: 0, protocolVersion: 2 })
+  room.handleSocketMessage(sj, reconnect)
+  t.equal(j.terminated, 0, 'the join is out')
+  room.handleSocketMessage(sj, reconnect)
+  t.equal(j.terminated, 1, 'the first answer, unread, now counts: terminated')
+  await room.close()
+})
+
 t.test('a session that caught up after its reconnect has no allowance left', async (t) => {
   const { room, sockets: { a }, ids, send } = setup(['a', 'b'])
   send('b', { documentPatches: [{ big: { _exists: true, text: 'x'.repeat(3 * HARD) } }] })

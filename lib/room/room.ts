@@ -508,6 +508,8 @@ export class Room {
     const presencePart = presence === null ? '' : `,"ephemeralPatches":[${presence}]`
     // One frame, or two when together they would be large: each part is bounded (limits.maxDocumentBytes,
     // limits.maxEphemeralBytes per client), their sum could pass the longest string V8 can build.
+    // Only the latest answer is exempt: a client that reconnects again and again without reading is not.
+    session.catchUpBytes = 0
     const frames = documentPart.length + presencePart.length > JOIN_FRAME_SPLIT_CHARS
       ? [documentPart, presencePart].filter((part) => part !== '').map((part) => head + part + '}')
       : documentPart === '' && presencePart === '' ? [] : [head + documentPart + presencePart + '}']

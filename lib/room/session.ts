@@ -60,10 +60,10 @@ export interface Session {
   /** When (performance.now()) the session went above the slow-client soft limit; 0 when it is not. */
   slowSince: number
   /**
-   * Bytes of the answers to its reconnects (the diff it asked for) that may
-   * still be unsent: not counted against the slow-client limits until it
-   * catches up, or a big document could never be joined (and over a slow
-   * link, not in maxSlowMs).
+   * Bytes of the answer to its latest reconnect (the diff it asked for),
+   * which may still be unsent: not counted against the slow-client limits
+   * until it catches up, or a document larger than hardBytes could never be
+   * joined (nor, over a slow link, one that takes longer than maxSlowMs).
    */
   catchUpBytes: number
   /** Presence frames were dropped for it: send fresh presence once it catches up. */

@@ -1,4 +1,5 @@
 import rateLimit from '@fastify/rate-limit'
+import { randomBytes } from 'node:crypto'
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
 import type { FastifyBaseLogger, FastifyInstance, FastifyPluginAsync } from 'fastify'
 import type { RawData, WebSocket } from 'ws'
@@ -42,7 +43,11 @@ export const wsRoutes: FastifyPluginAsync<WsRouteOptions> = async (fastify: Fast
   }
 
   // Heartbeat: one timer for every socket. A socket that did not answer the previous ping is cut.
+  // Each round's ping carries a fresh random payload, which a pong must echo (RFC 6455 5.5.3; browsers
+  // and ws do): a client cannot look alive without reading what was sent before the ping, so one that
+  // stops reading (and keeps the server holding its unsent data) is cut, even if it sends pongs blindly.
   const alive = new WeakMap<WebSocket, boolean>()
+  let pingToken = randomBytes(8)
   if (options.heartbeatInterval > 0) {
     const interval = options.heartbeatInterval
     let lastTick = performance.now()
@@ -52,13 +57,14 @@ export const wsRoutes: FastifyPluginAsync<WsRouteOptions> = async (fastify: Fast
       // sockets, as timers run before I/O. Cut nobody this round; just ping again.
       const stalled = now - lastTick > interval * 1.5
       lastTick = now
+      pingToken = randomBytes(8)
       for (const socket of sockets) {
         if (alive.get(socket) === false && !stalled) {
           socket.terminate()
           continue
         }
         alive.set(socket, false)
-        socket.ping()
+        socket.ping(pingToken)
       }
     }, interval)
     timer.unref()
@@ -79,7 +85,9 @@ export const wsRoutes: FastifyPluginAsync<WsRouteOptions> = async (fastify: Fast
     }
     sockets.add(socket)
     alive.set(socket, true)
-    socket.on('pong', () => alive.set(socket, true))
+    socket.on('pong', (data: Buffer) => {
+      if (data.equals(pingToken)) alive.set(socket, true)
+    })
 
     // The listeners below capture this state, not the request: an open socket must not keep its upgrade request alive.
     const conn: Connection = { room: undefined, sessionId: undefined, queue: [], queuedBytes: 0 }
