@@ -93,26 +93,10 @@ function materialize (base: Fields | undefined, incoming: ComponentData): Fields
  * @returns how much the estimated size changed
  */
 export function applyPresence (state: Map<string, Fields>, patches: readonly Patch[]): number {
-  let growth = 0
-  for (const patch of patches) {
-    for (const key in patch) {
-      if (!Object.hasOwn(patch, key)) continue
-      const existing = state.get(key)
-      const incoming = patch[key]
-      const kind = applyKind(existing, incoming)
-      if (kind === 'dropped') continue
-      if (existing !== undefined) growth -= keyOverhead(key) + sizeOf(existing)
-      if (kind === 'tombstone') {
-        state.delete(key)
-        continue
-      }
-      const value = appliedValue(kind, existing, incoming)
-      const size = appliedSize(kind, existing, incoming, value)
-      growth += keyOverhead(key) + size
-      state.set(key, withSize(value, size))
-    }
-  }
-  return growth
+  return applyRecords((key) => state.get(key), (key, value) => {
+    if (value === null) state.delete(key)
+    else state.set(key, value)
+  }, patches, false)
 }
 
 /**
@@ -185,24 +169,37 @@ export interface StoredRecords { get(key: string): Fields | undefined }
 export function growthOf (stored: StoredRecords | undefined, patches: readonly Patch[], keepTombstones: boolean): number {
   // Records this frame has already changed; null for a key it deleted from presence.
   const pending = new Map<string, Fields | null>()
+  return applyRecords((key) => {
+    const held = pending.get(key)
+    return held === undefined ? stored?.get(key) : held ?? undefined
+  }, (key, value) => pending.set(key, value), patches, keepTombstones)
+}
+
+/**
+ * Applies patches to records without stamps, read and written through the
+ * given functions (`null`: the key is forgotten, for a deletion when
+ * tombstones are not kept).
+ * @returns how much the estimated size changed
+ */
+function applyRecords (read: (key: string) => Fields | undefined, write: (key: string, value: Fields | null) => void, patches: readonly Patch[], keepTombstones: boolean): number {
   let growth = 0
   for (const patch of patches) {
     for (const key in patch) {
       if (!Object.hasOwn(patch, key)) continue
       const incoming = patch[key]
-      const held = pending.get(key)
-      const entry = held === undefined ? stored?.get(key) : held ?? undefined
-      const kind = applyKind(entry, incoming)
+      const existing = read(key)
+      const kind = applyKind(existing, incoming)
+      // An empty update of a live key changes nothing.
       if (kind === 'dropped' || (kind === 'merge' && !isNonEmpty(incoming))) continue
-      growth -= entry === undefined ? 0 : keyOverhead(key) + sizeOf(entry)
+      if (existing !== undefined) growth -= keyOverhead(key) + sizeOf(existing)
       if (kind === 'tombstone' && !keepTombstones) {
-        pending.set(key, null)
+        write(key, null)
         continue
       }
-      const value = appliedValue(kind, entry, incoming)
-      const size = appliedSize(kind, entry, incoming, value)
+      const value = appliedValue(kind, existing, incoming)
+      const size = appliedSize(kind, existing, incoming, value)
       growth += keyOverhead(key) + size
-      pending.set(key, withSize(value, size))
+      write(key, withSize(value, size))
     }
   }
   return growth
