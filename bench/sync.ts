@@ -326,10 +326,11 @@ function pluginLib (): { index: string, label: string } {
 /**
  * Marks a copy of lib/ as ES modules, as lib/ is in this package. Under
  * node_modules/ a file's package scope stops at the node_modules folder, so
- * without it the copy was loaded as CommonJS: tsx (and tsc for profiles)
- * turned every import into a getter call on an exports object, which cost
- * the plugin 10-20% CPU and most of its p99 in `rooms`, compared with the
- * same code run from lib/ by `npm start`.
+ * without it tsx loaded the copy as CommonJS, every import turned into a
+ * getter call on an exports object, which cost the plugin 10-20% CPU and
+ * most of its p99 in `rooms`, compared with the same code run from lib/ by
+ * `npm start`. (tsc, for profiles, already emitted ES modules, which Node
+ * loaded by syntax detection; with the mark both paths agree.)
  */
 function asModule (dir: string): string {
   writeFileSync(join(dir, 'package.json'), '{ "type": "module" }\n')

@@ -140,3 +140,30 @@ t.test('a plain { load, save } storage keeps immediate acks', async (t) => {
   t.same(saves[0].state.k, { _exists: true, x: 1 })
   t.same(a.closes, [[1001, 'Server closing the room']])
 })
+
+t.test('durable: of several reconnect answers waiting for a commit, only the latest is exempt from the slow-client limits', async (t) => {
+  const { storage, calls, nextCall } = controlledStorage()
+  const room = new Room({ roomId: 'r', createStorage: () => storage, rateLimit: false, slowClient: { softBytes: 1000, hardBytes: 10_000 } })
+  await room.load()
+  const w = fakeSocket()
+  const sw = room.handleSocketConnect({ socket: w, clientId: 'w', permissions: 'readwrite' })
+  room.handleSocketMessage(sw, patch('m1', { big: { _exists: true, text: 'x'.repeat(30_000) } }))
+  ;(await nextCall(1)).resolve()
+  await room.flush()
+
+  // A joiner that reads nothing, reconnecting twice with an edit each time: both answers wait for the commit.
+  const j = { ...fakeSocket(), bufferedAmount: 0, terminated: 0 }
+  j.send = function (data: string) { j.sent.push(JSON.parse(data)); j.bufferedAmount += Buffer.byteLength(data) }
+  const terminate = (): void => { j.terminated++; j.readyState = 3 }
+  const sj = room.handleSocketConnect({ socket: Object.assign(j, { terminate }), clientId: 'j', permissions: 'readwrite' })
+  for (const key of ['e1', 'e2']) room.handleSocketMessage(sj, JSON.stringify({ type: 'reconnect', lastTimestamp: 0, protocolVersion: 2, documentPatches: [{ [key]: { _exists: true } }] }))
+  t.notOk(j.sent.some((f) => f.type === 'synced'), 'nothing answered before the commit')
+  for (let n = 2; n <= calls.length || j.sent.every((f) => f.type !== 'synced'); n++) {
+    ;(await nextCall(n)).resolve()
+    await room.flush()
+    if (j.terminated > 0) break
+  }
+  t.equal(j.terminated, 1, 'the first answer, unread, counted: terminated when the second went out')
+  t.equal(j.sent.filter((f) => f.type === 'patch' && f.documentPatches?.[0]?.big !== undefined).length, 1, 'the second whole document was never sent')
+  await room.close()
+})

@@ -112,6 +112,27 @@ t.test('a pong must echo its ping: a client answering every ping with other data
   await a.close()
 })
 
+t.test('each socket has its own ping payload: a client answering with the payload another of its sockets was sent is terminated', async (t) => {
+  const { base } = await app(t, { heartbeatInterval: INTERVAL })
+  const a = await open(base, 'a', 1)
+  await a.join()
+  let borrowed: Buffer = Buffer.alloc(0)
+  a.ws.on('ping', (data: Buffer) => { borrowed = data })
+  let answered = 0
+  const other = await open(base, 'other', 2, { autoPong: false }, (ws) => {
+    ws.on('ping', () => {
+      answered++
+      ws.pong(borrowed)
+    })
+  })
+  await other.join()
+  const closed = await other.closed
+  t.equal(closed.code, 1006, 'terminated')
+  t.ok(answered >= 1)
+  t.equal(a.ws.readyState, WebSocket.OPEN, 'the socket whose payload was borrowed stays')
+  await a.close()
+})
+
 t.test('a client that answers pings stays connected across many intervals', async (t) => {
   const { app: server, base } = await app(t, { heartbeatInterval: INTERVAL })
   const a = await open(base, 'a', 1)

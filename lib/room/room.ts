@@ -139,7 +139,7 @@ export class Room {
   #countPending = false
   readonly #countPacer = new Pacer(COUNT_INTERVAL_MS, () => this.#guarded('sending clientCount', () => this.#flushCounts()))
   /** With durable acks: messages waiting for the write that holds what they report. */
-  #outbox: Array<{ need: number, session: Session, data: string, droppable: boolean, catchUp: boolean }> = []
+  #outbox: Array<{ need: number, session: Session, data: string, droppable: boolean, answer: number }> = []
   #closed = false
   /** Serialized full document (diff since 0) for the counter value it was made at. */
   #fullDiff: { timestamp: number, json: string } | null = null
@@ -224,6 +224,7 @@ export class Room {
       refusedInRow: 0,
       slowSince: 0,
       catchUpBytes: 0,
+      answers: 0,
       presenceStale: false,
       // With batching the newcomer gets the count right after its presence, below: nothing to catch up before that.
       countSeen: this.#batchPresence ? this.#sessions.size + 1 : 0,
@@ -506,17 +507,19 @@ export class Room {
     const head = '{"type":"patch","clientId":""'
     const documentPart = diff === null ? '' : `,"documentPatches":[${diff}],"timestamp":${timestamp}`
     const presencePart = presence === null ? '' : `,"ephemeralPatches":[${presence}]`
+    // Only the latest answer is exempt from the slow-client limits: a client that reconnects again and again
+    // without reading is not.
+    const answer = ++session.answers
+    session.catchUpBytes = 0
     // One frame, or two when together they would be large: each part is bounded (limits.maxDocumentBytes,
     // limits.maxEphemeralBytes per client), their sum could pass the longest string V8 can build.
-    // Only the latest answer is exempt: a client that reconnects again and again without reading is not.
-    session.catchUpBytes = 0
     const frames = documentPart.length + presencePart.length > JOIN_FRAME_SPLIT_CHARS
       ? [documentPart, presencePart].filter((part) => part !== '').map((part) => head + part + '}')
       : documentPart === '' && presencePart === '' ? [] : [head + documentPart + presencePart + '}']
     for (const frame of frames) {
       // The first reconnect of a session is its join: only the ones after it are charged.
       if (session.joined) this.#charge(session, frame.length)
-      this.#send(session, frame, false, true)
+      this.#send(session, frame, false, answer)
     }
     session.joined = true
     this.#sendMessage(session, { type: 'synced', timestamp })
@@ -899,7 +902,7 @@ export class Room {
   #sendCount (session: Session): void {
     const count = this.#sessions.size
     session.countSeen = count
-    this.#enqueue(session, `{"type":"clientCount","count":${count}}`, false, false)
+    this.#enqueue(session, `{"type":"clientCount","count":${count}}`, false, 0)
   }
 
   #broadcast (data: string): void {
@@ -923,33 +926,35 @@ export class Room {
   /**
    * Sends now, or, with durable acks, once what the message reports is
    * committed (order kept). `droppable`: presence that a slow session may
-   * miss; `catchUp`: the answer to its reconnect (see Session.catchUpBytes).
+   * miss; `answer`: the number of the reconnect it answers, 0 for other
+   * frames (see Session.catchUpBytes).
    */
-  #send (session: Session, data: string, droppable = false, catchUp = false): void {
+  #send (session: Session, data: string, droppable = false, answer = 0): void {
     if (this.#countPending && session.countSeen !== this.#sessions.size) this.#sendCount(session)
-    this.#enqueue(session, data, droppable, catchUp)
+    this.#enqueue(session, data, droppable, answer)
   }
 
-  #enqueue (session: Session, data: string, droppable: boolean, catchUp: boolean): void {
+  #enqueue (session: Session, data: string, droppable: boolean, answer: number): void {
     const persistence = this.#persistence
     if (persistence.holding) {
       const need = persistence.required
       if (this.#outbox.length > 0 || need > persistence.committed) {
-        this.#outbox.push({ need, session, data, droppable, catchUp })
+        this.#outbox.push({ need, session, data, droppable, answer })
         return
       }
     }
-    this.#deliver(session, data, droppable, catchUp)
+    this.#deliver(session, data, droppable, answer)
   }
 
-  #deliver (session: Session, data: string, droppable = false, catchUp = false): void {
+  #deliver (session: Session, data: string, droppable = false, answer = 0): void {
     const socket = session.socket
     const state = socket.readyState
     if (state !== undefined && state !== OPEN) return
     if (this.#slow !== null) {
       const buffered = socket.bufferedAmount
       if (buffered !== undefined && !this.#keepsUp(session, buffered, droppable)) return
-      if (catchUp) session.catchUpBytes += Buffer.byteLength(data)
+      // Answers to earlier reconnects, delivered late (durable acks wait for a commit), count like any frame.
+      if (answer !== 0 && answer === session.answers) session.catchUpBytes += Buffer.byteLength(data)
     }
     this.#observer?.frameOut(data.length)
     try {
@@ -1006,8 +1011,8 @@ export class Room {
     const committed = this.#persistence.committed
     let i = 0
     while (i < this.#outbox.length && this.#outbox[i].need <= committed) {
-      const { session, data, droppable, catchUp } = this.#outbox[i++]
-      this.#deliver(session, data, droppable, catchUp)
+      const { session, data, droppable, answer } = this.#outbox[i++]
+      this.#deliver(session, data, droppable, answer)
     }
     if (i > 0) this.#outbox = this.#outbox.slice(i)
   }

@@ -66,6 +66,8 @@ export interface Session {
    * joined (nor, over a slow link, one that takes longer than maxSlowMs).
    */
   catchUpBytes: number
+  /** Reconnects answered so far: the number of the latest, whose answer alone catchUpBytes counts. */
+  answers: number
   /** Presence frames were dropped for it: send fresh presence once it catches up. */
   presenceStale: boolean
   /** The last clientCount sent to it. */

@@ -43,11 +43,13 @@ export const wsRoutes: FastifyPluginAsync<WsRouteOptions> = async (fastify: Fast
   }
 
   // Heartbeat: one timer for every socket. A socket that did not answer the previous ping is cut.
-  // Each round's ping carries a fresh random payload, which a pong must echo (RFC 6455 5.5.3; browsers
-  // and ws do): a client cannot look alive without reading what was sent before the ping, so one that
-  // stops reading (and keeps the server holding its unsent data) is cut, even if it sends pongs blindly.
+  // Each ping carries a random payload of its own socket, which a pong must echo (RFC 6455 5.5.3;
+  // browsers, ws and undici do): a client cannot look alive without reading what was sent before the
+  // ping, so one that stops reading (and keeps the server holding its unsent data) is cut, even if it
+  // sends pongs blindly, or with a payload another of its sockets was sent. The previous round's payload
+  // still counts: a late pong, after a stalled round, is still an answer.
   const alive = new WeakMap<WebSocket, boolean>()
-  let pingToken = randomBytes(8)
+  const pings = new WeakMap<WebSocket, { current: Buffer, previous: Buffer | null }>()
   if (options.heartbeatInterval > 0) {
     const interval = options.heartbeatInterval
     let lastTick = performance.now()
@@ -57,14 +59,17 @@ export const wsRoutes: FastifyPluginAsync<WsRouteOptions> = async (fastify: Fast
       // sockets, as timers run before I/O. Cut nobody this round; just ping again.
       const stalled = now - lastTick > interval * 1.5
       lastTick = now
-      pingToken = randomBytes(8)
+      const random = randomBytes(8 * sockets.size)
+      let i = 0
       for (const socket of sockets) {
         if (alive.get(socket) === false && !stalled) {
           socket.terminate()
           continue
         }
+        const token = random.subarray(8 * i, 8 * ++i)
+        pings.set(socket, { current: token, previous: pings.get(socket)?.current ?? null })
         alive.set(socket, false)
-        socket.ping(pingToken)
+        socket.ping(token)
       }
     }, interval)
     timer.unref()
@@ -86,7 +91,8 @@ export const wsRoutes: FastifyPluginAsync<WsRouteOptions> = async (fastify: Fast
     sockets.add(socket)
     alive.set(socket, true)
     socket.on('pong', (data: Buffer) => {
-      if (data.equals(pingToken)) alive.set(socket, true)
+      const sent = pings.get(socket)
+      if (sent !== undefined && (data.equals(sent.current) || (sent.previous !== null && data.equals(sent.previous)))) alive.set(socket, true)
     })
 
     // The listeners below capture this state, not the request: an open socket must not keep its upgrade request alive.
