@@ -9,14 +9,14 @@ export interface RoomLimits {
   /** Most document keys a room holds, tombstones included. */
   maxDocumentKeys: number
   /**
-   * Largest document, in bytes of its JSON text as estimated by the server
-   * (strings by length, every number as 8 bytes). A frame that would make a
+   * Largest document, as the length of its JSON text in characters, with
+   * every number counted as 8 (see size.ts). A frame that would make a
    * document larger than this, and larger than it is, is refused.
    */
   maxDocumentBytes: number
   /** Most presence (ephemeral) keys one client holds. */
   maxEphemeralKeys: number
-  /** Largest presence of one client, in bytes estimated like {@link maxDocumentBytes}. */
+  /** Largest presence of one client, measured like {@link maxDocumentBytes}; over it, a frame's presence patches are refused. */
   maxEphemeralBytes: number
   /** Most sessions in one room; one more is refused with 1013. */
   maxSessions: number
