@@ -61,6 +61,8 @@ t.test('metrics: behind the admin hooks, counting frames, sessions and closes', 
   t.match(body, /canvas_store_rooms 1/)
   t.match(body, /canvas_store_sessions 1/)
   t.match(body, /canvas_store_document_keys 1/)
+  // "k":{"_exists":true}, estimated: 5 for the key, 18 for the value.
+  t.match(body, /canvas_store_document_bytes 23\n/)
   t.match(body, /canvas_store_frames_in_total\{type="reconnect"\} 1/)
   t.match(body, /canvas_store_frames_in_total\{type="patch"\} 1/)
   t.match(body, /canvas_store_frame_apply_seconds_count \d+/)

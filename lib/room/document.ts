@@ -86,17 +86,23 @@ function materialize (base: Fields | undefined, incoming: ComponentData): Fields
   return out
 }
 
-/**
- * Applies presence patches to one client's presence: like the document, but
- * nothing is stamped, and a deleted key is forgotten (presence is never
- * persisted, so no tombstone is kept).
- * @returns how much the estimated size changed
- */
-export function applyPresence (state: Map<string, Fields>, patches: readonly Patch[]): number {
-  return applyRecords((key) => state.get(key), (key, value) => {
-    if (value === null) state.delete(key)
-    else state.set(key, value)
-  }, patches, false)
+/** One client's presence: key -> value record, and their estimated size (see size.ts). */
+export class Presence extends Map<string, Fields> {
+  bytes = 0
+
+  /**
+   * Applies presence patches: like the document, but nothing is stamped, and
+   * a deleted key is forgotten (presence is never persisted, so no tombstone
+   * is kept).
+   */
+  apply (patches: readonly Patch[]): void {
+    this.bytes += applyRecords(this, this.#store, patches, false)
+  }
+
+  readonly #store: WriteRecord = (key, value, size) => {
+    if (value === null) this.delete(key)
+    else this.set(key, withSize(value, size))
+  }
 }
 
 /**
@@ -169,37 +175,45 @@ export interface StoredRecords { get(key: string): Fields | undefined }
 export function growthOf (stored: StoredRecords | undefined, patches: readonly Patch[], keepTombstones: boolean): number {
   // Records this frame has already changed; null for a key it deleted from presence.
   const pending = new Map<string, Fields | null>()
-  return applyRecords((key) => {
-    const held = pending.get(key)
-    return held === undefined ? stored?.get(key) : held ?? undefined
-  }, (key, value) => pending.set(key, value), patches, keepTombstones)
+  const current: StoredRecords = {
+    get (key) {
+      const held = pending.get(key)
+      return held === undefined ? stored?.get(key) : held ?? undefined
+    }
+  }
+  return applyRecords(current, (key, value, size) => pending.set(key, value === null ? null : withSize(value, size)), patches, keepTombstones)
 }
 
+/** Stores one applied key: its new record (null: forgotten) and that record's estimated size, how, and what it replaces. */
+type WriteRecord = (key: string, value: Fields | null, size: number, kind: Exclude<ApplyKind, 'dropped'>, existing: Fields | undefined, incoming: ComponentData) => void
+
 /**
- * Applies patches to records without stamps, read and written through the
- * given functions (`null`: the key is forgotten, for a deletion when
- * tombstones are not kept).
+ * Applies patches to records read from `stored` and written through `write`:
+ * the one place that decides what each key of a patch does (the document,
+ * presence and the size check all go through it). `keepTombstones`: a
+ * deleted key is stored as a tombstone (the document), or forgotten, written
+ * as null (presence).
  * @returns how much the estimated size changed
  */
-function applyRecords (read: (key: string) => Fields | undefined, write: (key: string, value: Fields | null) => void, patches: readonly Patch[], keepTombstones: boolean): number {
+function applyRecords (stored: StoredRecords, write: WriteRecord, patches: readonly Patch[], keepTombstones: boolean): number {
   let growth = 0
   for (const patch of patches) {
     for (const key in patch) {
       if (!Object.hasOwn(patch, key)) continue
       const incoming = patch[key]
-      const existing = read(key)
+      const existing = stored.get(key)
       const kind = applyKind(existing, incoming)
       // An empty update of a live key changes nothing.
       if (kind === 'dropped' || (kind === 'merge' && !isNonEmpty(incoming))) continue
       if (existing !== undefined) growth -= keyOverhead(key) + sizeOf(existing)
       if (kind === 'tombstone' && !keepTombstones) {
-        write(key, null)
+        write(key, null, 0, kind, existing, incoming)
         continue
       }
       const value = appliedValue(kind, existing, incoming)
       const size = appliedSize(kind, existing, incoming, value)
       growth += keyOverhead(key) + size
-      write(key, withSize(value, size))
+      write(key, value, size, kind, existing, incoming)
     }
   }
   return growth
@@ -263,6 +277,8 @@ function lastStamp (stamps: Stamps): number {
 }
 
 const TOMBSTONE_FIELDS = ['_exists']
+/** The keys stored outside of applyFrame: none (never added to). */
+const NO_KEYS: string[] = []
 
 /**
  * The persistent document of one room: pure, synchronous state with a
@@ -312,31 +328,33 @@ export class Document {
    */
   applyFrame (patches: readonly Patch[]): string[] | null {
     if (!hasContent(patches)) return null
-    const ts = ++this.#timestamp
+    ++this.#timestamp
     const stored: string[] = []
+    this.#stored = stored
     // Only a frame with several keys can share stamps records between them.
-    const cache = patches.length > 1 || !hasOneKey(patches[0]) ? new StampsCache() : null
-    for (const patch of patches) {
-      for (const key in patch) {
-        if (!Object.hasOwn(patch, key)) continue
-        const incoming = patch[key]
-        const entry = this.#entries.get(key)
-        const kind = applyKind(entry, incoming)
-        // An empty update of a live key stores nothing: no stamp, no change to report.
-        if (kind === 'dropped' || (kind === 'merge' && !isNonEmpty(incoming))) continue
-        const value = appliedValue(kind, entry, incoming)
-        const size = appliedSize(kind, entry, incoming, value)
-        this.#bytes += size - (entry === undefined ? -keyOverhead(key) : sizeOf(entry))
-        const base = kind === 'merge' ? stampsOf(entry!) : null
-        let stamps: Stamps
-        if (cache !== null) stamps = cache.get(base, kind === 'tombstone' ? TOMBSTONE_FIELDS : Object.keys(incoming), ts)
-        else if (kind === 'tombstone') stamps = makeStamps(null, TOMBSTONE_FIELDS, ts)
-        else stamps = stampFields(base, incoming, ts)
-        this.#touch(key, seal(value, stamps, size), ts)
-        stored.push(key)
-      }
-    }
+    this.#stampsCache = patches.length > 1 || !hasOneKey(patches[0]) ? new StampsCache() : null
+    // Every field stored is stamped; an empty update of a live key stores nothing (no stamp, no change to report).
+    this.#bytes += applyRecords(this.#entries, this.#store, patches, true)
+    this.#stored = NO_KEYS
+    this.#stampsCache = null
     return stored
+  }
+
+  /** The frame being applied: the keys it stored, and its shared stamps records (see applyFrame). */
+  #stored: string[] = NO_KEYS
+  #stampsCache: StampsCache | null = null
+
+  /** Stores one key of the frame being applied, stamped with the counter (made once, not per frame). */
+  readonly #store: WriteRecord = (key, value, size, kind, entry, incoming) => {
+    const ts = this.#timestamp
+    const base = kind === 'merge' ? stampsOf(entry!) : null
+    const cache = this.#stampsCache
+    let stamps: Stamps
+    if (cache !== null) stamps = cache.get(base, kind === 'tombstone' ? TOMBSTONE_FIELDS : Object.keys(incoming), ts)
+    else if (kind === 'tombstone') stamps = makeStamps(null, TOMBSTONE_FIELDS, ts)
+    else stamps = stampFields(base, incoming, ts)
+    this.#touch(key, seal(value!, stamps, size), ts)
+    this.#stored.push(key)
   }
 
   /** Current value of a key (tombstones included), or undefined. Frozen. */

@@ -15,12 +15,12 @@ import type {
   SessionPermission
 } from '../protocol/types.js'
 import type { Storage } from '../storage/storage.js'
-import { Document, emptyRecord, hasContent, applyPresence, growthOf, isBufferDelta, type Fields, type StoredRecords } from './document.js'
+import { Document, Presence, emptyRecord, hasContent, growthOf, isBufferDelta, type StoredRecords } from './document.js'
 import { DEFAULT_LIMITS, DEFAULT_RATE_LIMIT, DEFAULT_SLOW_CLIENT, TokenBucket, countKeys, ownCount, type RateLimit, type RoomLimits, type SlowClientPolicy } from './limits.js'
 import { Persistence, type Durability } from './persistence.js'
 import { Pacer } from './pacer.js'
 import { PresenceBatch } from './presence-batch.js'
-import { growthBound } from './size.js'
+import { frameBound, growthBound } from './size.js'
 import { MAX_HELD_BYTES, MAX_HELD_FRAMES, silentLogger, type RoomLogger, type RoomObserver, type Session, type WebSocketLike } from './session.js'
 
 /** What an `auth-refresh` decides. */
@@ -118,10 +118,8 @@ export class Room {
   /** The room's id ('' when created without one). */
   readonly roomId: string
   #doc = new Document()
-  /** clientId -> key -> value of that client's presence. */
-  readonly #ephemeral = new Map<string, Map<string, Fields>>()
-  /** clientId -> estimated size of that client's presence (see size.ts). */
-  readonly #ephemeralBytes = new Map<string, number>()
+  /** clientId -> that client's presence (key -> value, and its size). */
+  readonly #ephemeral = new Map<string, Presence>()
   readonly #sessions = new Map<string, Session>()
   readonly #storage: Storage | undefined
   readonly #persistence: Persistence
@@ -389,7 +387,6 @@ export class Room {
       const sessions = Array.from(this.#sessions.values())
       this.#sessions.clear()
       this.#ephemeral.clear()
-      this.#ephemeralBytes.clear()
       for (const session of sessions) safeClose(session.socket, CloseCode.GOING_AWAY, 'Server closing the room')
     }
     if (options.flush === false) return
@@ -433,11 +430,11 @@ export class Room {
     }
     switch (frame.type) {
       case 'patch':
-        this.#handlePatch(session, frame, bufferItems)
+        this.#handlePatch(session, frame, bufferItems, text.length)
         break
       case 'reconnect':
         // The protocol promises every reconnect a diff and `synced`: a rate-limited one only loses its carried patches.
-        this.#handleReconnect(session, limited ? { ...frame, documentPatches: undefined, ephemeralPatches: undefined } : frame, bufferItems)
+        this.#handleReconnect(session, limited ? { ...frame, documentPatches: undefined, ephemeralPatches: undefined } : frame, bufferItems, text.length)
         break
       case 'auth-refresh':
         this.#handleAuthRefresh(session, frame.token)
@@ -458,27 +455,19 @@ export class Room {
     this.#refuse(session, parsed.messageId, answered && !limited ? parsed.documentPatches : undefined, [frameErrorCodes.INVALID_FRAME, parsed.message])
   }
 
-  #handlePatch (session: Session, frame: PatchRequest, bufferItems: number): void {
+  #handlePatch (session: Session, frame: PatchRequest, bufferItems: number, chars: number): void {
     const docs = hasContent(frame.documentPatches) ? frame.documentPatches : undefined
     const ephs = hasContent(frame.ephemeralPatches) ? frame.ephemeralPatches : undefined
     if (docs === undefined && ephs === undefined) return
     if (session.permissions === 'readwrite') {
-      const violation = this.#checkLimits(session, docs, ephs, bufferItems)
-      if (violation !== null && !(isPresenceOnly(violation) && docs !== undefined)) {
-        this.#refuse(session, frame.messageId, docs, violation)
-        return
-      }
-      this.#apply(session, docs, violation === null ? ephs : undefined)
-      this.#sendMessage(session, { type: 'ack', messageId: frame.messageId, timestamp: this.#doc.timestamp })
-      // The document patches went; the presence alone is refused (it has no corrective: see #refuse).
-      if (violation !== null) this.#sendMessage(session, { type: 'error', code: violation[0], message: violation[1], messageId: frame.messageId })
+      this.#applyWithinLimits(session, docs, ephs, bufferItems, chars, frame.messageId)
       return
     }
     if (docs !== undefined) this.#refuse(session, frame.messageId, docs, READONLY)
     else this.#sendMessage(session, { type: 'ack', messageId: frame.messageId, timestamp: this.#doc.timestamp })
   }
 
-  #handleReconnect (session: Session, frame: ReconnectRequest, bufferItems: number): void {
+  #handleReconnect (session: Session, frame: ReconnectRequest, bufferItems: number, chars: number): void {
     const since = this.#doc.timestamp
     const docs = hasContent(frame.documentPatches) ? frame.documentPatches : undefined
     const ephs = hasContent(frame.ephemeralPatches) ? frame.ephemeralPatches : undefined
@@ -486,15 +475,7 @@ export class Room {
     // The client saw a counter we never reached: we lost acked work (crash, restore).
     const resync = readwrite && frame.lastTimestamp > since
     if (readwrite) {
-      if (docs !== undefined || ephs !== undefined) {
-        const violation = this.#checkLimits(session, docs, ephs, bufferItems)
-        if (violation !== null && !(isPresenceOnly(violation) && docs !== undefined)) {
-          this.#refuse(session, undefined, docs, violation)
-        } else {
-          this.#apply(session, docs, violation === null ? ephs : undefined)
-          if (violation !== null) this.#refuse(session, undefined, undefined, violation)
-        }
-      }
+      if (docs !== undefined || ephs !== undefined) this.#applyWithinLimits(session, docs, ephs, bufferItems, chars, undefined)
     } else if (docs !== undefined) {
       this.#refuse(session, undefined, docs, READONLY)
     }
@@ -523,6 +504,23 @@ export class Room {
     }
     session.joined = true
     this.#sendMessage(session, { type: 'synced', timestamp })
+  }
+
+  /**
+   * Applies a readwrite session's patches, or refuses them (see #refuse). A
+   * presence limit refuses the presence alone: the document patches, checked
+   * without it, are applied, then the error follows (presence has no
+   * corrective). A `patch` (it has a messageId) is acked after the apply.
+   */
+  #applyWithinLimits (session: Session, docs: Patch[] | undefined, ephs: Patch[] | undefined, bufferItems: number, chars: number, messageId: string | undefined): void {
+    const violation = this.#checkLimits(session, docs, ephs, bufferItems, chars)
+    if (violation !== null && !(isPresenceOnly(violation) && docs !== undefined)) {
+      this.#refuse(session, messageId, docs, violation)
+      return
+    }
+    this.#apply(session, docs, violation === null ? ephs : undefined)
+    if (messageId !== undefined) this.#sendMessage(session, { type: 'ack', messageId, timestamp: this.#doc.timestamp })
+    if (violation !== null) this.#sendMessage(session, { type: 'error', code: violation[0], message: violation[1], ...(messageId === undefined ? {} : { messageId }) })
   }
 
   #handleAuthRefresh (session: Session, token: string): void {
@@ -697,17 +695,17 @@ export class Room {
   }
 
   /**
-   * Which limit a readwrite frame would break, or null. Presence limits
-   * (PRESENCE_FULL, PRESENCE_TOO_BIG, see isPresenceOnly) refuse the presence
-   * alone: the document patches of the same frame, checked without it, still
-   * go (the published client carries its presence in the frames that carry
-   * its edits, and in every reconnect with its offline edits). The fields
+   * Which limit a readwrite frame would break, or null. After a presence
+   * limit (PRESENCE_FULL, PRESENCE_TOO_BIG) the document patches are checked
+   * without the presence, which alone is refused (see #applyWithinLimits: the
+   * published client carries its presence in the frames that carry its
+   * edits, and in every reconnect with its offline edits). The fields
    * merges copy and the arrays buffer deltas write are paid from the
    * session's byte rate (see fieldCopies, bufferCost) before the sizes are
    * checked, since the exact size check does that work once more: a frame
    * that passes, or breaks a size limit or a presence limit, has been charged.
    */
-  #checkLimits (session: Session, docs: Patch[] | undefined, ephs: Patch[] | undefined, bufferItems: number): Violation | null {
+  #checkLimits (session: Session, docs: Patch[] | undefined, ephs: Patch[] | undefined, bufferItems: number, chars: number): Violation | null {
     const limits = this.#limits
     if ((docs?.length ?? 0) > limits.maxPatchesPerFrame || (ephs?.length ?? 0) > limits.maxPatchesPerFrame) return FRAME_TOO_LARGE
     const docKeys = countKeys(docs, limits.maxKeysPerFrame)
@@ -741,17 +739,18 @@ export class Room {
       if (cost > this.#rateLimit!.burstBytes) return FRAME_TOO_LARGE
       if (!session.bucket.takeBytes(cost, performance.now())) return BUFFERS_LIMITED
     }
-    // Sizes: a bound from the frame alone first; applied to copies only when that bound could pass the limit.
+    // Sizes: bounds from the frame's length, then from its values; applied to copies only when those could pass the limit.
+    const ceiling = frameBound(chars, bufferItems)
     if (docs !== undefined) {
       const bytes = this.#doc.bytes
-      if (bytes + growthBound(docs) > limits.maxDocumentBytes) {
+      if (bytes + ceiling > limits.maxDocumentBytes && bytes + growthBound(docs) > limits.maxDocumentBytes) {
         const growth = this.#doc.growth(docs)
         if (growth > 0 && bytes + growth > limits.maxDocumentBytes) return DOCUMENT_TOO_BIG
       }
     }
     if (eph !== undefined) {
-      const bytes = this.#ephemeralBytes.get(session.clientId) ?? 0
-      if (bytes + growthBound(eph) > limits.maxEphemeralBytes) {
+      const bytes = presence?.bytes ?? 0
+      if (bytes + ceiling > limits.maxEphemeralBytes && bytes + growthBound(eph) > limits.maxEphemeralBytes) {
         const growth = growthOf(presence, eph, false)
         if (growth > 0 && bytes + growth > limits.maxEphemeralBytes) presenceViolation = PRESENCE_TOO_BIG
       }
@@ -806,16 +805,11 @@ export class Room {
   #applyPresence (clientId: string, patches: Patch[]): void {
     let state = this.#ephemeral.get(clientId)
     if (state === undefined) {
-      state = new Map()
+      state = new Presence()
       this.#ephemeral.set(clientId, state)
     }
-    const bytes = (this.#ephemeralBytes.get(clientId) ?? 0) + applyPresence(state, patches)
-    if (state.size === 0) {
-      this.#ephemeral.delete(clientId)
-      this.#ephemeralBytes.delete(clientId)
-    } else {
-      this.#ephemeralBytes.set(clientId, bytes)
-    }
+    state.apply(patches)
+    if (state.size === 0) this.#ephemeral.delete(clientId)
   }
 
   /** The other clients' presence as one patch frame, or null when there is none. */
@@ -857,7 +851,6 @@ export class Room {
       // Its presence still batched for this turn would only follow its tombstones: drop it; the rest of the batch waits.
       this.#presence.drop(clientId)
       this.#ephemeral.delete(clientId)
-      this.#ephemeralBytes.delete(clientId)
       const deletion = emptyRecord<ComponentData>()
       for (const key of state.keys()) deletion[key] = { _exists: false }
       this.#broadcast(JSON.stringify({ type: 'patch', ephemeralPatches: [deletion], clientId }))
@@ -1044,16 +1037,16 @@ const DOCUMENT_FULL = [frameErrorCodes.DOCUMENT_FULL, 'The document has reached 
 const PRESENCE_FULL = [frameErrorCodes.PRESENCE_FULL, 'Too many presence keys for this client: its presence patches were not applied'] as const
 const DOCUMENT_TOO_BIG = [frameErrorCodes.DOCUMENT_FULL, 'The document would pass its size limit: not applied'] as const
 const PRESENCE_TOO_BIG = [frameErrorCodes.PRESENCE_FULL, "This client's presence would pass its size limit: its presence patches were not applied"] as const
-
+const RATE_LIMITED = [frameErrorCodes.RATE_LIMITED, 'Too many frames or bytes per second: not applied'] as const
+const BUFFERS_LIMITED = [frameErrorCodes.RATE_LIMITED, 'The frame makes the server copy more fields or array items than the byte rate limit allows: not applied'] as const
 /** Why a frame is refused: an error code and its message. */
 type Violation = readonly [code: string, message: string]
 
-/** A presence limit refuses a frame's presence patches only (see #checkLimits). */
+/** A presence limit refuses a frame's presence patches only (see #applyWithinLimits). */
 function isPresenceOnly (violation: Violation): boolean {
   return violation === PRESENCE_FULL || violation === PRESENCE_TOO_BIG
 }
-const RATE_LIMITED = [frameErrorCodes.RATE_LIMITED, 'Too many frames or bytes per second: not applied'] as const
-const BUFFERS_LIMITED = [frameErrorCodes.RATE_LIMITED, 'The frame makes the server copy more fields or array items than the byte rate limit allows: not applied'] as const
+
 /** Byte-rate cost of one stored field copied by a merge beyond FREE_FIELDS_PER_MENTION (about 1 µs of the server's time for a wide key). */
 const BYTES_PER_FIELD_COPY = 16
 /** Fields a merge copies for free per mention of a key: ordinary components have far fewer. */

@@ -87,6 +87,17 @@ function bufferBound (delta: BufferDelta): number {
 }
 
 /**
+ * An upper bound on growthBound (so on any growth) from a frame's length in
+ * characters and the items its buffer deltas describe, without reading it:
+ * no part of the estimate is more than NUMBER_BYTES times the JSON that
+ * carries it (a one-digit number), and an item a buffer delta adds counts
+ * NUMBER_BYTES + 1.
+ */
+export function frameBound (chars: number, bufferItems: number): number {
+  return NUMBER_BYTES * chars + (NUMBER_BYTES + 1) * bufferItems
+}
+
+/**
  * An upper bound on what applying `patches` can add to the stored size,
  * from the frame alone: each key's new size is at most its old one plus what
  * it is sent (fields it replaces only make it smaller), and a buffer delta

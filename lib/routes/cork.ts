@@ -24,7 +24,6 @@ let scheduled = false
 let lastText: string | null = null
 /** The last string as a frame (header, then the UTF-8 payload), or null. */
 let lastFrame: Buffer | null = null
-let lastHeaderLength = 0
 /** The last string's UTF-8 bytes alone (for ws.send), or null until asked for. */
 let lastBytes: Buffer | null = null
 const TEXT = { binary: false }
@@ -39,9 +38,14 @@ function encoded (data: string): Buffer {
     lastFrame = null
     lastBytes = Buffer.from(data, 'utf8')
   } else if (lastBytes === null) {
-    lastBytes = lastFrame!.subarray(lastHeaderLength)
+    lastBytes = lastFrame!.subarray(payloadStart(lastFrame!))
   }
   return lastBytes
+}
+
+/** Where a frame made by framed() starts its payload: after a 2, 4 or 10 byte header, as its second byte says. */
+function payloadStart (frame: Buffer): number {
+  return frame[1] === 127 ? 10 : frame[1] === 126 ? 4 : 2
 }
 
 /**
@@ -72,7 +76,6 @@ function framed (data: string): Buffer {
     lastBytes = null
   }
   lastFrame = frame
-  lastHeaderLength = headerLength
   return frame
 }
 
