@@ -1,6 +1,7 @@
 import { isIncremental, type IncrementalStorage, type Storage, type StoredEntry } from '../storage/storage.js'
 import type { Document } from './document.js'
 import type { RoomLogger, RoomObserver } from './session.js'
+import { cancelSlot, inSlot, type SlotEntry } from './slots.js'
 
 /**
  * When an ack may be sent.
@@ -51,6 +52,8 @@ export class Persistence {
   #committed = 0
   #inFlight: Promise<unknown> | null = null
   #timer: NodeJS.Timeout | null = null
+  /** The throttled write's place in a shared slot (see slots.ts). */
+  #slot: SlotEntry | null = null
   /** A cut is queued as a microtask (durable path). */
   #queued = false
   #failures = 0
@@ -112,7 +115,7 @@ export class Persistence {
   }
 
   #schedule (delay: number): void {
-    if (this.#stopped || this.#inFlight !== null || this.#timer !== null || this.#queued) return
+    if (this.#stopped || this.#inFlight !== null || this.#timer !== null || this.#slot !== null || this.#queued) return
     this.#arm(delay)
   }
 
@@ -120,6 +123,7 @@ export class Persistence {
   #arm (delay: number): void {
     const run = (): void => {
       this.#timer = null
+      this.#slot = null
       if (!this.#queued && delay === 0) return
       this.#queued = false
       if (this.#inFlight === null && this.#pending()) this.#write().catch(() => {})
@@ -130,16 +134,20 @@ export class Persistence {
       // commit. While a write is in flight, changes gather for the next one.
       this.#queued = true
       queueMicrotask(run)
+    } else if (this.#failures === 0) {
+      // The throttle: may run up to a tenth early, in a timer shared with other rooms; does not hold the process open.
+      this.#slot = inSlot(delay, run)
     } else {
+      // A retry of a failed write holds the process open.
       this.#timer = setTimeout(run, delay)
-      // A throttle timer must not hold the process open; a retry of a failed write does.
-      if (this.#failures === 0) this.#timer.unref()
     }
   }
 
   #clearTimers (): void {
     if (this.#timer !== null) clearTimeout(this.#timer)
+    if (this.#slot !== null) cancelSlot(this.#slot)
     this.#timer = null
+    this.#slot = null
     this.#queued = false
   }
 
