@@ -25,6 +25,9 @@
  *                          benchmark starts, to node_modules/.cache/canvas-bench/, so
  *                          that edits made meanwhile do not change what is measured)
  *   BENCH_PROFILE_INTERVAL=N  sample the profiles every N microseconds (default 1000)
+ *   BENCH_PIN=1            run each server on CPU 1 and the load generator on CPU 0 (taskset), so that the
+ *                          scheduler cannot run the generator on the server's core between its writes
+ *   BENCH_SERVER_FLAGS=".." extra node flags for the server processes (e.g. --max-semi-space-size=32)
  *   BENCH_PROFILE=1|all    run the plugin server (all: every server) under `node --cpu-prof` (bench/results/profiles/<run>/;
  *                          summarize with `node --import tsx bench/profile-summary.ts FILE`)
  *
@@ -37,6 +40,7 @@
 import { spawn, type ChildProcess } from 'node:child_process'
 import { execFileSync } from 'node:child_process'
 import { createHash } from 'node:crypto'
+import { availableParallelism } from 'node:os'
 import { cpSync, existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { dirname, join, relative } from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -75,6 +79,23 @@ const profileInterval = process.env.BENCH_PROFILE_INTERVAL ?? ''
 const onlyServers = (process.env.BENCH_SERVERS ?? '').split(',').map((s) => s.trim()).filter((s) => s !== '')
 const MEMORY_IDLE_MS = 2_000
 const quietSeconds = Number(process.env.BENCH_QUIET_S ?? 5)
+const pin = process.env.BENCH_PIN === '1'
+const serverFlags = (process.env.BENCH_SERVER_FLAGS ?? '').split(' ').filter((flag) => flag !== '')
+
+/** BENCH_PIN=1 needs two CPUs and taskset (util-linux). */
+function checkPinning (): void {
+  if (availableParallelism() < 2) throw new Error('BENCH_PIN=1 needs at least 2 CPUs')
+  try {
+    execFileSync('taskset', ['--version'], { stdio: 'ignore' })
+  } catch {
+    throw new Error('BENCH_PIN=1 needs taskset (util-linux) on the PATH')
+  }
+}
+
+/** The command and arguments that run node with `args`, on one CPU when pinning. */
+function nodeOn (cpu: number, args: string[]): [string, string[]] {
+  return pin ? ['taskset', ['--cpu-list', String(cpu), process.execPath, ...args]] : [process.execPath, args]
+}
 const root = join(here, '..')
 const libRev = process.env.BENCH_LIB ?? ''
 let libSnapshot: { index: string, label: string } | undefined
@@ -239,7 +260,7 @@ async function stop (child: ChildProcess, graceMs: number): Promise<void> {
 }
 
 async function runOnce (scenario: Scenario, server: ServerKind): Promise<Metrics> {
-  const nodeFlags = ['--expose-gc']
+  const nodeFlags = ['--expose-gc', ...serverFlags]
   let profileDir: string | null = null
   if (profile && (server === 'plugin' || profileAll)) {
     // One folder per run: node writes a profile per thread (main, and tsx's module loader thread).
@@ -250,7 +271,8 @@ async function runOnce (scenario: Scenario, server: ServerKind): Promise<Metrics
     if (profileInterval !== '') nodeFlags.push(`--cpu-prof-interval=${profileInterval}`)
     console.error(`  profiling the ${server} server into ${relative(root, dir)}/ (the largest .cpuprofile is the main thread)`)
   }
-  const serverProcess = spawn(process.execPath, [...nodeFlags, '--import', 'tsx', join(here, 'servers', `${server}.ts`)], {
+  // taskset execs node: the pid is the server's own (its CPU time is read from /proc).
+  const serverProcess = spawn(...nodeOn(1, [...nodeFlags, '--import', 'tsx', join(here, 'servers', `${server}.ts`)]), {
     stdio: ['ignore', 'pipe', 'inherit'],
     env: { ...process.env, SAVE_THROTTLE_MS: '1000', PLUGIN_LIB: pluginLib().index, ...scenario.env }
   })
@@ -268,7 +290,7 @@ async function runOnce (scenario: Scenario, server: ServerKind): Promise<Metrics
       idleTimeoutMs: Number(scenario.env?.IDLE_TIMEOUT_MS ?? 30_000),
       memoryRooms
     }
-    const load = spawn(process.execPath, ['--import', 'tsx', join(here, 'load', 'main.ts'), JSON.stringify(config)], {
+    const load = spawn(...nodeOn(0, ['--import', 'tsx', join(here, 'load', 'main.ts'), JSON.stringify(config)]), {
       stdio: ['ignore', 'pipe', 'inherit']
     })
     try {
@@ -413,6 +435,7 @@ function gitState (): string {
 }
 
 async function runScenario (scenario: Scenario): Promise<void> {
+  if (pin) checkPinning()
   const servers = scenario.servers.filter((s) => onlyServers.length === 0 || onlyServers.includes(s))
   const results = new Map<ServerKind, Metrics[]>(servers.map((s) => [s, []]))
   const failures: string[] = []
@@ -453,7 +476,7 @@ async function runScenario (scenario: Scenario): Promise<void> {
   })
   const runs = servers.map((s) => `${s} ${results.get(s)!.length}`).join(', ')
   const load1 = readFileSync('/proc/loadavg', 'latin1').split(' ').slice(0, 3).join(' ')
-  table(`${scenario.title}\nmedians of ${runs} run(s); ${libState()}; ${((Date.now() - started) / 1000).toFixed(0)} s; load average ${load0} -> ${load1}`, head, rows)
+  table(`${scenario.title}\nmedians of ${runs} run(s); ${libState()};${pin ? ' servers pinned to CPU 1, load generator to CPU 0;' : ''}${serverFlags.length > 0 ? ` server flags ${serverFlags.join(' ')};` : ''} ${((Date.now() - started) / 1000).toFixed(0)} s; load average ${load0} -> ${load1}`, head, rows)
   if (failures.length > 0) console.log(`\nfailed runs:\n${failures.map((f) => `- ${f}`).join('\n')}`)
 }
 
