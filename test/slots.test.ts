@@ -1,94 +1,191 @@
 import t from 'tap'
 import { Room, type RoomSnapshot } from '../lib/index.js'
-import { armedSlots, cancelSlot, inSlot } from '../lib/room/slots.js'
+import { Document } from '../lib/room/document.js'
+import { Persistence } from '../lib/room/persistence.js'
+import { SlotTimers, slotTimers, type SlotClock } from '../lib/room/slots.js'
 
-/**
- * Resolves with Date.now() when `run` is called. Slot timers are unref'd:
- * until then a timer of the test's own keeps the process running.
- */
-function ran () {
-  let resolve!: (at: number) => void
-  const keepAlive = setInterval(() => {}, 60_000)
-  const at = new Promise<number>((_resolve) => { resolve = _resolve }).finally(() => clearInterval(keepAlive))
-  return { at, run: () => resolve(Date.now()) }
+interface FakeTimer {
+  at: number
+  run: () => void
+  unrefd: boolean
+  unref: () => void
 }
 
-t.test('callbacks due in the same slot share one timer, run early by less than a slot and not before', async (t) => {
-  t.equal(armedSlots(), 0)
-  const asked = Date.now()
-  const waits = Array.from({ length: 200 }, () => ran())
-  const entries = waits.map((w) => inSlot(300, w.run))
-  // 200 requests within a few ms: a 30 ms slot holds all of them, or they straddle two.
-  t.ok(armedSlots() <= 2, `200 callbacks, ${armedSlots()} timer(s)`)
-  const dues = new Set(entries.map((e) => e.due))
-  t.equal(armedSlots(), dues.size, 'one timer per slot')
-  for (const e of entries) {
-    t.equal(e.due % 30, 0, 'slots are a tenth of the delay')
-    t.ok(e.due <= asked + 300 + 5 && e.due > asked + 300 - 30 - 5, 'due within a slot before the delay')
+/** A clock that moves only when told to, running the timers that fall due on the way. */
+function fakeClock (start = 1000.25) {
+  let now = start
+  const timers = new Set<FakeTimer>()
+  const clock: SlotClock = {
+    now: () => now,
+    setTimeout: (run, ms) => {
+      const timer: FakeTimer = { at: now + ms, run, unrefd: false, unref () { this.unrefd = true } }
+      timers.add(timer)
+      return timer
+    },
+    clearTimeout: (timer) => { timers.delete(timer as FakeTimer) }
   }
-  const times = await Promise.all(waits.map((w) => w.at))
-  // Node may fire a timer up to a millisecond before its due time (it rounds).
-  t.ok(times.every((at) => at >= Math.min(...dues) - 1), 'none ran before its slot')
-  t.equal(armedSlots(), 0, 'no timer left')
+  const advance = (ms: number): void => {
+    const end = now + ms
+    for (;;) {
+      let next: FakeTimer | undefined
+      for (const timer of timers) if (timer.at <= end && (next === undefined || timer.at < next.at)) next = timer
+      if (next === undefined) break
+      timers.delete(next)
+      now = next.at
+      next.run()
+    }
+    now = end
+  }
+  return { clock, timers, advance, now: () => now }
+}
+
+t.test('every callback runs within its last slot before the delay, never late; callbacks of one slot share a timer', async (t) => {
+  const fake = fakeClock()
+  const slots = new SlotTimers(fake.clock)
+  // Deterministic pseudo-random delays and request times.
+  let seed = 7
+  const random = (n: number): number => { seed = (seed * 1103515245 + 12345) % 2147483648; return seed % n }
+  const asked: Array<{ at: number, delay: number, due: number, ranAt: number | null }> = []
+  for (let i = 0; i < 2000; i++) {
+    const delay = [0, 1, 5, 37, 300, 1000, 5000, 60_000][random(8)] + random(3)
+    const record = { at: fake.now(), delay, due: 0, ranAt: null as number | null }
+    record.due = slots.add(delay, () => {
+      t.equal(record.ranAt, null, 'runs once')
+      record.ranAt = fake.now()
+    }).due
+    asked.push(record)
+    fake.advance(random(4) * 0.37)
+  }
+  t.equal(slots.armed, fake.timers.size, 'one Node timer per armed slot')
+  t.equal(slots.armed, new Set(asked.filter((a) => a.ranAt === null).map((a) => a.due)).size, 'one timer per distinct slot')
+  t.ok(slots.armed < 500, `2,000 callbacks in ${slots.armed} timers`)
+  t.ok([...fake.timers].every((timer) => timer.unrefd), 'every timer is unref\'d')
+  fake.advance(70_000)
+  let late = 0
+  let early = 0
+  for (const a of asked) {
+    const slot = Math.min(100, Math.max(1, Math.floor(a.delay / 10)))
+    if (a.ranAt === null || a.ranAt > a.at + a.delay + 1) late++
+    if (a.ranAt !== null && (a.ranAt < a.due || a.ranAt <= a.at + a.delay - slot)) early++
+  }
+  t.equal(late, 0, 'none ran late (beyond rounding to a whole millisecond)')
+  t.equal(early, 0, 'none ran before its slot, or more than a slot early')
+  t.equal(slots.armed, 0)
+  t.equal(slots.waiting, 0)
+  t.equal(fake.timers.size, 0, 'no timer left')
 })
 
-t.test('slots are at most 100 ms long', async (t) => {
-  const entry = inSlot(60_000, () => t.fail('cancelled'))
-  t.equal(entry.due % 100, 0)
-  t.ok(entry.due > Date.now() + 60_000 - 101)
-  cancelSlot(entry)
-  t.equal(armedSlots(), 0)
+t.test('a cancelled callback never runs, and the last one cancelled in a slot clears its timer', async (t) => {
+  const fake = fakeClock()
+  const slots = new SlotTimers(fake.clock)
+  const ran: string[] = []
+  const a = slots.add(1000, () => ran.push('a'))
+  const b = slots.add(1000, () => ran.push('b'))
+  t.equal(a.due, b.due)
+  slots.cancel(a)
+  t.equal(fake.timers.size, 1, 'the slot keeps its timer for b')
+  slots.cancel(a)
+  t.equal(slots.waiting, 1, 'cancelling twice is harmless')
+  slots.cancel(b)
+  t.equal(fake.timers.size, 0, 'the timer is cleared with the last callback')
+  t.equal(slots.armed, 0)
+  fake.advance(2000)
+  t.same(ran, [])
 })
 
-t.test('a cancelled callback never runs; its slot\'s timer goes when its last callback does', async (t) => {
-  const kept = ran()
-  const dropped = inSlot(40, () => t.fail('a cancelled callback ran'))
-  const sameSlot = inSlot(40, kept.run)
-  if (sameSlot.due === dropped.due) {
-    cancelSlot(dropped)
-    t.equal(armedSlots(), 1, 'the slot keeps its timer for the other callback')
-  } else {
-    cancelSlot(dropped)
-  }
-  cancelSlot(dropped) // twice is harmless
-  await kept.at
-  t.equal(armedSlots(), 0)
-  const alone = inSlot(40, () => t.fail('a cancelled callback ran'))
-  cancelSlot(alone)
-  t.equal(armedSlots(), 0, 'cancelling the only callback clears the timer')
-  // A later slot's callback runs after the cancelled one would have.
-  const later = ran()
-  inSlot(80, later.run)
-  await later.at
+t.test('a callback may cancel another of its slot, or ask for a new one, while the slot runs', async (t) => {
+  const fake = fakeClock()
+  const slots = new SlotTimers(fake.clock)
+  const ran: string[] = []
+  // eslint-disable-next-line prefer-const
+  let b: ReturnType<SlotTimers['add']>
+  slots.add(100, () => {
+    ran.push('a')
+    slots.cancel(b)
+    // Same delay, same due time: it must still wait for a timer of its own, not run in this loop.
+    slots.add(0, () => ran.push('c'))
+  })
+  b = slots.add(100, () => ran.push('b'))
+  fake.advance(100)
+  t.same(ran, ['a'], 'b was cancelled before its turn; c waits for its own timer')
+  fake.advance(1)
+  t.same(ran, ['a', 'c'])
+  t.equal(slots.waiting, 0)
+  t.equal(fake.timers.size, 0)
 })
 
 t.test('a callback that throws does not stop the others of its slot', async (t) => {
-  const warned = new Promise<Error>((resolve) => process.once('warning', resolve))
-  const after = ran()
-  // Two requests fall in different slots when a slot boundary passes between them: ask again.
-  for (;;) {
-    const first = inSlot(20, () => { throw new Error('boom') })
-    const second = inSlot(20, after.run)
-    if (second.due === first.due) break
-    cancelSlot(first)
-    cancelSlot(second)
-  }
-  await after.at
-  t.match((await warned).message, 'boom', 'reported as a process warning')
+  const fake = fakeClock()
+  const slots = new SlotTimers(fake.clock)
+  const warnings: Error[] = []
+  const onWarning = (w: Error): void => { if (w.name === 'CanvasStoreSlotWarning') warnings.push(w) }
+  process.on('warning', onWarning)
+  t.teardown(() => { process.off('warning', onWarning) })
+  const ran: string[] = []
+  slots.add(50, () => { throw new Error('boom') })
+  slots.add(50, () => ran.push('after'))
+  fake.advance(50)
+  t.same(ran, ['after'])
+  await new Promise<void>((resolve) => setImmediate(resolve))
+  t.equal(warnings.length, 1)
+  t.match(warnings[0].message, 'boom', 'reported as a process warning')
 })
 
-t.test('a room\'s throttled save waits in a slot, which its close cancels', async (t) => {
+t.test('a room\'s throttled writes: one waiting at a time, run on its slot, cancelled by stop and flush', async (t) => {
+  const fake = fakeClock()
+  const slots = new SlotTimers(fake.clock)
   const saves: RoomSnapshot[] = []
-  const rooms = [0, 1, 2].map((i) => new Room({ roomId: `r${i}`, createStorage: () => ({ load: async () => null, save: async (s) => { saves.push(s) } }), saveThrottleMs: 60_000 }))
-  const socket = () => ({ readyState: 1, send () {}, close () { this.readyState = 3 } })
-  for (const [i, room] of rooms.entries()) {
-    await room.load()
-    const session = room.handleSocketConnect({ socket: socket(), clientId: 'a', permissions: 'readwrite' })
-    room.handleSocketMessage(session, JSON.stringify({ type: 'patch', messageId: 'm', documentPatches: [{ [`k${i}`]: { _exists: true } }] }))
-  }
-  t.ok(armedSlots() >= 1 && armedSlots() <= 2, 'three rooms\' saves share a slot (or two, across a boundary)')
-  t.equal(saves.length, 0, 'nothing saved before the throttle')
-  for (const room of rooms) await room.close()
-  t.equal(saves.length, 3, 'each close saved its room')
-  t.equal(armedSlots(), 0, 'and cancelled its slot')
+  const doc = new Document()
+  const persistence = new Persistence({
+    storage: { load: async () => null, save: async (s) => { saves.push(s) } },
+    document: () => doc,
+    throttleMs: 1000,
+    durability: 'throttled',
+    log: { error () {}, warn () {}, info () {}, debug () {} } as never,
+    roomId: 'r',
+    onCommit () {},
+    onGiveUp () {},
+    failureBoundMs: 60_000,
+    slots
+  })
+  for (let i = 0; i < 20; i++) persistence.noteChanges(doc.applyFrame([{ [`k${i}`]: { _exists: true } }])!)
+  t.equal(slots.waiting, 1, '20 changes, one write waiting')
+  fake.advance(899)
+  t.equal(saves.length, 0, 'not before its slot')
+  fake.advance(101)
+  t.equal(saves.length, 1, 'written by the throttle\'s deadline')
+  await persistence.flush()
+  t.equal(Object.keys(saves[0].state).length, 20)
+
+  persistence.noteChanges(doc.applyFrame([{ late: { _exists: true } }])!)
+  t.equal(slots.waiting, 1)
+  await persistence.flush()
+  t.equal(saves.length, 2, 'flush wrote at once')
+  t.equal(slots.waiting, 0, 'and dropped the waiting write')
+  fake.advance(2000)
+  t.equal(saves.length, 2, 'nothing written twice')
+
+  persistence.noteChanges(doc.applyFrame([{ stopped: { _exists: true } }])!)
+  persistence.stop()
+  t.equal(slots.waiting, 0, 'stop drops the waiting write')
+  fake.advance(2000)
+  t.equal(saves.length, 2)
+  t.equal(fake.timers.size, 0)
+})
+
+t.test('a room saves on the process\'s shared slots without being closed', async (t) => {
+  let saved!: (s: RoomSnapshot) => void
+  const save = new Promise<RoomSnapshot>((resolve) => { saved = resolve })
+  const room = new Room({ roomId: 'r', createStorage: () => ({ load: async () => null, save: async (s) => { saved(s) } }), saveThrottleMs: 30 })
+  await room.load()
+  const socket = { readyState: 1, send () {}, close () { socket.readyState = 3 } }
+  const session = room.handleSocketConnect({ socket, clientId: 'a', permissions: 'readwrite' })
+  room.handleSocketMessage(session, JSON.stringify({ type: 'patch', messageId: 'm', documentPatches: [{ k: { _exists: true, x: 1 } }] }))
+  t.equal(slotTimers.waiting, 1)
+  // The slot's timer is unref'd: keep the process running until it fires.
+  const keepAlive = setInterval(() => {}, 60_000)
+  const snapshot = await save.finally(() => clearInterval(keepAlive))
+  t.same(snapshot.state.k, { _exists: true, x: 1 })
+  t.equal(slotTimers.waiting, 0)
+  await room.close()
 })

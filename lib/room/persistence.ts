@@ -1,7 +1,7 @@
 import { isIncremental, type IncrementalStorage, type Storage, type StoredEntry } from '../storage/storage.js'
 import type { Document } from './document.js'
 import type { RoomLogger, RoomObserver } from './session.js'
-import { cancelSlot, inSlot, type SlotEntry } from './slots.js'
+import { slotTimers, type SlotEntry, type SlotTimers } from './slots.js'
 
 /**
  * When an ack may be sent.
@@ -24,6 +24,8 @@ export interface PersistenceOptions {
   onGiveUp: (err: unknown) => void
   failureBoundMs: number
   observer?: RoomObserver | undefined
+  /** Where throttled writes wait (tests pass their own, on a fake clock). */
+  slots?: SlotTimers
 }
 
 const MAX_RETRY_MS = 30_000
@@ -42,6 +44,7 @@ const MAX_RETRY_MS = 30_000
 export class Persistence {
   readonly #o: PersistenceOptions
   readonly #incremental: IncrementalStorage | undefined
+  readonly #slots: SlotTimers
   /** True when acks wait for the write holding their change (durable acks over a storage with `append`). */
   readonly holding: boolean
   /** Keys changed since the last write was cut (incremental path). */
@@ -62,6 +65,7 @@ export class Persistence {
 
   constructor (options: PersistenceOptions) {
     this.#o = options
+    this.#slots = options.slots ?? slotTimers
     const storage = options.storage
     this.#incremental = storage !== undefined && isIncremental(storage) ? storage : undefined
     this.holding = this.#incremental !== undefined && options.durability === 'durable'
@@ -136,7 +140,7 @@ export class Persistence {
       queueMicrotask(run)
     } else if (this.#failures === 0) {
       // The throttle: may run up to a tenth early, in a timer shared with other rooms; does not hold the process open.
-      this.#slot = inSlot(delay, run)
+      this.#slot = this.#slots.add(delay, run)
     } else {
       // A retry of a failed write holds the process open.
       this.#timer = setTimeout(run, delay)
@@ -145,7 +149,7 @@ export class Persistence {
 
   #clearTimers (): void {
     if (this.#timer !== null) clearTimeout(this.#timer)
-    if (this.#slot !== null) cancelSlot(this.#slot)
+    if (this.#slot !== null) this.#slots.cancel(this.#slot)
     this.#timer = null
     this.#slot = null
     this.#queued = false

@@ -8,68 +8,107 @@
  *
  * A callback asked for in `delay` ms runs at the start of the slot that
  * holds its due time: early by less than one slot, never late. A slot is a
- * tenth of the delay, at most 100 ms. The timers are unref'd: waiting for
- * them never holds the process open.
+ * tenth of the delay, at most 100 ms. Times come from the monotonic clock
+ * (a wall-clock step must not make a callback wait for another slot's
+ * timer). The timers are unref'd: waiting for them never holds the process
+ * open.
  */
 const MAX_SLOT_MS = 100
 
-/** A callback waiting in a slot (what {@link cancelSlot} takes). */
-export interface SlotEntry {
-  readonly due: number
-  readonly run: () => void
+/** What slots read time from and arm timers with (a fake one in tests). */
+export interface SlotClock {
+  /** Milliseconds on a monotonic clock. */
+  now: () => number
+  setTimeout: (run: () => void, ms: number) => { unref: () => unknown }
+  clearTimeout: (timer: { unref: () => unknown }) => void
+}
+
+const systemClock: SlotClock = {
+  now: () => performance.now(),
+  setTimeout: (run, ms) => setTimeout(run, ms),
+  clearTimeout: (timer) => clearTimeout(timer as NodeJS.Timeout)
 }
 
 interface Slot {
-  timer: NodeJS.Timeout
-  entries: Set<SlotEntry>
+  readonly due: number
+  readonly timer: { unref: () => unknown }
+  readonly entries: Set<SlotEntry>
 }
 
-/** Slots by due time (ms since the epoch, a multiple of the slot's length). */
-const slots = new Map<number, Slot>()
-
-/** Number of timers armed for slots (for tests). */
-export function armedSlots (): number {
-  return slots.size
+/** A callback waiting in a slot (what {@link SlotTimers.cancel} takes). */
+export interface SlotEntry {
+  /** When its slot starts (on the clock's `now()`). */
+  readonly due: number
 }
 
-/**
- * Runs `run` about `delay` ms from now: at the start of its slot, between
- * `delay` minus a tenth of it (at most 100 ms) and `delay`.
- */
-export function inSlot (delay: number, run: () => void): SlotEntry {
-  const now = Date.now()
-  const length = Math.min(MAX_SLOT_MS, Math.max(1, Math.floor(delay / 10)))
-  const due = Math.max(now + 1, Math.floor((now + delay) / length) * length)
-  const entry: SlotEntry = { due, run }
-  let slot = slots.get(due)
-  if (slot === undefined) {
-    const timer = setTimeout(fire, due - now, due)
-    timer.unref()
-    slots.set(due, slot = { timer, entries: new Set() })
+interface Entry extends SlotEntry {
+  readonly run: () => void
+  readonly slot: Slot
+}
+
+export class SlotTimers {
+  readonly #clock: SlotClock
+  /** Slots by due time (a multiple of the slot's length). */
+  readonly #slots = new Map<number, Slot>()
+  #waiting = 0
+
+  constructor (clock: SlotClock = systemClock) {
+    this.#clock = clock
   }
-  slot.entries.add(entry)
-  return entry
-}
 
-/** Drops a callback that has not run yet (and the slot's timer once it has none left). */
-export function cancelSlot (entry: SlotEntry): void {
-  const slot = slots.get(entry.due)
-  if (slot === undefined || !slot.entries.delete(entry)) return
-  if (slot.entries.size > 0) return
-  clearTimeout(slot.timer)
-  slots.delete(entry.due)
-}
+  /** Number of timers armed. */
+  get armed (): number { return this.#slots.size }
 
-function fire (due: number): void {
-  const slot = slots.get(due)
-  if (slot === undefined) return
-  slots.delete(due)
-  for (const entry of slot.entries) {
-    try {
-      entry.run()
-    } catch (err) {
-      // The callbacks are the rooms' own and catch what they expect; one that throws must not stop the slot's others.
-      process.emitWarning(err instanceof Error ? err : new Error(String(err)), 'CanvasStoreSlotWarning')
+  /** Number of callbacks waiting. */
+  get waiting (): number { return this.#waiting }
+
+  /**
+   * Runs `run` about `delay` ms from now: at the start of its slot, between
+   * `delay` minus a tenth of it (at most 100 ms) and `delay`.
+   */
+  add (delay: number, run: () => void): SlotEntry {
+    const now = this.#clock.now()
+    const length = Math.min(MAX_SLOT_MS, Math.max(1, Math.floor(delay / 10)))
+    const due = Math.floor((now + delay) / length) * length
+    let slot = this.#slots.get(due)
+    if (slot === undefined) {
+      const timer = this.#clock.setTimeout(() => this.#fire(slot!), Math.max(1, Math.ceil(due - now)))
+      timer.unref()
+      slot = { due, timer, entries: new Set() }
+      this.#slots.set(due, slot)
+    }
+    const entry: Entry = { due, run, slot }
+    slot.entries.add(entry)
+    this.#waiting++
+    return entry
+  }
+
+  /** Drops a callback that has not run yet, even while its slot is running the others. */
+  cancel (entry: SlotEntry): void {
+    const { slot } = entry as Entry
+    if (!slot.entries.delete(entry)) return
+    this.#waiting--
+    if (slot.entries.size > 0 || this.#slots.get(slot.due) !== slot) return
+    this.#clock.clearTimeout(slot.timer)
+    this.#slots.delete(slot.due)
+  }
+
+  #fire (slot: Slot): void {
+    // Callbacks asked for from here on go to a new slot, even with the same due time.
+    this.#slots.delete(slot.due)
+    // A callback may cancel another of this slot: a Set's iteration skips what is deleted before it is reached.
+    for (const entry of slot.entries) {
+      slot.entries.delete(entry)
+      this.#waiting--
+      try {
+        (entry as Entry).run()
+      } catch (err) {
+        // The callbacks are the rooms' own and catch what they expect; one that throws must not stop the slot's others.
+        process.emitWarning(`a timed callback threw: ${err instanceof Error ? err.stack ?? err.message : String(err)}`, 'CanvasStoreSlotWarning')
+      }
     }
   }
 }
+
+/** The process's slots, shared by every room. */
+export const slotTimers = new SlotTimers()
