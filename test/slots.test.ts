@@ -46,11 +46,12 @@ t.test('every callback runs within its last slot before the delay, never late; c
   let seed = 7
   const random = (n: number): number => { seed = (seed * 1103515245 + 12345) % 2147483648; return seed % n }
   const asked: Array<{ at: number, delay: number, due: number, ranAt: number | null }> = []
+  let twice = 0
   for (let i = 0; i < 2000; i++) {
     const delay = [0, 1, 5, 37, 300, 1000, 5000, 60_000][random(8)] + random(3)
     const record = { at: fake.now(), delay, due: 0, ranAt: null as number | null }
     record.due = slots.add(delay, () => {
-      t.equal(record.ranAt, null, 'runs once')
+      if (record.ranAt !== null) twice++
       record.ranAt = fake.now()
     }).due
     asked.push(record)
@@ -68,6 +69,7 @@ t.test('every callback runs within its last slot before the delay, never late; c
     if (a.ranAt === null || a.ranAt > a.at + a.delay + 1) late++
     if (a.ranAt !== null && (a.ranAt < a.due || a.ranAt <= a.at + a.delay - slot)) early++
   }
+  t.equal(twice, 0, 'none ran twice')
   t.equal(late, 0, 'none ran late (beyond rounding to a whole millisecond)')
   t.equal(early, 0, 'none ran before its slot, or more than a slot early')
   t.equal(slots.armed, 0)
