@@ -96,6 +96,7 @@ function checkPinning (): void {
 function nodeOn (cpu: number, args: string[]): [string, string[]] {
   return pin ? ['taskset', ['--cpu-list', String(cpu), process.execPath, ...args]] : [process.execPath, args]
 }
+
 const root = join(here, '..')
 const libRev = process.env.BENCH_LIB ?? ''
 let libSnapshot: { index: string, label: string } | undefined
