@@ -92,6 +92,30 @@ t.test('rateLimit: closeAfter refused frames in a row close the session with 442
   await b.close()
 })
 
+for (const [name, frame, answered] of [
+  ['not JSON', 'not json at all', 0],
+  ['of an unknown type', JSON.stringify({ type: 'shout', text: 'x' }), 0],
+  ['of another protocol version', JSON.stringify({ type: 'reconnect', lastTimestamp: 0, protocolVersion: 99 }), 1],
+  ['of the wrong shape', JSON.stringify({ type: 'patch', messageId: 'bad', documentPatches: [{ 'k\u0000': { _exists: true } }] }), 2]
+] as const) {
+  t.test(`rateLimit: frames ${name} count toward closeAfter once over the rate (4429), not only valid ones`, async (t) => {
+    const app = await build(t, { rateLimit: { framesPerSecond: SLOW_REFILL, burstFrames: 3, closeAfter: 10 } })
+    const a = await connected(app, 'a', 1)
+    const b = await connected(app, 'b', 2)
+    for (let i = 0; i < 30; i++) a.send(frame)
+    t.strictSame(await a.closed, { code: 4429, reason: 'Rate limit exceeded' })
+    // The first 3 frames were within the rate and answered as before (nothing, version-mismatch, or ack and
+    // error); the next 10 were refused, and the 10th closed the session.
+    const errors = a.frames.filter((f) => f.type === 'error')
+    t.equal(errors.length, answered === 2 ? 13 : 10)
+    t.ok(errors.every((f) => f.code === (answered === 2 ? 'CANVAS_STORE_INVALID_FRAME' : RATE_LIMITED)))
+    t.equal(a.frames.filter((f) => f.type === 'version-mismatch').length, answered === 1 ? 3 : 0)
+    t.equal(a.frames.filter((f) => f.type === 'ack').length, answered === 2 ? 13 : 0)
+    t.equal(roomOf(app).getSessionCount(), 1, 'the other session stays')
+    await b.close()
+  })
+}
+
 t.test('rateLimit: the byte bucket refuses a frame larger than what is left of burstBytes', async (t) => {
   const app = await build(t, { rateLimit: { bytesPerSecond: SLOW_REFILL, burstBytes: 300 } })
   const a = await connected(app, 'a', 1)

@@ -406,14 +406,24 @@ export class Room {
     let bufferItems = 0
     switch (parsed.kind) {
       case 'ignore':
-        return 'ignored'
       case 'version-mismatch':
+        // Over the rate, a frame the protocol ignores, or one of another version, is refused for the rate like
+        // any other and counts toward closeAfter: garbage must not be a way around the limit.
+        if (limited) {
+          this.#refuse(session, undefined, undefined, RATE_LIMITED)
+          this.#overRate(session, false)
+          return 'rate-limited'
+        }
+        if (parsed.kind === 'ignore') return 'ignored'
         this.#sendMessage(session, { type: 'version-mismatch', serverProtocolVersion: PROTOCOL_VERSION })
         return 'version-mismatch'
       case 'invalid':
         this.#log.debug({ roomId: this.roomId, sessionId: session.sessionId, reason: parsed.message }, 'frame refused')
         this.#refuseInvalid(session, parsed, limited)
-        if (parsed.reconnect === undefined) return 'invalid'
+        if (parsed.reconnect === undefined) {
+          if (limited) this.#overRate(session, false)
+          return 'invalid'
+        }
         // Only the patches it carries are wrong: they were refused, and the reconnect is still answered (diff,
         // synced), or a client whose offline changes hold a bad key could never sync again.
         frame = parsed.reconnect
@@ -768,9 +778,14 @@ export class Room {
     } else {
       this.#refuse(session, undefined, undefined, RATE_LIMITED)
     }
+    this.#overRate(session, frame.type === 'reconnect')
+  }
+
+  /** Counts a frame refused for the rate; closeAfter of them in a row close the session (4429). */
+  #overRate (session: Session, reconnect: boolean): void {
     // A reconnect is answered with a diff of the document: one over the rate while the session still owes
     // for earlier diffs and correctives (see #charge) closes it instead of costing another.
-    const owing = frame.type === 'reconnect' && session.bucket!.owing(performance.now())
+    const owing = reconnect && session.bucket!.owing(performance.now())
     if ((++session.refusedInRow >= this.#rateLimit!.closeAfter || owing) && this.#sessions.has(session.sessionId)) {
       this.#log.warn({ roomId: this.roomId, sessionId: session.sessionId }, 'session closed for sustained rate-limit abuse')
       this.disconnectSession(session.sessionId, CloseCode.RATE_LIMITED, 'Rate limit exceeded')
