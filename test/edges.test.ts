@@ -11,7 +11,9 @@ const tooLong = 'r'.repeat(257)
 for (const [name, query] of [
   ['a roomId over 256 characters', `roomId=${tooLong}&clientId=a`],
   ['a clientId with a control character', 'roomId=r&clientId=a%0Ab'],
-  ['a roomId with a NUL', 'roomId=r%00&clientId=a']
+  ['a roomId with a NUL', 'roomId=r%00&clientId=a'],
+  // 129 characters outside the BMP: 258 UTF-16 units, over the limit as the admin routes count it too.
+  ['a roomId of 129 emoji', `roomId=${encodeURIComponent('\u{1F600}'.repeat(129))}&clientId=a`]
 ] as const) {
   t.test(`${name}: HTTP 400 with code CANVAS_STORE_INVALID_REQUEST, before any room exists`, async (t) => {
     const app = await build(t)

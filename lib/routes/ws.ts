@@ -1,6 +1,6 @@
 import rateLimit from '@fastify/rate-limit'
 import { randomBytes } from 'node:crypto'
-import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
+import { TypeBoxValidatorCompiler, type TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
 import type { FastifyBaseLogger, FastifyInstance, FastifyPluginAsync } from 'fastify'
 import type { RawData, WebSocket } from 'ws'
 import { CloseCode, closeReason, errors } from '../errors.js'
@@ -32,6 +32,9 @@ export interface WsRouteOptions {
 export const wsRoutes: FastifyPluginAsync<WsRouteOptions> = async (fastify: FastifyInstance, { options, manager, roomOptions, sockets, draining, metrics }) => {
   const app = fastify.withTypeProvider<TypeBoxTypeProvider>()
   app.setErrorHandler(replyError)
+  // The admin routes' validator, so that ids are measured the same way (UTF-16 units) on both: with Fastify's
+  // Ajv, which counts code points, a room could be joined here under an id the admin routes refuse to name.
+  app.setValidatorCompiler(TypeBoxValidatorCompiler)
   const authorize = options.authorize ?? (() => ({ permissions: 'readwrite' as const }))
   const limit = options.connectionRateLimit
   if (limit !== false) {
