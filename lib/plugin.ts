@@ -6,6 +6,8 @@ import type { WebSocket } from 'ws'
 import { CloseCode } from './errors.js'
 import { Metrics } from './metrics.js'
 import { resolveOptions, type CanvasStoreOptions, type ResolvedOptions } from './options.js'
+import { CatchUpAllowance } from './room/catch-up.js'
+import { DEFAULT_SLOW_CLIENT } from './room/limits.js'
 import type { RoomOptions } from './room/room.js'
 import { RoomManager } from './room/room-manager.js'
 import { checkResult } from './routes/ws.js'
@@ -34,6 +36,8 @@ const canvasStore: FastifyPluginAsync<CanvasStoreOptions> = async (fastify, opts
     log.warn('no authorize option: every connection gets readwrite access')
   }
   const createStorage: CreateStorage = options.createStorage ?? defaultStorage()
+  // One allowance for every room of this registration: the bound is on the process's memory, not a room's.
+  const catchUp = new CatchUpAllowance(options.slowClient === false ? Number.POSITIVE_INFINITY : options.slowClient?.catchUpBytes ?? DEFAULT_SLOW_CLIENT.catchUpBytes)
   const roomOptions = (roomId: string): RoomOptions => ({
     createStorage,
     saveThrottleMs: options.saveThrottleMs,
@@ -42,6 +46,7 @@ const canvasStore: FastifyPluginAsync<CanvasStoreOptions> = async (fastify, opts
     limits: options.limits,
     rateLimit: options.rateLimit,
     slowClient: options.slowClient,
+    catchUp,
     observer: metrics,
     presenceBatching: options.presenceBatching,
     logger: log,

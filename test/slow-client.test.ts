@@ -1,5 +1,7 @@
 import t from 'tap'
 import { Room, type RoomOptions } from '../lib/index.js'
+import { resolveOptions } from '../lib/options.js'
+import { CatchUpAllowance } from '../lib/room/catch-up.js'
 
 interface FakeSocket {
   sent: any[]
@@ -320,4 +322,56 @@ t.test('a session that caught up after its reconnect has no allowance left', asy
   send('b', { documentPatches: [{ k: { v: 1 } }] })
   t.equal(a.terminated, 1, 'caught up, then behind by more than hardBytes: terminated')
   await room.close()
+})
+
+t.test('slowClient.catchUpBytes: exempt answers waiting unsent are bounded across the rooms sharing an allowance; past it an answer counts like any frame', async (t) => {
+  const allowance = new CatchUpAllowance(5 * HARD)
+  const slowClient = { softBytes: SOFT, hardBytes: HARD, catchUpBytes: 5 * HARD }
+  const rooms = ['r1', 'r2'].map((roomId) => new Room({ ...options, roomId, slowClient, catchUp: allowance }))
+  // Each room holds a document of about 3 * HARD.
+  for (const room of rooms) {
+    const w = fakeSocket()
+    const sw = room.handleSocketConnect({ socket: w, clientId: 'w', permissions: 'readwrite' })
+    room.handleSocketMessage(sw, JSON.stringify({ type: 'patch', messageId: 'm1', documentPatches: [{ big: { _exists: true, text: 'x'.repeat(3 * HARD) } }] }))
+  }
+  const join = (room: Room, clientId: string) => {
+    const socket = fakeSocket()
+    socket.send = function (data: string) { this.sent.push(JSON.parse(data)); this.bufferedAmount += Buffer.byteLength(data) }
+    room.handleSocketConnect({ socket, clientId, permissions: 'readwrite' })
+    const sessionId = room.getSessions().find((s) => s.clientId === clientId)!.sessionId
+    room.handleSocketMessage(sessionId, JSON.stringify({ type: 'reconnect', lastTimestamp: 0, protocolVersion: 2 }))
+    return socket
+  }
+  const a = join(rooms[0], 'a')
+  t.equal(a.terminated, 0, 'a\'s answer (3 * hardBytes) fits the allowance')
+  t.equal(allowance.holders, 1)
+  const b = join(rooms[1], 'b')
+  t.equal(b.terminated, 1, 'b\'s, in another room, would pass it while a has not read: it counts, and is over hardBytes')
+  t.match(b.sent.at(-1), { type: 'patch' }, 'b was sent its answer, then cut before synced')
+  a.bufferedAmount = 0
+  const c = join(rooms[1], 'c')
+  t.equal(c.terminated, 0, 'once a has read its answer, the allowance is free again')
+  t.match(c.sent.at(-1), { type: 'synced' })
+  t.equal(allowance.holders, 1, 'a was let go, c holds it')
+  await rooms[1].close()
+  t.equal(allowance.holders, 0, 'a closed session releases it')
+  await rooms[0].close()
+})
+
+t.test('slowClient.catchUpBytes: answers up to softBytes never count toward it; the plugin shares one allowance between its rooms', async (t) => {
+  const allowance = new CatchUpAllowance(1)
+  const room = new Room({ ...options, catchUp: allowance })
+  const w = fakeSocket()
+  const sw = room.handleSocketConnect({ socket: w, clientId: 'w', permissions: 'readwrite' })
+  room.handleSocketMessage(sw, JSON.stringify({ type: 'patch', messageId: 'm1', documentPatches: [{ small: { _exists: true, text: 'x'.repeat(SOFT / 2) } }] }))
+  for (let i = 0; i < 5; i++) {
+    const j = fakeSocket()
+    j.send = function (data: string) { this.sent.push(JSON.parse(data)); this.bufferedAmount += Buffer.byteLength(data) }
+    const sj = room.handleSocketConnect({ socket: j, clientId: `j${i}`, permissions: 'readwrite' })
+    room.handleSocketMessage(sj, JSON.stringify({ type: 'reconnect', lastTimestamp: 0, protocolVersion: 2 }))
+    t.equal(j.terminated, 0)
+  }
+  t.equal(allowance.holders, 0)
+  await room.close()
+  t.throws(() => resolveOptions({ slowClient: { catchUpBytes: -1 } }), /slowClient\.catchUpBytes/)
 })

@@ -68,12 +68,19 @@ export interface SlowClientPolicy {
   hardBytes: number
   /** A session above `softBytes` for this long (ms) is closed too. */
   maxSlowMs: number
+  /**
+   * Most bytes of reconnect answers larger than `softBytes` that may wait
+   * unsent, exempt from `hardBytes` and `maxSlowMs`, at once across the
+   * plugin's rooms; beyond it an answer counts like any frame (see catch-up.ts).
+   */
+  catchUpBytes: number
 }
 
 export const DEFAULT_SLOW_CLIENT: SlowClientPolicy = {
   softBytes: 1024 * 1024,
   hardBytes: 64 * 1024 * 1024,
-  maxSlowMs: 30_000
+  maxSlowMs: 30_000,
+  catchUpBytes: 256 * 1024 * 1024
 }
 
 /** Two token buckets (frames and bytes) of one session. */

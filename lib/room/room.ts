@@ -15,6 +15,7 @@ import type {
   SessionPermission
 } from '../protocol/types.js'
 import type { Storage } from '../storage/storage.js'
+import { CatchUpAllowance } from './catch-up.js'
 import { Document, Presence, applyKind, emptyRecord, hasContent, growthOf, isBufferDelta, sizeOf, type StoredRecords } from './document.js'
 import { DEFAULT_LIMITS, DEFAULT_RATE_LIMIT, DEFAULT_SLOW_CLIENT, TokenBucket, countKeys, ownCount, type RateLimit, type RoomLimits, type SlowClientPolicy } from './limits.js'
 import { Persistence, type Durability } from './persistence.js'
@@ -68,6 +69,8 @@ export interface RoomOptions {
   rateLimit?: Partial<RateLimit> | false
   /** What to do with sessions that cannot keep up, or `false` for nothing; see {@link DEFAULT_SLOW_CLIENT}. */
   slowClient?: Partial<SlowClientPolicy> | false
+  /** Shared by the rooms of one plugin (slowClient.catchUpBytes across them); by default the room's own. */
+  catchUp?: CatchUpAllowance
   /** Where the room logs (pino-like). Silent by default. */
   logger?: RoomLogger
   /** Receives measurements (frames, bytes, apply and storage times). */
@@ -129,6 +132,7 @@ export class Room {
   readonly #limits: RoomLimits
   readonly #rateLimit: RateLimit | null
   readonly #slow: SlowClientPolicy | null
+  readonly #catchUp: CatchUpAllowance
   /** Presence since the last batch, sent once per session (when batching: see #flushPresence). */
   readonly #presence = new PresenceBatch()
   readonly #batchPresence: boolean
@@ -154,6 +158,7 @@ export class Room {
     this.#limits = { ...DEFAULT_LIMITS, ...options.limits }
     this.#rateLimit = options.rateLimit === false ? null : { ...DEFAULT_RATE_LIMIT, ...options.rateLimit }
     this.#slow = options.slowClient === false ? null : { ...DEFAULT_SLOW_CLIENT, ...options.slowClient }
+    this.#catchUp = options.catchUp ?? new CatchUpAllowance(this.#slow?.catchUpBytes ?? Number.POSITIVE_INFINITY)
     const durability = options.durability ?? 'durable'
     if (durability !== 'durable' && durability !== 'throttled') throw new RangeError("durability must be 'durable' or 'throttled'")
     this.#persistence = new Persistence({
@@ -387,7 +392,10 @@ export class Room {
       const sessions = Array.from(this.#sessions.values())
       this.#sessions.clear()
       this.#ephemeral.clear()
-      for (const session of sessions) safeClose(session.socket, CloseCode.GOING_AWAY, 'Server closing the room')
+      for (const session of sessions) {
+        this.#catchUp.release(session)
+        safeClose(session.socket, CloseCode.GOING_AWAY, 'Server closing the room')
+      }
     }
     if (options.flush === false) return
     try {
@@ -502,6 +510,7 @@ export class Room {
     // without reading is not.
     const answer = ++session.answers
     session.catchUpBytes = 0
+    this.#catchUp.release(session)
     // One frame, or two when together they would be large: each part is bounded (limits.maxDocumentBytes,
     // limits.maxEphemeralBytes per client), their sum could pass the longest string V8 can build.
     const frames = documentPart.length + presencePart.length > JOIN_FRAME_SPLIT_CHARS
@@ -850,6 +859,7 @@ export class Room {
   #removeSession (sessionId: string): void {
     const session = this.#sessions.get(sessionId)
     if (session === undefined) return
+    this.#catchUp.release(session)
     const clientId = session.clientId
     // Another live session of the same client (a reconnect that raced the old socket's close) keeps the presence.
     let stillHere = false
@@ -963,7 +973,11 @@ export class Room {
       const buffered = socket.bufferedAmount
       if (buffered !== undefined && !this.#keepsUp(session, buffered, droppable)) return
       // Answers to earlier reconnects, delivered late (durable acks wait for a commit), count like any frame.
-      if (answer !== 0 && answer === session.answers) session.catchUpBytes += Buffer.byteLength(data)
+      if (answer !== 0 && answer === session.answers) {
+        // Past the allowance shared by the plugin's rooms, the answer counts like any frame.
+        const bytes = Buffer.byteLength(data)
+        if (this.#catchUp.admit(session, bytes, this.#slow.softBytes)) session.catchUpBytes += bytes
+      }
     }
     this.#observer?.frameOut(data.length)
     try {
@@ -980,9 +994,13 @@ export class Room {
    */
   #keepsUp (session: Session, buffered: number, droppable: boolean): boolean {
     const policy = this.#slow!
-    if (buffered <= policy.softBytes) session.catchUpBytes = 0
-    // What it asked for with a reconnect is not held against it: only what the room sent it besides.
-    else buffered -= session.catchUpBytes
+    if (buffered > policy.softBytes) {
+      // What it asked for with a reconnect is not held against it: only what the room sent it besides.
+      buffered -= session.catchUpBytes
+    } else if (session.catchUpBytes !== 0) {
+      session.catchUpBytes = 0
+      this.#catchUp.release(session)
+    }
     if (buffered <= policy.softBytes) {
       session.slowSince = 0
       if (session.presenceStale) {
