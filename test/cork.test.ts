@@ -166,3 +166,32 @@ t.test('a turn with a single frame, then turns with several, on the same socket'
   socket.send('d')
   t.same((await got).map((f) => f.text), ['solo', 'a', 'b', 'again', 'c', 'd'])
 })
+
+t.test('a large frame is written as the same bytes in a later turn while a socket still holds it; other texts get their own', async (t) => {
+  const one = await pair(t, false)
+  const two = await pair(t, false)
+  const written: Buffer[] = []
+  for (const { server } of [one, two]) {
+    const raw = (server as unknown as { _socket: { write: (chunk: Buffer) => boolean } })._socket
+    const write = raw.write.bind(raw)
+    // The spy keeps every written buffer alive, as a socket that has not sent it yet would.
+    raw.write = (chunk: Buffer) => { written.push(chunk); return write(chunk) }
+  }
+  const a = new CorkedSocket(one.server)
+  const b = new CorkedSocket(two.server)
+  const big = (c: string): string => c.repeat(100_000)
+  const gotA = receive(one.client, 1)
+  const gotB = receive(two.client, 2)
+  a.send(big('x'))
+  await new Promise((resolve) => setImmediate(resolve))
+  // Equal text, another string, in a later turn: the same frame.
+  b.send(big('x'))
+  await new Promise((resolve) => setImmediate(resolve))
+  b.send(big('y'))
+  await new Promise((resolve) => setImmediate(resolve))
+  t.equal(written.length, 3)
+  t.equal(written[1], written[0], 'the second joiner\'s frame is the first one\'s buffer')
+  t.not(written[2], written[0], 'a different text is framed anew')
+  t.same((await gotA).map((f) => f.text.length), [100_000])
+  t.same((await gotB).map((f) => f.text), [big('x'), big('y')])
+})

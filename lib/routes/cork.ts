@@ -31,6 +31,17 @@ const OPEN = 1
 /** Up to this many bytes, a turn's frames to one socket are copied into one buffer; above, written as they are. */
 const CONCAT_BYTES = 16 * 1024
 
+/**
+ * The last large frame, kept across turns for as long as some socket still
+ * holds it unsent (a weak reference): the same diff answers every joiner of
+ * a room at one counter value, and joiners arrive in different turns.
+ * Without it, clients that join a large document and read nothing each
+ * kept their own copy of its bytes in memory.
+ */
+let sticky: { text: string, frame: WeakRef<Buffer> } | null = null
+/** Frames from this size are kept in `sticky`. */
+const STICKY_BYTES = 64 * 1024
+
 /** The string as UTF-8 bytes, for sockets whose frames ws builds itself (an extension such as permessage-deflate). */
 function encoded (data: string): Buffer {
   if (data !== lastText) {
@@ -54,6 +65,17 @@ function payloadStart (frame: Buffer): number {
  */
 function framed (data: string): Buffer {
   if (data === lastText && lastFrame !== null) return lastFrame
+  if (sticky !== null && sticky.text.length === data.length) {
+    const frame = sticky.frame.deref()
+    if (frame === undefined) {
+      sticky = null
+    } else if (sticky.text === data) {
+      lastText = data
+      lastFrame = frame
+      lastBytes = null
+      return frame
+    }
+  }
   const length = data === lastText ? lastBytes!.length : Buffer.byteLength(data, 'utf8')
   const headerLength = length < 126 ? 2 : length < 65536 ? 4 : 10
   const frame = Buffer.allocUnsafe(headerLength + length)
@@ -76,6 +98,7 @@ function framed (data: string): Buffer {
     lastBytes = null
   }
   lastFrame = frame
+  if (frame.length >= STICKY_BYTES) sticky = { text: data, frame: new WeakRef(frame) }
   return frame
 }
 
@@ -98,10 +121,11 @@ function flushAll (): void {
       socket.raw!.destroy(err as Error)
     }
   }
-  // Do not keep the turn's last frame (it may be a whole document) alive.
+  // Do not keep the turn's last frame (it may be a whole document) alive; nor its text once no socket holds the frame.
   lastText = null
   lastFrame = null
   lastBytes = null
+  if (sticky !== null && sticky.frame.deref() === undefined) sticky = null
 }
 
 /**
