@@ -116,6 +116,21 @@ for (const [name, frame, answered] of [
   })
 }
 
+t.test('rateLimit: frames that pass between refusals do not reset the count toward closeAfter (only a second without a refusal does)', async (t) => {
+  const app = await build(t, { rateLimit: { bytesPerSecond: SLOW_REFILL, burstBytes: 5000, closeAfter: 10 } })
+  const a = await connected(app, 'a', 1)
+  // Each 6 KB frame is over what is left of the byte bucket; each small one after it still fits.
+  for (let i = 0; i < 30; i++) {
+    a.send({ type: 'patch', messageId: `big${i}`, ephemeralPatches: [{ 'c/a': { _exists: true, pad: 'x'.repeat(6000) } }] })
+    a.send({ type: 'patch', messageId: `small${i}`, ephemeralPatches: [{ 'c/a': { _exists: true, x: i } }] })
+  }
+  t.strictSame(await a.closed, { code: 4429, reason: 'Rate limit exceeded' })
+  const refused = a.frames.filter((f) => f.type === 'error' && f.code === RATE_LIMITED).map((f) => f.messageId)
+  t.equal(refused.length, 10, 'closed at the 10th refusal')
+  t.ok(refused.every((id) => id.startsWith('big')))
+  t.ok(a.frames.some((f) => f.type === 'ack' && f.messageId === 'small8'), 'small frames passed in between')
+})
+
 t.test('rateLimit: the byte bucket refuses a frame larger than what is left of burstBytes', async (t) => {
   const app = await build(t, { rateLimit: { bytesPerSecond: SLOW_REFILL, burstBytes: 300 } })
   const a = await connected(app, 'a', 1)

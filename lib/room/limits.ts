@@ -48,7 +48,11 @@ export interface RateLimit {
   bytesPerSecond: number
   /** Bytes allowed in a burst. Must be at least the largest frame you accept. */
   burstBytes: number
-  /** Refused frames in a row after which the session is closed with 4429. */
+  /**
+   * Frames refused for the rate after which the session is closed with
+   * 4429. The count starts again after a second without a refusal; frames
+   * that pass in between do not reset it.
+   */
   closeAfter: number
 }
 

@@ -225,6 +225,7 @@ export class Room {
       heldBytes: 0,
       bucket: this.#rateLimit === null ? null : new TokenBucket(this.#rateLimit, performance.now()),
       refusedInRow: 0,
+      lastRefusedAt: 0,
       slowSince: 0,
       catchUpBytes: 0,
       answers: 0,
@@ -443,7 +444,9 @@ export class Room {
     if (limited) {
       this.#rateLimited(session, frame)
       if (frame.type !== 'reconnect' || !this.#sessions.has(session.sessionId)) return 'rate-limited'
-    } else {
+    } else if (session.refusedInRow !== 0 && performance.now() - session.lastRefusedAt > REFUSALS_FORGOTTEN_MS) {
+      // Not at the first frame that passes: a client over its rate could stay connected by slipping a frame
+      // through now and then (the byte bucket lets a few large frames a second pass while it refuses dozens).
       session.refusedInRow = 0
     }
     switch (frame.type) {
@@ -791,11 +794,13 @@ export class Room {
     this.#overRate(session, frame.type === 'reconnect')
   }
 
-  /** Counts a frame refused for the rate; closeAfter of them in a row close the session (4429). */
+  /** Counts a frame refused for the rate; closeAfter of them, with less than a second between any two, close the session (4429). */
   #overRate (session: Session, reconnect: boolean): void {
     // A reconnect is answered with a diff of the document: one over the rate while the session still owes
     // for earlier diffs and correctives (see #charge) closes it instead of costing another.
-    const owing = reconnect && session.bucket!.owing(performance.now())
+    const now = performance.now()
+    const owing = reconnect && session.bucket!.owing(now)
+    session.lastRefusedAt = now
     if ((++session.refusedInRow >= this.#rateLimit!.closeAfter || owing) && this.#sessions.has(session.sessionId)) {
       this.#log.warn({ roomId: this.roomId, sessionId: session.sessionId }, 'session closed for sustained rate-limit abuse')
       this.disconnectSession(session.sessionId, CloseCode.RATE_LIMITED, 'Rate limit exceeded')
@@ -1142,6 +1147,9 @@ function bufferCost (patches: Patch[] | undefined, stored: StoredRecords | undef
   }
   return cost
 }
+
+/** A session's count of frames refused for the rate starts again after this long without a refusal. */
+const REFUSALS_FORGOTTEN_MS = 1000
 
 /** The first this many bytes of each stored key a merge makes the storage rewrite are free: an ordinary component costs nothing. */
 const FREE_REWRITE_BYTES = 4096

@@ -55,8 +55,10 @@ export interface Session {
   heldBytes: number
   /** Rate limit of the session's frames, or null for none. */
   bucket: TokenBucket | null
-  /** Frames refused by the rate limit in a row. */
+  /** Frames refused by the rate limit since the last second without a refusal (see REFUSALS_FORGOTTEN_MS). */
   refusedInRow: number
+  /** When (performance.now()) the last frame was refused by the rate limit. */
+  lastRefusedAt: number
   /** When (performance.now()) the session went above the slow-client soft limit; 0 when it is not. */
   slowSince: number
   /**
