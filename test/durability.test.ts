@@ -167,31 +167,3 @@ t.test('durable: of several reconnect answers waiting for a commit, only the lat
   t.equal(j.sent.filter((f) => f.type === 'patch' && f.documentPatches?.[0]?.big !== undefined).length, 1, 'the second whole document was never sent')
   await room.close()
 })
-
-t.test('a storage that writes changed keys whole: a merge into a large key pays its size beyond 4 KiB from the byte bucket; creating and deleting do not', async (t) => {
-  const run = async (createStorage: () => any, burstBytes: number, steps: Array<[string, Record<string, unknown>]>) => {
-    const room = new Room({ roomId: 'r', createStorage, durability: 'throttled', saveThrottleMs: 60_000, rateLimit: { framesPerSecond: 1000, burstFrames: 1000, bytesPerSecond: 0.001, burstBytes } })
-    await room.load()
-    const a = fakeSocket()
-    const sa = room.handleSocketConnect({ socket: a, clientId: 'a', permissions: 'readwrite' })
-    room.handleSocketMessage(sa, patch('create', { big: { _exists: true, blob: 'x'.repeat(100_000) } }))
-    for (const [messageId, value] of steps) room.handleSocketMessage(sa, patch(messageId, { big: value }))
-    const errors = a.sent.filter((f) => f.type === 'error').map((f) => [f.messageId, f.code])
-    const state = room.getSnapshot().state.big
-    await room.close({ flush: false })
-    return { errors, state }
-  }
-  const merges: Array<[string, Record<string, unknown>]> = [['m1', { n: 1 }], ['m2', { n: 2 }], ['m3', { n: 3 }]]
-  const incremental = () => ({ load: async () => null, save: async () => {}, append: async () => {} })
-  // 300,000 bytes: the create frame takes about 100,000; each merge about 96,000 more (100,000 stored, 4,096 free).
-  const merged = await run(incremental, 300_000, merges)
-  t.strictSame(merged.errors, [['m3', 'CANVAS_STORE_RATE_LIMITED']], 'the third merge is refused')
-  t.equal(merged.state.n, 2)
-  // 120,000 bytes: after the create, enough for a delete's own bytes, not for a merge.
-  const deleted = await run(incremental, 120_000, [['delete', { _exists: false }]])
-  t.strictSame(deleted.errors, [], 'deleting the large key costs only its own bytes')
-  t.strictSame(deleted.state, { _exists: false })
-  t.strictSame((await run(incremental, 120_000, [['m1', { n: 1 }]])).errors, [['m1', 'CANVAS_STORE_RATE_LIMITED']], 'where a merge is refused')
-  const snapshot = await run(() => ({ load: async () => null, save: async () => {} }), 300_000, merges)
-  t.strictSame(snapshot.errors, [], 'a storage that writes whole snapshots (once per saveThrottleMs) is not charged per merge')
-})

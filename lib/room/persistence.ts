@@ -76,9 +76,6 @@ export class Persistence {
     return this.#pending() ? this.#seq + 1 : this.#seq
   }
 
-  /** The storage writes each changed key whole (an IncrementalStorage), not the document every throttle period. */
-  get rewritesKeys (): boolean { return this.#incremental !== undefined }
-
   /** Number of the last write that committed. */
   get committed (): number { return this.#committed }
 

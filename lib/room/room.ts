@@ -16,7 +16,7 @@ import type {
 } from '../protocol/types.js'
 import type { Storage } from '../storage/storage.js'
 import { CatchUpAllowance } from './catch-up.js'
-import { Document, Presence, applyKind, emptyRecord, hasContent, growthOf, isBufferDelta, sizeOf, type StoredRecords } from './document.js'
+import { Document, Presence, emptyRecord, hasContent, growthOf, isBufferDelta, type StoredRecords } from './document.js'
 import { DEFAULT_LIMITS, DEFAULT_RATE_LIMIT, DEFAULT_SLOW_CLIENT, TokenBucket, countKeys, ownCount, type RateLimit, type RoomLimits, type SlowClientPolicy } from './limits.js'
 import { Persistence, type Durability } from './persistence.js'
 import { Pacer } from './pacer.js'
@@ -756,7 +756,6 @@ export class Room {
     if (copies > most) return FRAME_TOO_LARGE
     let cost = copies * BYTES_PER_FIELD_COPY
     if (bufferItems > 0) cost += bufferCost(docs, this.#doc) + bufferCost(eph, presence)
-    if (this.#persistence.rewritesKeys) cost += rewriteCost(docs, this.#doc)
     if (cost > 0 && session.bucket !== null) {
       // More than a whole burst could never be paid: not worth retrying.
       if (cost > this.#rateLimit!.burstBytes) return FRAME_TOO_LARGE
@@ -1077,7 +1076,7 @@ const PRESENCE_FULL = [frameErrorCodes.PRESENCE_FULL, 'Too many presence keys fo
 const DOCUMENT_TOO_BIG = [frameErrorCodes.DOCUMENT_FULL, 'The document would pass its size limit: not applied'] as const
 const PRESENCE_TOO_BIG = [frameErrorCodes.PRESENCE_FULL, "This client's presence would pass its size limit: its presence patches were not applied"] as const
 const RATE_LIMITED = [frameErrorCodes.RATE_LIMITED, 'Too many frames or bytes per second: not applied'] as const
-const BUFFERS_LIMITED = [frameErrorCodes.RATE_LIMITED, 'The frame makes the server copy or write more fields, array items or stored bytes than the byte rate limit allows: not applied'] as const
+const BUFFERS_LIMITED = [frameErrorCodes.RATE_LIMITED, 'The frame makes the server copy more fields or array items than the byte rate limit allows: not applied'] as const
 /** Why a frame is refused: an error code and its message. */
 type Violation = readonly [code: string, message: string]
 
@@ -1150,32 +1149,6 @@ function bufferCost (patches: Patch[] | undefined, stored: StoredRecords | undef
 
 /** A session's count of frames refused for the rate starts again after this long without a refusal. */
 const REFUSALS_FORGOTTEN_MS = 1000
-
-/** The first this many bytes of each stored key a merge makes the storage rewrite are free: an ordinary component costs nothing. */
-const FREE_REWRITE_BYTES = 4096
-
-/**
- * Byte-rate cost of what a storage that writes changed keys whole (SQLite,
- * PostgreSQL) will write for the merges of `patches`: for each mention of a
- * key merged into, its stored size beyond FREE_REWRITE_BYTES. A few bytes
- * changing one field of a key of 48 MB made it serialize and write 48 MB, on
- * the event loop with SQLite, stalling every room. Creating a key or
- * deleting one writes about what the frame holds, which its own length has
- * paid for.
- */
-function rewriteCost (patches: Patch[] | undefined, stored: StoredRecords): number {
-  if (patches === undefined) return 0
-  let cost = 0
-  for (const patch of patches) {
-    for (const key in patch) {
-      const existing = stored.get(key)
-      if (existing === undefined || applyKind(existing, patch[key]) !== 'merge') continue
-      const size = sizeOf(existing)
-      if (size > FREE_REWRITE_BYTES) cost += size - FREE_REWRITE_BYTES
-    }
-  }
-  return cost
-}
 
 function byteSize (data: string | Buffer | ArrayBuffer | Buffer[], text: string): number {
   if (typeof data === 'string') return text.length
