@@ -167,3 +167,37 @@ t.test('durable: of several reconnect answers waiting for a commit, only the lat
   t.equal(j.sent.filter((f) => f.type === 'patch' && f.documentPatches?.[0]?.big !== undefined).length, 1, 'the second whole document was never sent')
   await room.close()
 })
+
+t.test('rateLimit: the count toward closeAfter starts again after a second without a refusal, whatever comes first after it', async (t) => {
+  // The room reads the time from performance.now(): a clock the test moves by hand.
+  const realNow = performance.now.bind(performance)
+  let clock = realNow()
+  performance.now = () => clock
+  t.teardown(() => { performance.now = realNow })
+  const room = new Room({ roomId: 'r', rateLimit: { framesPerSecond: 0.001, burstFrames: 1, closeAfter: 3 } })
+  await room.load()
+  const a = fakeSocket()
+  const sa = room.handleSocketConnect({ socket: a, clientId: 'a', permissions: 'readwrite' })
+  const send = (id: string) => room.handleSocketMessage(sa, patch(id, { k: { _exists: true, v: id } }))
+  send('m1')
+  send('m2')
+  send('m3')
+  t.equal(a.sent.filter((f) => f.type === 'error').length, 2, 'm1 passed, m2 and m3 refused')
+  clock += 999
+  send('m4')
+  t.same(a.closes, [[4429, 'Rate limit exceeded']], 'a third refusal within a second of the last closes the session')
+
+  const b = fakeSocket()
+  const sb = room.handleSocketConnect({ socket: b, clientId: 'b', permissions: 'readwrite' })
+  const sendB = (id: string) => room.handleSocketMessage(sb, patch(id, { k: { v: id } }))
+  sendB('n1')
+  sendB('n2')
+  sendB('n3')
+  clock += 1001
+  sendB('n4')
+  t.same(b.closes, [], 'after a second without a refusal, the next refusal counts from one, though no frame passed in between')
+  sendB('n5')
+  sendB('n6')
+  t.same(b.closes, [[4429, 'Rate limit exceeded']])
+  await room.close()
+})

@@ -225,7 +225,7 @@ export class Room {
       heldBytes: 0,
       bucket: this.#rateLimit === null ? null : new TokenBucket(this.#rateLimit, performance.now()),
       refusedInRow: 0,
-      lastRefusedAt: 0,
+      lastRefusedAt: Number.NEGATIVE_INFINITY,
       slowSince: 0,
       catchUpBytes: 0,
       answers: 0,
@@ -444,10 +444,6 @@ export class Room {
     if (limited) {
       this.#rateLimited(session, frame)
       if (frame.type !== 'reconnect' || !this.#sessions.has(session.sessionId)) return 'rate-limited'
-    } else if (session.refusedInRow !== 0 && performance.now() - session.lastRefusedAt > REFUSALS_FORGOTTEN_MS) {
-      // Not at the first frame that passes: a client over its rate could stay connected by slipping a frame
-      // through now and then (the byte bucket lets a few large frames a second pass while it refuses dozens).
-      session.refusedInRow = 0
     }
     switch (frame.type) {
       case 'patch':
@@ -799,6 +795,10 @@ export class Room {
     // for earlier diffs and correctives (see #charge) closes it instead of costing another.
     const now = performance.now()
     const owing = reconnect && session.bucket!.owing(now)
+    // The count starts again after a second without a refusal, and not at the first frame that passes: a client
+    // over its rate could stay connected by slipping a frame through now and then (the byte bucket lets a few
+    // large frames a second pass while it refuses dozens).
+    if (now - session.lastRefusedAt > REFUSALS_FORGOTTEN_MS) session.refusedInRow = 0
     session.lastRefusedAt = now
     if ((++session.refusedInRow >= this.#rateLimit!.closeAfter || owing) && this.#sessions.has(session.sessionId)) {
       this.#log.warn({ roomId: this.roomId, sessionId: session.sessionId }, 'session closed for sustained rate-limit abuse')
