@@ -41,6 +41,10 @@ const CONCAT_BYTES = 16 * 1024
 let sticky: { text: string, frame: WeakRef<Buffer> } | null = null
 /** Frames from this size are kept in `sticky`. */
 const STICKY_BYTES = 64 * 1024
+/** Lets go of the sticky frame's text once the frame is collected, even on a server that sends nothing more. */
+const stickyCollected = new FinalizationRegistry<WeakRef<Buffer>>((frame) => {
+  if (sticky !== null && sticky.frame === frame) sticky = null
+})
 
 /** The string as UTF-8 bytes, for sockets whose frames ws builds itself (an extension such as permessage-deflate). */
 function encoded (data: string): Buffer {
@@ -98,7 +102,10 @@ function framed (data: string): Buffer {
     lastBytes = null
   }
   lastFrame = frame
-  if (frame.length >= STICKY_BYTES) sticky = { text: data, frame: new WeakRef(frame) }
+  if (frame.length >= STICKY_BYTES) {
+    sticky = { text: data, frame: new WeakRef(frame) }
+    stickyCollected.register(frame, sticky.frame)
+  }
   return frame
 }
 
