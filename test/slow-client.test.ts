@@ -358,7 +358,7 @@ t.test('slowClient.catchUpBytes: exempt answers waiting unsent are bounded acros
   await rooms[0].close()
 })
 
-t.test('slowClient.catchUpBytes: answers up to softBytes never count toward it; the plugin shares one allowance between its rooms', async (t) => {
+t.test('slowClient.catchUpBytes: answers up to softBytes never count toward it; the option is checked', async (t) => {
   const allowance = new CatchUpAllowance(1)
   const room = new Room({ ...options, catchUp: allowance })
   const w = fakeSocket()
@@ -374,4 +374,35 @@ t.test('slowClient.catchUpBytes: answers up to softBytes never count toward it; 
   t.equal(allowance.holders, 0)
   await room.close()
   t.throws(() => resolveOptions({ slowClient: { catchUpBytes: -1 } }), /slowClient\.catchUpBytes/)
+})
+
+t.test('slowClient.catchUpBytes: a holder is let go when it reconnects again, when it is disconnected, and counted while its socket is closing', async (t) => {
+  const allowance = new CatchUpAllowance(5 * HARD)
+  const room = new Room({ ...options, slowClient: { softBytes: SOFT, hardBytes: HARD }, catchUp: allowance })
+  const w = fakeSocket()
+  const sw = room.handleSocketConnect({ socket: w, clientId: 'w', permissions: 'readwrite' })
+  room.handleSocketMessage(sw, JSON.stringify({ type: 'patch', messageId: 'm1', documentPatches: [{ big: { _exists: true, text: 'x'.repeat(3 * HARD) } }] }))
+  const reconnect = JSON.stringify({ type: 'reconnect', lastTimestamp: 0, protocolVersion: 2 })
+  const join = (clientId: string) => {
+    const socket = fakeSocket()
+    socket.send = function (data: string) { this.sent.push(JSON.parse(data)); this.bufferedAmount += Buffer.byteLength(data) }
+    const sessionId = room.handleSocketConnect({ socket, clientId, permissions: 'readwrite' })
+    room.handleSocketMessage(sessionId, reconnect)
+    return { socket, sessionId }
+  }
+  const a = join('a')
+  t.equal(allowance.holders, 1)
+  // a reads its answer, then reconnects: the new answer is admitted against nothing held by a before.
+  a.socket.bufferedAmount = 0
+  room.handleSocketMessage(a.sessionId, reconnect)
+  t.equal(a.socket.terminated, 0)
+  t.equal(allowance.holders, 1, 'a holds one answer, not two')
+  room.disconnectSession(a.sessionId)
+  t.equal(allowance.holders, 0, 'disconnecting releases it')
+
+  const b = join('b')
+  b.socket.readyState = 2 // closing, its answer still unsent
+  const c = join('c')
+  t.equal(c.socket.terminated, 1, 'b\'s unsent answer still counts while its socket is closing: c\'s does not fit')
+  await room.close()
 })

@@ -21,7 +21,8 @@ export interface CatchUpHolder {
   socket: { readonly readyState?: number, readonly bufferedAmount?: number }
 }
 
-const OPEN = 1
+/** A socket that is closing still holds what it has not sent (ws waits up to 30 s for the peer's close); a closed one nothing. */
+const CLOSED = 3
 
 export class CatchUpAllowance {
   readonly #limit: number
@@ -45,7 +46,7 @@ export class CatchUpAllowance {
         held += other.catchUpBytes
         continue
       }
-      const unsent = other.socket.readyState === undefined || other.socket.readyState === OPEN ? other.socket.bufferedAmount ?? 0 : 0
+      const unsent = other.socket.readyState === CLOSED ? 0 : other.socket.bufferedAmount ?? 0
       if (unsent <= free) {
         this.#holders.delete(other)
         continue
