@@ -191,3 +191,55 @@ t.test('a room saves on the process\'s shared slots without being closed', async
   t.equal(slotTimers.waiting, 0)
   await room.close()
 })
+
+t.test('durable writes of large keys wait to gather changes (64 ms per MiB, at most 5 s); small ones go at once', async (t) => {
+  const fake = fakeClock()
+  const slots = new SlotTimers(fake.clock)
+  const appends: string[][] = []
+  const doc = new Document()
+  const persistence = new Persistence({
+    storage: { load: async () => null, save: async () => {}, append: async (changes) => { appends.push(changes.entries.map((e) => e.key)) } },
+    document: () => doc,
+    throttleMs: 1000,
+    durability: 'durable',
+    log: { error () {}, warn () {}, info () {}, debug () {} } as never,
+    roomId: 'r',
+    onCommit () {},
+    onGiveUp () {},
+    failureBoundMs: 60_000,
+    slots
+  })
+  t.ok(persistence.holding)
+  const settle = () => new Promise<void>((resolve) => setImmediate(resolve))
+
+  persistence.noteChanges(doc.applyFrame([{ small: { _exists: true, v: 1 } }])!)
+  await settle()
+  t.same(appends, [['small']], 'a small change is written at once')
+
+  // About 4 MiB of estimate: a 256 ms wait.
+  persistence.noteChanges(doc.applyFrame([{ big: { _exists: true, blob: 'x'.repeat(4 * 1024 * 1024) } }])!)
+  await settle()
+  t.same(appends.length, 1, 'not at once')
+  t.equal(slots.waiting, 1)
+  for (let i = 0; i < 10; i++) persistence.noteChanges(doc.applyFrame([{ big: { n: i } }, { small: { v: i } }])!)
+  t.ok(persistence.required > persistence.committed, 'acks of these changes wait for the write')
+  // Its slot is 25 ms: it may go up to 25 ms early.
+  fake.advance(230)
+  await settle()
+  t.same(appends.length, 1, 'still gathering')
+  fake.advance(26)
+  await settle()
+  t.same(appends, [['small'], ['big', 'small']], 'eleven changes of the large key, one write')
+  t.equal(persistence.required, persistence.committed)
+
+  // A huge key waits at most 5 s (its slot is 100 ms: it may go up to 100 ms early).
+  persistence.noteChanges(doc.applyFrame([{ huge: { _exists: true, blob: 'y'.repeat(200 * 1024 * 1024) } }])!)
+  t.equal(slots.waiting, 1)
+  fake.advance(4899)
+  await settle()
+  t.equal(appends.length, 2)
+  fake.advance(101)
+  await settle()
+  t.same(appends.at(-1), ['huge'])
+  await persistence.flush()
+})

@@ -1,5 +1,5 @@
 import { isIncremental, type IncrementalStorage, type Storage, type StoredEntry } from '../storage/storage.js'
-import type { Document } from './document.js'
+import { sizeOf, type Document } from './document.js'
 import type { RoomLogger, RoomObserver } from './session.js'
 import { slotTimers, type SlotEntry, type SlotTimers } from './slots.js'
 
@@ -29,6 +29,19 @@ export interface PersistenceOptions {
 }
 
 const MAX_RETRY_MS = 30_000
+/**
+ * With durable acks, a write whose changed keys hold more than this many
+ * bytes (the document's size estimate) does not go at once: it waits
+ * HOLD_MS_PER_MIB per MiB (at most MAX_HOLD_MS), gathering the changes made
+ * meanwhile. A storage that writes changed keys whole (SQLite, PostgreSQL)
+ * rewrites a large key for every change to any field of it: ten changes a
+ * second to one field of a 48 MB key had SQLite serialize and write 480 MB
+ * a second on the event loop, stalling every room. The room's acks and
+ * broadcasts wait with the write (in order), so the wait is the room's own.
+ */
+const HOLD_FREE_BYTES = 1024 * 1024
+const HOLD_MS_PER_MIB = 64
+const MAX_HOLD_MS = 5_000
 
 /**
  * The persistence schedule of one room: whole snapshots for a plain
@@ -49,6 +62,8 @@ export class Persistence {
   readonly holding: boolean
   /** Keys changed since the last write was cut (incremental path). */
   #changed = new Set<string>()
+  /** Their size when each was first changed (see HOLD_FREE_BYTES). */
+  #changedBytes = 0
   /** Something changed since the last snapshot was cut (snapshot path). */
   #dirty = false
   #seq = 0
@@ -83,12 +98,28 @@ export class Persistence {
   noteChanges (keys: readonly string[]): void {
     if (this.#o.storage === undefined) return
     if (this.#incremental !== undefined) {
-      for (const key of keys) this.#changed.add(key)
+      const changed = this.#changed
+      for (const key of keys) {
+        if (changed.has(key)) continue
+        changed.add(key)
+        if (this.holding) this.#changedBytes += this.#sizeOf(key)
+      }
     } else {
       this.#dirty = true
     }
     if (!this.#pending()) return
-    this.#schedule(this.holding ? 0 : this.#o.throttleMs)
+    this.#schedule(this.holding ? this.#holdMs() : this.#o.throttleMs)
+  }
+
+  #sizeOf (key: string): number {
+    const value = this.#o.document().get(key)
+    return value === undefined ? 0 : sizeOf(value)
+  }
+
+  /** How long a durable write waits to gather changes: 0 unless its keys are large. */
+  #holdMs (): number {
+    const bytes = this.#changedBytes
+    return bytes <= HOLD_FREE_BYTES ? 0 : Math.min(MAX_HOLD_MS, Math.ceil(bytes / (1024 * 1024) * HOLD_MS_PER_MIB))
   }
 
   /**
@@ -167,6 +198,7 @@ export class Persistence {
       if (this.#incremental !== undefined) {
         keys = this.#changed
         this.#changed = new Set()
+        this.#changedBytes = 0
         const entries: StoredEntry[] = []
         for (const key of keys) {
           entries.push({ key, value: doc.get(key)! as StoredEntry['value'], stamps: doc.getStamps(key) as StoredEntry['stamps'] })
@@ -189,7 +221,11 @@ export class Persistence {
       this.#o.observer?.storageWrite((performance.now() - start) / 1000, false)
       // Keep the changes pending: the next write reads their current values.
       if (keys !== undefined) {
-        for (const key of keys) this.#changed.add(key)
+        for (const key of keys) {
+          if (this.#changed.has(key)) continue
+          this.#changed.add(key)
+          if (this.holding) this.#changedBytes += this.#sizeOf(key)
+        }
       } else {
         this.#dirty = true
       }
@@ -206,7 +242,7 @@ export class Persistence {
   }
 
   #retryDelay (): number {
-    const base = this.holding ? 0 : this.#o.throttleMs
+    const base = this.holding ? this.#holdMs() : this.#o.throttleMs
     if (this.#failures === 0) return base
     return Math.min(MAX_RETRY_MS, Math.max(base, 100) * 2 ** Math.min(this.#failures, 10))
   }
