@@ -1,5 +1,5 @@
 import t from 'tap'
-import { Room, type RoomSnapshot } from '../lib/index.js'
+import { Room, type IncrementalStorage, type RoomSnapshot } from '../lib/index.js'
 import { Document } from '../lib/room/document.js'
 import { Persistence } from '../lib/room/persistence.js'
 import { SlotTimers, slotTimers, type SlotClock } from '../lib/room/slots.js'
@@ -197,8 +197,9 @@ t.test('durable writes of large keys wait to gather changes (64 ms per MiB, at m
   const slots = new SlotTimers(fake.clock)
   const appends: string[][] = []
   const doc = new Document()
+  const storage: IncrementalStorage = { load: async () => null, save: async () => {}, append: async (changes) => { appends.push(changes.entries.map((e) => e.key)) } }
   const persistence = new Persistence({
-    storage: { load: async () => null, save: async () => {}, append: async (changes) => { appends.push(changes.entries.map((e) => e.key)) } },
+    storage,
     document: () => doc,
     throttleMs: 1000,
     durability: 'durable',
@@ -242,4 +243,79 @@ t.test('durable writes of large keys wait to gather changes (64 ms per MiB, at m
   await settle()
   t.same(appends.at(-1), ['huge'])
   await persistence.flush()
+})
+
+t.test('durable writes of large keys: decided when the write is cut, forgotten once written, kept out of the retry backoff', async (t) => {
+  const fake = fakeClock()
+  const slots = new SlotTimers(fake.clock)
+  const calls: Array<{ keys: string[], settle: (err?: Error) => void }> = []
+  const storage: IncrementalStorage = {
+    load: async () => null,
+    save: async () => {},
+    append: (changes) => new Promise<void>((resolve, reject) => {
+      calls.push({ keys: changes.entries.map((e) => e.key), settle: (err) => { if (err === undefined) resolve(); else reject(err) } })
+    })
+  }
+  const doc = new Document()
+  const gaveUp: unknown[] = []
+  const persistence = new Persistence({
+    storage,
+    document: () => doc,
+    throttleMs: 1000,
+    durability: 'durable',
+    log: { error () {}, warn () {}, info () {}, debug () {} } as never,
+    roomId: 'r',
+    onCommit () {},
+    onGiveUp (err) { gaveUp.push(err) },
+    failureBoundMs: 10_000,
+    slots
+  })
+  const settle = () => new Promise<void>((resolve) => setImmediate(resolve))
+  const blob = 'x'.repeat(4 * 1024 * 1024)
+
+  // A small change, then a large one, in the same turn: the write waits for the large one.
+  persistence.noteChanges(doc.applyFrame([{ small: { _exists: true, v: 0 } }])!)
+  persistence.noteChanges(doc.applyFrame([{ big: { _exists: true, blob } }])!)
+  await settle()
+  t.equal(calls.length, 0, 'not written in the turn')
+  fake.advance(257)
+  await settle()
+  t.same(calls.map((c) => c.keys), [['small', 'big']])
+
+  // Changes of the large key while that write is in flight: the next write waits too.
+  persistence.noteChanges(doc.applyFrame([{ big: { n: 1 } }])!)
+  calls[0].settle()
+  await settle()
+  t.equal(calls.length, 1, 'the next write waits')
+  fake.advance(257)
+  await settle()
+  t.same(calls[1].keys, ['big'])
+  calls[1].settle()
+  await settle()
+
+  // Once written, a small change goes at once again.
+  persistence.noteChanges(doc.applyFrame([{ small: { v: 1 } }])!)
+  await settle()
+  t.same(calls[2]?.keys, ['small'], 'the large key\'s size was forgotten with its write')
+  calls[2].settle()
+  await settle()
+
+  // A failed write of the large key is retried after the usual backoff (200 ms), not its wait doubled.
+  persistence.noteChanges(doc.applyFrame([{ big: { n: 2 } }])!)
+  fake.advance(257)
+  await settle()
+  t.same(calls[3].keys, ['big'])
+  calls[3].settle(new Error('SQLITE_BUSY'))
+  await settle()
+  t.notOk([...fake.timers].at(-1)?.unrefd, 'the retry\'s timer holds the process open')
+  fake.advance(199)
+  await settle()
+  t.equal(calls.length, 4)
+  fake.advance(1)
+  await settle()
+  t.same(calls[4]?.keys, ['big'], 'retried after 200 ms')
+  calls[4].settle()
+  await settle()
+  t.same(gaveUp, [], 'one failure does not give up')
+  t.equal(persistence.required, persistence.committed)
 })

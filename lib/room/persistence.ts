@@ -1,7 +1,7 @@
 import { isIncremental, type IncrementalStorage, type Storage, type StoredEntry } from '../storage/storage.js'
 import { sizeOf, type Document } from './document.js'
 import type { RoomLogger, RoomObserver } from './session.js'
-import { slotTimers, type SlotEntry, type SlotTimers } from './slots.js'
+import { slotTimers, type SlotEntry, type SlotTimer, type SlotTimers } from './slots.js'
 
 /**
  * When an ack may be sent.
@@ -69,7 +69,8 @@ export class Persistence {
   #seq = 0
   #committed = 0
   #inFlight: Promise<unknown> | null = null
-  #timer: NodeJS.Timeout | null = null
+  /** A retry of a failed write (a plain timer on the slots' clock). */
+  #timer: SlotTimer | null = null
   /** The throttled write's place in a shared slot (see slots.ts). */
   #slot: SlotEntry | null = null
   /** A cut is queued as a microtask (durable path). */
@@ -161,7 +162,11 @@ export class Persistence {
       this.#slot = null
       if (!this.#queued && delay === 0) return
       this.#queued = false
-      if (this.#inFlight === null && this.#pending()) this.#write().catch(() => {})
+      if (this.#inFlight !== null || !this.#pending()) return
+      // Decided when the write is cut: a large key changed after a small one in the same turn waits too.
+      const hold = delay === 0 && this.holding ? this.#holdMs() : 0
+      if (hold > 0) this.#arm(hold)
+      else this.#write().catch(() => {})
     }
     if (delay === 0) {
       // Every frame of the socket read being handled goes into one write; the
@@ -174,12 +179,12 @@ export class Persistence {
       this.#slot = this.#slots.add(delay, run)
     } else {
       // A retry of a failed write holds the process open.
-      this.#timer = setTimeout(run, delay)
+      this.#timer = this.#slots.timer(delay, run)
     }
   }
 
   #clearTimers (): void {
-    if (this.#timer !== null) clearTimeout(this.#timer)
+    if (this.#timer !== null) this.#slots.clearTimer(this.#timer)
     if (this.#slot !== null) this.#slots.cancel(this.#slot)
     this.#timer = null
     this.#slot = null
@@ -242,8 +247,8 @@ export class Persistence {
   }
 
   #retryDelay (): number {
-    const base = this.holding ? this.#holdMs() : this.#o.throttleMs
-    if (this.#failures === 0) return base
-    return Math.min(MAX_RETRY_MS, Math.max(base, 100) * 2 ** Math.min(this.#failures, 10))
+    if (this.#failures === 0) return this.holding ? this.#holdMs() : this.#o.throttleMs
+    // A failed write is retried on its own schedule: a large key's wait is not multiplied into the backoff.
+    return Math.min(MAX_RETRY_MS, Math.max(this.holding ? 0 : this.#o.throttleMs, 100) * 2 ** Math.min(this.#failures, 10))
   }
 }

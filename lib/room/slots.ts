@@ -15,12 +15,15 @@
  */
 const MAX_SLOT_MS = 100
 
+/** A timer armed by a {@link SlotClock}. */
+export interface SlotTimer { unref: () => unknown }
+
 /** What slots read time from and arm timers with (a fake one in tests). */
 export interface SlotClock {
   /** Milliseconds on a monotonic clock. */
   now: () => number
-  setTimeout: (run: () => void, ms: number) => { unref: () => unknown }
-  clearTimeout: (timer: { unref: () => unknown }) => void
+  setTimeout: (run: () => void, ms: number) => SlotTimer
+  clearTimeout: (timer: SlotTimer) => void
 }
 
 const systemClock: SlotClock = {
@@ -31,7 +34,7 @@ const systemClock: SlotClock = {
 
 interface Slot {
   readonly due: number
-  readonly timer: { unref: () => unknown }
+  readonly timer: SlotTimer
   readonly entries: Set<SlotEntry>
 }
 
@@ -81,6 +84,15 @@ export class SlotTimers {
     slot.entries.add(entry)
     this.#waiting++
     return entry
+  }
+
+  /** A timer of its own on the same clock, not unref'd (a retry that must hold the process open). */
+  timer (delay: number, run: () => void): SlotTimer {
+    return this.#clock.setTimeout(run, delay)
+  }
+
+  clearTimer (timer: SlotTimer): void {
+    this.#clock.clearTimeout(timer)
   }
 
   /** Drops a callback that has not run yet, even while its slot is running the others. */
