@@ -1,7 +1,7 @@
 import t from 'tap'
 import { Room, type IncrementalStorage, type RoomSnapshot } from '../lib/index.js'
 import { Document } from '../lib/room/document.js'
-import { Persistence } from '../lib/room/persistence.js'
+import { Persistence, type PersistenceOptions } from '../lib/room/persistence.js'
 import { SlotTimers, slotTimers, type SlotClock } from '../lib/room/slots.js'
 
 interface FakeTimer {
@@ -37,6 +37,23 @@ function fakeClock (start = 1000.25) {
     now = end
   }
   return { clock, timers, advance, now: () => now }
+}
+
+/** A room's persistence over `storage`, on `slots`, with the plugin's defaults otherwise. */
+function persistenceOf (slots: SlotTimers, doc: Document, storage: PersistenceOptions['storage'], durability: PersistenceOptions['durability'], extra: Partial<PersistenceOptions> = {}): Persistence {
+  return new Persistence({
+    storage,
+    document: () => doc,
+    throttleMs: 1000,
+    durability,
+    log: { error () {}, warn () {}, info () {}, debug () {} } as never,
+    roomId: 'r',
+    onCommit () {},
+    onGiveUp () {},
+    failureBoundMs: 60_000,
+    slots,
+    ...extra
+  })
 }
 
 t.test('every callback runs within its last slot before the delay, never late; callbacks of one slot share a timer', async (t) => {
@@ -138,18 +155,7 @@ t.test('a room\'s throttled writes: one waiting at a time, run on its slot, canc
   const slots = new SlotTimers(fake.clock)
   const saves: RoomSnapshot[] = []
   const doc = new Document()
-  const persistence = new Persistence({
-    storage: { load: async () => null, save: async (s) => { saves.push(s) } },
-    document: () => doc,
-    throttleMs: 1000,
-    durability: 'throttled',
-    log: { error () {}, warn () {}, info () {}, debug () {} } as never,
-    roomId: 'r',
-    onCommit () {},
-    onGiveUp () {},
-    failureBoundMs: 60_000,
-    slots
-  })
+  const persistence = persistenceOf(slots, doc, { load: async () => null, save: async (s) => { saves.push(s) } }, 'throttled')
   for (let i = 0; i < 20; i++) persistence.noteChanges(doc.applyFrame([{ [`k${i}`]: { _exists: true } }])!)
   t.equal(slots.waiting, 1, '20 changes, one write waiting')
   fake.advance(899)
@@ -198,18 +204,7 @@ t.test('durable writes of large keys wait to gather changes (64 ms per MiB, at m
   const appends: string[][] = []
   const doc = new Document()
   const storage: IncrementalStorage = { load: async () => null, save: async () => {}, append: async (changes) => { appends.push(changes.entries.map((e) => e.key)) } }
-  const persistence = new Persistence({
-    storage,
-    document: () => doc,
-    throttleMs: 1000,
-    durability: 'durable',
-    log: { error () {}, warn () {}, info () {}, debug () {} } as never,
-    roomId: 'r',
-    onCommit () {},
-    onGiveUp () {},
-    failureBoundMs: 60_000,
-    slots
-  })
+  const persistence = persistenceOf(slots, doc, storage, 'durable')
   t.ok(persistence.holding)
   const settle = () => new Promise<void>((resolve) => setImmediate(resolve))
 
@@ -258,18 +253,7 @@ t.test('durable writes of large keys: decided when the write is cut, forgotten o
   }
   const doc = new Document()
   const gaveUp: unknown[] = []
-  const persistence = new Persistence({
-    storage,
-    document: () => doc,
-    throttleMs: 1000,
-    durability: 'durable',
-    log: { error () {}, warn () {}, info () {}, debug () {} } as never,
-    roomId: 'r',
-    onCommit () {},
-    onGiveUp (err) { gaveUp.push(err) },
-    failureBoundMs: 10_000,
-    slots
-  })
+  const persistence = persistenceOf(slots, doc, storage, 'durable', { onGiveUp (err) { gaveUp.push(err) }, failureBoundMs: 10_000 })
   const settle = () => new Promise<void>((resolve) => setImmediate(resolve))
   const blob = 'x'.repeat(4 * 1024 * 1024)
 
