@@ -92,6 +92,8 @@ function checkPinning (): void {
   }
 }
 
+if (pin) checkPinning()
+
 /** The command and arguments that run node with `args`, on one CPU when pinning. */
 function nodeOn (cpu: number, args: string[]): [string, string[]] {
   return pin ? ['taskset', ['--cpu-list', String(cpu), process.execPath, ...args]] : [process.execPath, args]
@@ -436,7 +438,6 @@ function gitState (): string {
 }
 
 async function runScenario (scenario: Scenario): Promise<void> {
-  if (pin) checkPinning()
   const servers = scenario.servers.filter((s) => onlyServers.length === 0 || onlyServers.includes(s))
   const results = new Map<ServerKind, Metrics[]>(servers.map((s) => [s, []]))
   const failures: string[] = []

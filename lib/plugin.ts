@@ -6,8 +6,7 @@ import type { WebSocket } from 'ws'
 import { CloseCode } from './errors.js'
 import { Metrics } from './metrics.js'
 import { resolveOptions, type CanvasStoreOptions, type ResolvedOptions } from './options.js'
-import { CatchUpAllowance } from './room/catch-up.js'
-import { DEFAULT_SLOW_CLIENT } from './room/limits.js'
+import { catchUpAllowance } from './room/catch-up.js'
 import type { RoomOptions } from './room/room.js'
 import { RoomManager } from './room/room-manager.js'
 import { checkResult } from './routes/ws.js'
@@ -37,7 +36,7 @@ const canvasStore: FastifyPluginAsync<CanvasStoreOptions> = async (fastify, opts
   }
   const createStorage: CreateStorage = options.createStorage ?? defaultStorage()
   // One allowance for every room of this registration: the bound is on the process's memory, not a room's.
-  const catchUp = new CatchUpAllowance(options.slowClient === false ? Number.POSITIVE_INFINITY : options.slowClient?.catchUpBytes ?? DEFAULT_SLOW_CLIENT.catchUpBytes)
+  const catchUp = catchUpAllowance(options.slowClient)
   const roomOptions = (roomId: string): RoomOptions => ({
     createStorage,
     saveThrottleMs: options.saveThrottleMs,

@@ -230,7 +230,8 @@ t.test('durable writes of large keys wait to gather changes (64 ms per MiB, at m
 
   // A huge key waits at most 5 s (its slot is 100 ms: it may go up to 100 ms early).
   persistence.noteChanges(doc.applyFrame([{ huge: { _exists: true, blob: 'y'.repeat(200 * 1024 * 1024) } }])!)
-  t.equal(slots.waiting, 1)
+  await settle()
+  t.equal(slots.waiting, 1, 'the wait is armed when the write would have been cut')
   fake.advance(4899)
   await settle()
   t.equal(appends.length, 2)
@@ -286,6 +287,7 @@ t.test('durable writes of large keys: decided when the write is cut, forgotten o
 
   // A failed write of the large key is retried after the usual backoff (200 ms), not its wait doubled.
   persistence.noteChanges(doc.applyFrame([{ big: { n: 2 } }])!)
+  await settle()
   fake.advance(257)
   await settle()
   t.same(calls[3].keys, ['big'])

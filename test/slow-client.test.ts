@@ -359,7 +359,8 @@ t.test('slowClient.catchUpBytes: exempt answers waiting unsent are bounded acros
 })
 
 t.test('slowClient.catchUpBytes: answers up to softBytes never count toward it; the option is checked', async (t) => {
-  const allowance = new CatchUpAllowance(1)
+  // An allowance large enough for anything: only the size rule keeps small answers out of it.
+  const allowance = new CatchUpAllowance(Number.POSITIVE_INFINITY)
   const room = new Room({ ...options, catchUp: allowance })
   const w = fakeSocket()
   const sw = room.handleSocketConnect({ socket: w, clientId: 'w', permissions: 'readwrite' })
@@ -371,7 +372,13 @@ t.test('slowClient.catchUpBytes: answers up to softBytes never count toward it; 
     room.handleSocketMessage(sj, JSON.stringify({ type: 'reconnect', lastTimestamp: 0, protocolVersion: 2 }))
     t.equal(j.terminated, 0)
   }
-  t.equal(allowance.holders, 0)
+  t.equal(allowance.holders, 0, 'none of the five small answers holds any of it')
+  // The same rule on the allowance itself (in a room the next frame, synced, would release it anyway).
+  const holder = { catchUpBytes: 0, socket: { readyState: 1, bufferedAmount: SOFT } }
+  t.ok(allowance.admit(holder, SOFT, SOFT))
+  t.equal(allowance.holders, 0, 'an answer of softBytes is not held')
+  t.ok(allowance.admit(holder, SOFT + 1, SOFT))
+  t.equal(allowance.holders, 1, 'a larger one is')
   await room.close()
   t.throws(() => resolveOptions({ slowClient: { catchUpBytes: -1 } }), /slowClient\.catchUpBytes/)
 })

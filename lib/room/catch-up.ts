@@ -14,6 +14,13 @@
  * beyond it they count like any frame.
  */
 
+import { DEFAULT_SLOW_CLIENT, type SlowClientPolicy } from './limits.js'
+
+/** The allowance of a slow-client policy (unbounded when there is none). */
+export function catchUpAllowance (policy: Partial<SlowClientPolicy> | false | undefined): CatchUpAllowance {
+  return new CatchUpAllowance(policy === false ? Number.POSITIVE_INFINITY : policy?.catchUpBytes ?? DEFAULT_SLOW_CLIENT.catchUpBytes)
+}
+
 /** What the allowance reads of a session holding an exempt answer. */
 export interface CatchUpHolder {
   /** Bytes of its latest reconnect answer still exempt. */

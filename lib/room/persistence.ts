@@ -62,8 +62,6 @@ export class Persistence {
   readonly holding: boolean
   /** Keys changed since the last write was cut (incremental path). */
   #changed = new Set<string>()
-  /** Their size when each was first changed (see HOLD_FREE_BYTES). */
-  #changedBytes = 0
   /** Something changed since the last snapshot was cut (snapshot path). */
   #dirty = false
   #seq = 0
@@ -99,27 +97,22 @@ export class Persistence {
   noteChanges (keys: readonly string[]): void {
     if (this.#o.storage === undefined) return
     if (this.#incremental !== undefined) {
-      const changed = this.#changed
-      for (const key of keys) {
-        if (changed.has(key)) continue
-        changed.add(key)
-        if (this.holding) this.#changedBytes += this.#sizeOf(key)
-      }
+      for (const key of keys) this.#changed.add(key)
     } else {
       this.#dirty = true
     }
     if (!this.#pending()) return
-    this.#schedule(this.holding ? this.#holdMs() : this.#o.throttleMs)
+    this.#schedule(this.holding ? 0 : this.#o.throttleMs)
   }
 
-  #sizeOf (key: string): number {
-    const value = this.#o.document().get(key)
-    return value === undefined ? 0 : sizeOf(value)
-  }
-
-  /** How long a durable write waits to gather changes: 0 unless its keys are large. */
+  /** How long the durable write about to be cut waits to gather changes: 0 unless its keys are large. */
   #holdMs (): number {
-    const bytes = this.#changedBytes
+    const doc = this.#o.document()
+    let bytes = 0
+    for (const key of this.#changed) {
+      const value = doc.get(key)
+      if (value !== undefined) bytes += sizeOf(value)
+    }
     return bytes <= HOLD_FREE_BYTES ? 0 : Math.min(MAX_HOLD_MS, Math.ceil(bytes / (1024 * 1024) * HOLD_MS_PER_MIB))
   }
 
@@ -163,7 +156,7 @@ export class Persistence {
       if (!this.#queued && delay === 0) return
       this.#queued = false
       if (this.#inFlight !== null || !this.#pending()) return
-      // Decided when the write is cut: a large key changed after a small one in the same turn waits too.
+      // Decided when the write is cut, from the sizes of the keys it would write.
       const hold = delay === 0 && this.holding ? this.#holdMs() : 0
       if (hold > 0) this.#arm(hold)
       else this.#write().catch(() => {})
@@ -203,7 +196,6 @@ export class Persistence {
       if (this.#incremental !== undefined) {
         keys = this.#changed
         this.#changed = new Set()
-        this.#changedBytes = 0
         const entries: StoredEntry[] = []
         for (const key of keys) {
           entries.push({ key, value: doc.get(key)! as StoredEntry['value'], stamps: doc.getStamps(key) as StoredEntry['stamps'] })
@@ -226,11 +218,7 @@ export class Persistence {
       this.#o.observer?.storageWrite((performance.now() - start) / 1000, false)
       // Keep the changes pending: the next write reads their current values.
       if (keys !== undefined) {
-        for (const key of keys) {
-          if (this.#changed.has(key)) continue
-          this.#changed.add(key)
-          if (this.holding) this.#changedBytes += this.#sizeOf(key)
-        }
+        for (const key of keys) this.#changed.add(key)
       } else {
         this.#dirty = true
       }
@@ -247,8 +235,10 @@ export class Persistence {
   }
 
   #retryDelay (): number {
-    if (this.#failures === 0) return this.holding ? this.#holdMs() : this.#o.throttleMs
-    // A failed write is retried on its own schedule: a large key's wait is not multiplied into the backoff.
-    return Math.min(MAX_RETRY_MS, Math.max(this.holding ? 0 : this.#o.throttleMs, 100) * 2 ** Math.min(this.#failures, 10))
+    // With durable acks the next write is queued at once; a large one's wait is decided when it is cut, and never
+    // multiplied into the backoff of a failed write.
+    const base = this.holding ? 0 : this.#o.throttleMs
+    if (this.#failures === 0) return base
+    return Math.min(MAX_RETRY_MS, Math.max(base, 100) * 2 ** Math.min(this.#failures, 10))
   }
 }

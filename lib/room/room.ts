@@ -15,7 +15,7 @@ import type {
   SessionPermission
 } from '../protocol/types.js'
 import type { Storage } from '../storage/storage.js'
-import { CatchUpAllowance } from './catch-up.js'
+import { catchUpAllowance, type CatchUpAllowance } from './catch-up.js'
 import { Document, Presence, emptyRecord, hasContent, growthOf, isBufferDelta, type StoredRecords } from './document.js'
 import { DEFAULT_LIMITS, DEFAULT_RATE_LIMIT, DEFAULT_SLOW_CLIENT, TokenBucket, countKeys, ownCount, type RateLimit, type RoomLimits, type SlowClientPolicy } from './limits.js'
 import { Persistence, type Durability } from './persistence.js'
@@ -158,7 +158,7 @@ export class Room {
     this.#limits = { ...DEFAULT_LIMITS, ...options.limits }
     this.#rateLimit = options.rateLimit === false ? null : { ...DEFAULT_RATE_LIMIT, ...options.rateLimit }
     this.#slow = options.slowClient === false ? null : { ...DEFAULT_SLOW_CLIENT, ...options.slowClient }
-    this.#catchUp = options.catchUp ?? new CatchUpAllowance(this.#slow?.catchUpBytes ?? Number.POSITIVE_INFINITY)
+    this.#catchUp = options.catchUp ?? catchUpAllowance(options.slowClient)
     const durability = options.durability ?? 'durable'
     if (durability !== 'durable' && durability !== 'throttled') throw new RangeError("durability must be 'durable' or 'throttled'")
     this.#persistence = new Persistence({
@@ -508,8 +508,7 @@ export class Room {
     // Only the latest answer is exempt from the slow-client limits: a client that reconnects again and again
     // without reading is not.
     const answer = ++session.answers
-    session.catchUpBytes = 0
-    this.#catchUp.release(session)
+    this.#endCatchUp(session)
     // One frame, or two when together they would be large: each part is bounded (limits.maxDocumentBytes,
     // limits.maxEphemeralBytes per client), their sum could pass the longest string V8 can build.
     const frames = documentPart.length + presencePart.length > JOIN_FRAME_SPLIT_CHARS
@@ -991,6 +990,12 @@ export class Room {
     }
   }
 
+  /** The session's answer is no longer exempt (it caught up, or asked for another). */
+  #endCatchUp (session: Session): void {
+    session.catchUpBytes = 0
+    this.#catchUp.release(session)
+  }
+
   /**
    * Slow-client policy, checked before each send. Returns false when the
    * frame must not be sent: a droppable presence frame to a session that is
@@ -1002,8 +1007,7 @@ export class Room {
       // What it asked for with a reconnect is not held against it: only what the room sent it besides.
       buffered -= session.catchUpBytes
     } else if (session.catchUpBytes !== 0) {
-      session.catchUpBytes = 0
-      this.#catchUp.release(session)
+      this.#endCatchUp(session)
     }
     if (buffered <= policy.softBytes) {
       session.slowSince = 0
