@@ -9,7 +9,7 @@
 import t from 'tap'
 import fc from 'fast-check'
 import { TypeCompiler } from '@sinclair/typebox/compiler'
-import { AuthRefreshFrame, MAX_BUFFER_LENGTH, MAX_DEPTH, PatchFrame, ReconnectFrame, parseClientFrame } from '../lib/protocol/frames.js'
+import { AuthRefreshFrame, MAX_BUFFER_LENGTH, MAX_DEPTH, MAX_KEY_LENGTH, PatchFrame, ReconnectFrame, parseClientFrame } from '../lib/protocol/frames.js'
 
 const RUNS = Number(process.env.FUZZ_RUNS ?? 3000)
 const schemas = {
@@ -35,7 +35,9 @@ function encode (j: J): string {
   return JSON.stringify(j)
 }
 
-const NAMES = ['x', 'e1/A', '', 'a\nb', 'a\u2028b', 'c\rd', 'n\u0000', '\ud800', 'x\udc00y', '\ud83d\ude00', '__proto__', 'constructor', '__buf', 'len', 'runs', 'toString']
+const NAMES = ['x', 'e1/A', '', 'a\nb', 'a\u2028b', 'c\rd', 'n\u0000', '\ud800', 'x\udc00y', '\ud83d\ude00', '__proto__', 'constructor', '__buf', 'len', 'runs', 'toString',
+  // Keys at the length bound and past it (field names have none), in UTF-16 units.
+  'k'.repeat(MAX_KEY_LENGTH), 'k'.repeat(MAX_KEY_LENGTH + 1), '\ud83d\ude00'.repeat(MAX_KEY_LENGTH / 2), 'x' + '\ud83d\ude00'.repeat(MAX_KEY_LENGTH / 2)]
 
 const scalar: fc.Arbitrary<J> = fc.oneof(
   fc.integer({ min: -3, max: 12 }),

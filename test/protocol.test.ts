@@ -430,6 +430,8 @@ const badFrames: Array<[string, unknown, string | undefined]> = [
   // PostgreSQL refuses U+0000 in text (and failed the other rooms' writes of the same commit); SQLite turns a lone surrogate into U+FFFD.
   ['a key holding U+0000', { type: 'patch', messageId: 'bad10', documentPatches: [{ 'e\u0000': { _exists: true } }] }, 'bad10'],
   ['a presence key holding a lone surrogate', { type: 'patch', messageId: 'bad11', ephemeralPatches: [{ 'cursor\ud800': { _exists: true } }] }, 'bad11'],
+  // SQL storages index keys: PostgreSQL refuses an index entry over 2,704 bytes, and would fail every later write of the room.
+  ['a key longer than 512 UTF-16 units', { type: 'patch', messageId: 'bad12', documentPatches: [{ ['e/'.padEnd(513, '\u4e00')]: { _exists: true } }] }, 'bad12'],
   ['a component value that is not an object, under a key with a line separator', { type: 'patch', messageId: 'bad8', documentPatches: [{ 'e1\u2028A': null }] }, 'bad8']
 ]
 

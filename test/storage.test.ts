@@ -7,6 +7,19 @@ import { FileStorage, MemoryStorage, MemoryStore, PostgresStorage, SqliteStorage
 import { build, connect, stateOf, write } from './helper.js'
 import { ODD_ROOM_IDS, storageContract as contractCases } from '../lib/testing.js'
 import type { Storage } from '../lib/index.js'
+import { MAX_KEY_LENGTH } from '../lib/protocol/frames.js'
+import { MAX_ID_LENGTH } from '../lib/routes/schemas.js'
+
+/** `length` UTF-16 units of CJK characters in no order (3 bytes each as UTF-8, nothing for a compressor to find). */
+function wideText (length: number, seed: number): string {
+  let x = seed
+  let text = ''
+  for (let i = 0; i < length; i++) {
+    x = (Math.imul(x, 1103515245) + 12345) >>> 0
+    text += String.fromCharCode(0x4e00 + (x >>> 8) % 20000)
+  }
+  return text
+}
 
 /** Runs the exported contract as one tap subtest per case. */
 function storageContract (t: Test, name: string, make: (roomId: string) => Storage | Promise<Storage>): void {
@@ -212,6 +225,15 @@ if (pgUrl === undefined || pgUrl === '') {
     t.strictSame(results.map((r) => r.status), ['fulfilled', 'rejected', 'fulfilled'])
     t.same(await good.load(), { timestamp: 2, state: { k: { _exists: true, x: 2 } }, timestamps: { k: { _exists: 1, x: 2 } } })
     t.equal(await bad.load(), null, 'nothing of the failing room was written')
+  })
+
+  t.test('PostgresStorage: the longest room id and key the server lets through, in the widest UTF-8, are stored', async (t) => {
+    // PostgreSQL refuses an index entry over 2,704 bytes: a longer key would fail every later write of its room.
+    const roomId = wideText(MAX_ID_LENGTH, 1)
+    const key = wideText(MAX_KEY_LENGTH, 2)
+    const room = postgres.forRoom(roomId)
+    await room.append({ timestamp: 1, entries: [{ key, value: { _exists: true }, stamps: { _exists: 1 } }] })
+    t.same(await room.load(), { timestamp: 1, state: { [key]: { _exists: true } }, timestamps: { [key]: { _exists: 1 } } })
   })
 
   t.test('PostgresStorage: owns and ends a pool made from a connection string', async (t) => {

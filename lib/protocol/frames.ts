@@ -27,12 +27,23 @@ const FieldValue = Type.Union([
  */
 const AnyKey = Type.String({ pattern: '^[\\s\\S]*$' })
 /**
- * A document or presence key: any characters but U+0000, as well-formed
- * UTF-16 (no lone surrogate). Keys reach storages as text: PostgreSQL refuses
- * U+0000 in text, and SQLite would turn a lone surrogate into U+FFFD, merging
- * two keys.
+ * Longest document or presence key, in UTF-16 units (as `String.length`
+ * counts). SQL storages index keys: PostgreSQL refuses an index entry over
+ * 2,704 bytes, which a longer key (with a room id of 256 units) could pass
+ * as UTF-8, failing every later write of its room; and an index entry that
+ * does not fit its page makes every lookup passing by it read it whole.
+ * Keys are ids such as `entity/Component`.
  */
-const StoredKey = Type.String({ pattern: '^(?:[^\\u0000\\uD800-\\uDFFF]|[\\uD800-\\uDBFF][\\uDC00-\\uDFFF])*$' })
+export const MAX_KEY_LENGTH = 512
+
+/**
+ * A document or presence key: at most MAX_KEY_LENGTH units of any characters
+ * but U+0000, as well-formed UTF-16 (no lone surrogate). Keys reach storages
+ * as text: PostgreSQL refuses U+0000 in text, and SQLite would turn a lone
+ * surrogate into U+FFFD, merging two keys.
+ */
+// (A record's key schema is its pattern alone, hence the length as a lookahead.)
+const StoredKey = Type.String({ pattern: `^(?=[\\s\\S]{0,${MAX_KEY_LENGTH}}$)(?:[^\\u0000\\uD800-\\uDFFF]|[\\uD800-\\uDBFF][\\uDC00-\\uDFFF])*$` })
 const ComponentValue = Type.Record(AnyKey, FieldValue)
 // additionalProperties: false, or keys that do not match are let through unchecked.
 const PatchSchema = Type.Record(StoredKey, ComponentValue, { additionalProperties: false })
@@ -155,7 +166,7 @@ function nestedWithin (value: object, depth: number): boolean {
 
 /** See StoredKey. */
 function isStoredKey (key: string): boolean {
-  return !key.includes('\u0000') && (key as string & { isWellFormed(): boolean }).isWellFormed()
+  return key.length <= MAX_KEY_LENGTH && !key.includes('\u0000') && (key as string & { isWellFormed(): boolean }).isWellFormed()
 }
 
 function isRecord (value: unknown): value is Record<string, unknown> {

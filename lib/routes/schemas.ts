@@ -3,7 +3,10 @@ import type { FastifyError, FastifyReply, FastifyRequest } from 'fastify'
 import { errors } from '../errors.js'
 import { ID_PATTERN } from '../options.js'
 
-const Id = (description: string) => Type.String({ minLength: 1, maxLength: 256, pattern: ID_PATTERN, description })
+/** Longest room or client id, in UTF-16 units. */
+export const MAX_ID_LENGTH = 256
+
+const Id = (description: string) => Type.String({ minLength: 1, maxLength: MAX_ID_LENGTH, pattern: ID_PATTERN, description })
 
 export const ConnectQuery = Type.Object({
   roomId: Id('Room to join'),
