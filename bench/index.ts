@@ -3,12 +3,13 @@
  * Not a test: it prints tables of medians.
  */
 import { soak } from './soak.js'
-import { storageBytes, storageThroughput } from './storage.js'
+import { storageBytes, storageLargeKey, storageThroughput } from './storage.js'
 import { syncCursors, syncFanout, syncJoinLarge, syncMemory, syncReconnectLarge, syncReconnectStorm, syncRooms } from './sync.js'
 
 const scenarios: Record<string, () => Promise<void>> = {
   'storage-bytes': storageBytes,
   'storage-throughput': storageThroughput,
+  'storage-large-key': storageLargeKey,
   fanout: syncFanout,
   cursors: syncCursors,
   rooms: syncRooms,

@@ -3,6 +3,8 @@
  *
  *   npm run bench -- storage-bytes       bytes and time per persisted patch on a 20,000-component room
  *   npm run bench -- storage-throughput  patches/s of one writer: durable acks vs throttled
+ *   npm run bench -- storage-large-key   SqliteStorage: time of small writes before and after one room holds a 32 MiB key;
+ *                                        then, on a server, another room's ack latency while a 48 MiB key changes 10 times a second
  *
  * Medians of several rounds; everything on 127.0.0.1 and in a temp folder.
  */
@@ -120,4 +122,131 @@ export async function storageThroughput (): Promise<void> {
     rows.push([String(window), Math.round(th).toLocaleString('en'), Math.round(d).toLocaleString('en'), (d / th).toFixed(2)])
   }
   table(`One writer on SqliteStorage (synchronous=FULL), patches acked per second, median of ${rounds} rounds of 3 s`, ['patches in flight', 'throttled', 'durable', 'durable / throttled'], rows)
+}
+
+/** ms of one small append (awaited, so one commit each) to key `keyOf(i)` of room `roomOf(i)`, for `count` writes: median, largest, how many over 10 ms. */
+async function smallWrites (storage: SqliteStorage, count: number, roomOf: (i: number) => string, keyOf: (i: number) => string, first: number): Promise<{ median: number, max: number, slow: number }> {
+  const times: number[] = []
+  for (let i = 0; i < count; i++) {
+    const key = keyOf(i)
+    const start = process.hrtime.bigint()
+    await storage.forRoom(roomOf(i)).append({ timestamp: first + i, entries: [{ key, value: { _exists: true, x: i }, stamps: { _exists: 1, x: first + i } }] })
+    times.push(Number(process.hrtime.bigint() - start) / 1e6)
+  }
+  return { median: median(times), max: Math.max(...times), slow: times.filter((ms) => ms > 10).length }
+}
+
+/**
+ * 200 rooms of 50 small keys in one SQLite file; small writes to them are
+ * timed, then one room is given a 32 MiB key and they are timed again, in
+ * that room and in the others. What a large value costs the writes that do
+ * not touch it.
+ */
+export async function storageLargeKey (): Promise<void> {
+  const ROOMS = 200
+  const WRITES = 100
+  const dir = mkdtempSync(join(tmpdir(), 'canvas-bench-'))
+  const storage = new SqliteStorage({ file: join(dir, 'bench.db') })
+  try {
+    const rows: string[][] = []
+    for (let r = 0; r < ROOMS; r++) {
+      const entries = Array.from({ length: 50 }, (_, k) => ({ key: `e${k}/Shape`, value: { _exists: true, x: k, label: `shape ${k}` }, stamps: { _exists: 1, x: 1, label: 1 } }))
+      await storage.forRoom(`room-${r}`).append({ timestamp: 1, entries })
+    }
+    const big = 'room-100'
+    const others = (i: number): string => `room-${(i * 13) % ROOMS === 100 ? 101 : (i * 13) % ROOMS}`
+    const row = (label: string, t: { median: number, max: number, slow: number }): string[] => [label, t.median.toFixed(2), t.max.toFixed(1), String(t.slow)]
+    const anyKey = (i: number): string => `e${(i * 7) % 50}/Shape`
+    rows.push(row('before: other rooms', await smallWrites(storage, WRITES, others, anyKey, 10)))
+    rows.push(row('before: the room', await smallWrites(storage, WRITES, () => big, anyKey, 10)))
+    const start = process.hrtime.bigint()
+    await storage.forRoom(big).append({ timestamp: 1000, entries: [{ key: 'e25x/Blob', value: { _exists: true, data: 'x'.repeat(32 * 1024 * 1024) }, stamps: { _exists: 1000, data: 1000 } }] })
+    const bigMs = Number(process.hrtime.bigint() - start) / 1e6
+    rows.push(row('after: other rooms', await smallWrites(storage, WRITES, others, anyKey, 2000)))
+    rows.push(row('after: the room', await smallWrites(storage, WRITES, () => big, anyKey, 2000)))
+    table(`SqliteStorage (synchronous=FULL): one-key writes, each its own commit, ${WRITES} per row; the 32 MiB write took ${bigMs.toFixed(0)} ms`, ['writes to (every key of 50, twice)', 'ms p50', 'ms max', 'writes over 10 ms'], rows)
+  } finally {
+    await storage.close()
+    rmSync(dir, { recursive: true, force: true })
+  }
+  await largeKeyOnServer()
+}
+
+interface BenchClient {
+  ws: WebSocket
+  write: (messageId: string, patch: Record<string, unknown>) => Promise<void>
+}
+
+async function benchClient (port: number, roomId: string): Promise<BenchClient> {
+  const ws = new WebSocket(`ws://127.0.0.1:${port}/sync?roomId=${roomId}&clientId=${roomId}-writer`, { maxPayload: 256 * 1024 * 1024 })
+  const acks = new Map<string, () => void>()
+  await new Promise<void>((resolve, reject) => {
+    ws.on('message', (data) => {
+      const text = String(data)
+      if (text.startsWith('{"type":"ack"')) {
+        const { messageId } = JSON.parse(text) as { messageId: string }
+        acks.get(messageId)?.()
+        acks.delete(messageId)
+      } else if (text.startsWith('{"type":"synced"')) {
+        resolve()
+      }
+    })
+    ws.once('open', () => ws.send(JSON.stringify({ type: 'reconnect', lastTimestamp: 0, protocolVersion: 2 })))
+    ws.once('error', reject)
+  })
+  return {
+    ws,
+    write: (messageId, patch) => new Promise((resolve) => {
+      acks.set(messageId, resolve)
+      ws.send(JSON.stringify({ type: 'patch', messageId, documentPatches: [patch] }))
+    })
+  }
+}
+
+/**
+ * A server on SqliteStorage (durable acks). Room `big` holds a 48 MiB key;
+ * room `other` writes one key every 50 ms for 5 s, and the latency of each
+ * ack is taken from when the write was due (the clients share the server's
+ * process, so a stalled event loop delays the sends too). Once with the key
+ * left alone, once with one of its fields changed ten times a second.
+ */
+async function largeKeyOnServer (): Promise<void> {
+  const dir = mkdtempSync(join(tmpdir(), 'canvas-bench-'))
+  const storage = new SqliteStorage({ file: join(dir, 'bench.db') })
+  const app = Fastify()
+  await app.register(canvasStore, { storage, rateLimit: false, maxPayload: 16 * 1024 * 1024 })
+  await app.listen({ port: 0, host: '127.0.0.1' })
+  const { port } = app.server.address() as { port: number }
+  const big = await benchClient(port, 'big')
+  const other = await benchClient(port, 'other')
+  const keys = (n: number): Record<string, unknown> => Object.fromEntries(Array.from({ length: n }, (_, i) => [`e${i}/Shape`, { _exists: true, x: i }]))
+  await other.write('seed', keys(200))
+  await big.write('seed', keys(200))
+  for (let i = 0; i < 8; i++) await big.write(`blob${i}`, { 'e100x/Blob': { _exists: true, [`part${i}`]: 'y'.repeat(6 * 1024 * 1024) } })
+  const rows: string[][] = []
+  for (const changing of [false, true]) {
+    let n = 0
+    const attack = changing
+      ? setInterval(() => big.ws.send(JSON.stringify({ type: 'patch', messageId: `change${n++}`, documentPatches: [{ 'e100x/Blob': { small: n } }] })), 100)
+      : undefined
+    const latencies: number[] = []
+    const acked: Array<Promise<void>> = []
+    const start = performance.now()
+    for (let i = 0; i < 100; i++) {
+      const due = start + i * 50
+      const wait = due - performance.now()
+      if (wait > 0) await new Promise((resolve) => setTimeout(resolve, wait))
+      acked.push(other.write(`w${changing ? 1 : 0}-${i}`, { [`e${i % 200}/Shape`]: { x: i } }).then(() => { latencies.push(performance.now() - due) }))
+    }
+    await Promise.all(acked)
+    clearInterval(attack)
+    latencies.sort((a, b) => a - b)
+    rows.push([changing ? 'changed 10 times a second' : 'left alone', latencies[49].toFixed(1), latencies[98].toFixed(0), latencies[99].toFixed(0)])
+  }
+  big.ws.close()
+  other.ws.close()
+  await app.close()
+  await storage.close()
+  rmSync(dir, { recursive: true, force: true })
+  table('A server on SqliteStorage: another room\'s ack latency (ms, 100 writes 50 ms apart) while one room holds a 48 MiB key', ['the 48 MiB key', 'p50', 'p99', 'max'], rows)
 }

@@ -168,6 +168,39 @@ t.test('SqliteStorage: cost of an append follows the patch, not the document', a
   t.equal(Object.keys((await room.load())!.state).length, 2000)
 })
 
+t.test('SqliteStorage: a database of the earlier layout (entries WITHOUT ROWID) is moved to the current one, rows kept', async (t) => {
+  const file = join(t.testdir({}), 'old.sqlite')
+  const old = new Database(file)
+  old.exec(`
+    CREATE TABLE canvas_store_rooms (room_id TEXT PRIMARY KEY, timestamp INTEGER NOT NULL);
+    CREATE TABLE canvas_store_entries (room_id TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL, stamps TEXT NOT NULL,
+      PRIMARY KEY (room_id, key)) WITHOUT ROWID;
+    INSERT INTO canvas_store_rooms VALUES ('r', 3);
+    INSERT INTO canvas_store_entries VALUES ('r', 'k', '{"_exists":true,"x":1}', '{"_exists":1,"x":3}'), ('r', 'gone', '{"_exists":false}', '{"_exists":2}');
+  `)
+  old.close()
+  const layout = (): string => {
+    const db = new Database(file, { readonly: true })
+    try {
+      return (db.prepare("SELECT sql FROM sqlite_master WHERE name = 'canvas_store_entries'").get() as { sql: string }).sql
+    } finally {
+      db.close()
+    }
+  }
+  t.match(layout(), /WITHOUT ROWID/)
+  for (let open = 1; open <= 2; open++) {
+    const store = new SqliteStorage({ file })
+    const room = store.forRoom('r')
+    t.same(await room.load(), { timestamp: open === 1 ? 3 : 4, state: { k: { _exists: true, x: open }, gone: { _exists: false } }, timestamps: { k: { _exists: 1, x: open === 1 ? 3 : 4 }, gone: { _exists: 2 } } }, `open ${open}: rows kept`)
+    if (open === 1) await room.append({ timestamp: 4, entries: [{ key: 'k', value: { _exists: true, x: 2 }, stamps: { _exists: 1, x: 4 } }] })
+    await store.close()
+    t.notMatch(layout(), /WITHOUT ROWID/, `open ${open}: the current layout`)
+  }
+  const db = new Database(file, { readonly: true })
+  t.teardown(() => db.close())
+  t.equal((db.prepare('SELECT count(*) AS n FROM canvas_store_entries').get() as { n: number }).n, 2, 'an update replaced its row: (room_id, key) is still unique')
+})
+
 t.test('SqliteStorage: closed storage refuses work; a user database stays open', async (t) => {
   const store = new SqliteStorage({ file: ':memory:' })
   await store.close()

@@ -75,19 +75,33 @@ export class SqliteStorage implements RoomStore {
     db.pragma(`synchronous = ${options.synchronous === 'NORMAL' ? 'NORMAL' : 'FULL'}`)
     const rooms = `${prefix}_rooms`
     const entries = `${prefix}_entries`
-    db.exec(`
-      CREATE TABLE IF NOT EXISTS ${rooms} (
-        room_id TEXT PRIMARY KEY,
-        timestamp INTEGER NOT NULL
-      );
-      CREATE TABLE IF NOT EXISTS ${entries} (
+    // The entries are a rowid table with an index on (room_id, key), not a WITHOUT ROWID table keyed by them:
+    // there a row is a B-tree key, and SQLite reads a row's whole record to compare keys with it, so once a
+    // large value sat on a search path (a 48 MB key in one room), every write passing by it read it whole.
+    const createEntries = (name: string): string => `
+      CREATE TABLE ${name} (
         room_id TEXT NOT NULL,
         key TEXT NOT NULL,
         value TEXT NOT NULL,
         stamps TEXT NOT NULL,
-        PRIMARY KEY (room_id, key)
-      ) WITHOUT ROWID;
-    `)
+        UNIQUE (room_id, key)
+      )`
+    db.transaction(() => {
+      db.exec(`CREATE TABLE IF NOT EXISTS ${rooms} (
+        room_id TEXT PRIMARY KEY,
+        timestamp INTEGER NOT NULL
+      )`)
+      const existing = db.prepare('SELECT sql FROM sqlite_master WHERE type = \'table\' AND name = ?').get(entries) as { sql: string } | undefined
+      if (existing === undefined) {
+        db.exec(createEntries(entries))
+      } else if (/WITHOUT\s+ROWID/i.test(existing.sql)) {
+        // A database written by an earlier version: copy its rows into the current layout.
+        db.exec(`${createEntries(`${entries}_new`)};
+          INSERT INTO ${entries}_new (room_id, key, value, stamps) SELECT room_id, key, value, stamps FROM ${entries};
+          DROP TABLE ${entries};
+          ALTER TABLE ${entries}_new RENAME TO ${entries};`)
+      }
+    }).immediate()
     this.#stmt = {
       getRoom: db.prepare(`SELECT timestamp FROM ${rooms} WHERE room_id = ?`),
       getEntries: db.prepare(`SELECT key, value, stamps FROM ${entries} WHERE room_id = ?`),
