@@ -3,6 +3,7 @@ import fc from 'fast-check'
 import { Room } from '../lib/index.js'
 import { applyKind, appliedValue, type Fields } from '../lib/room/document.js'
 import { PresenceBatch } from '../lib/room/presence-batch.js'
+import { fakeClock } from './fake-clock.js'
 
 /** A receiver's state after applying patches in order, with the protocol's rules. */
 function receive (patches: any[]): Record<string, unknown> {
@@ -177,19 +178,21 @@ t.test('an onTokenRefresh whose result is unusable closes that session (1011); n
 })
 
 t.test('in a room of 32 sessions or more, the others get clientCount at most once per 100 ms: the latest count, before any other frame; close stops the wait', async (t) => {
-  const timers = () => process.getActiveResourcesInfo().filter((r) => r === 'Timeout').length
-  const before = timers()
-  const room = new Room({ roomId: 'r', presenceBatching: true })
+  const fake = fakeClock()
+  const room = new Room({ roomId: 'r', presenceBatching: true, clock: fake.clock })
   const sockets = Array.from({ length: 35 }, () => fakeSocket())
   const counts = (s: ReturnType<typeof fakeSocket>) => s.sent.filter((f) => f.type === 'clientCount').map((f) => f.count)
   const ids = sockets.slice(0, 32).map((socket, i) => room.handleSocketConnect({ socket, clientId: `c${i}`, permissions: 'readwrite' }))
   await turn()
   t.same(counts(sockets[0]), [1, 32], 'below the bound, once per turn')
-  // Each join is in its own turn, well within 100 ms of the last count sent.
+  const sentAt = fake.now()
+  // Each join is in its own turn, within 100 ms (on the room's clock) of the last count sent.
+  fake.advance(10)
   room.handleSocketConnect({ socket: sockets[32], clientId: 'c32', permissions: 'readwrite' })
   await turn()
   t.same(counts(sockets[32]), [33], 'the newcomer learns its count at once')
   t.same(counts(sockets[0]), [1, 32], 'the others wait')
+  fake.advance(10)
   room.handleSocketConnect({ socket: sockets[33], clientId: 'c33', permissions: 'readwrite' })
   await turn()
   room.handleSocketMessage(ids[1], JSON.stringify({ type: 'patch', messageId: 'm1', documentPatches: [{ k: { _exists: true } }] }))
@@ -202,20 +205,25 @@ t.test('in a room of 32 sessions or more, the others get clientCount at most onc
   room.handleSocketClose(ids[4])
   await turn()
   t.same(counts(sockets[0]), [1, 32, 34], 'no count before the interval is over')
-  t.equal(timers(), before + 1, 'one timer holds the count')
-  await new Promise<void>((resolve) => { sockets[0].send = (data: string) => { sockets[0].sent.push(JSON.parse(data)); resolve() } })
+  t.equal(fake.timers.size, 1, 'one timer holds the count')
+  const [timer] = fake.timers
+  t.equal(timer.at, sentAt + 100, 'due 100 ms after the last count sent to every session')
+  fake.advance(sentAt + 99 - fake.now())
+  t.same(counts(sockets[0]), [1, 32, 34], 'not a millisecond early')
+  fake.advance(1)
   t.same(counts(sockets[0]), [1, 32, 34, 32])
   t.same(counts(sockets[33]), [34, 32])
 
   room.handleSocketConnect({ socket: sockets[34], clientId: 'c34', permissions: 'readwrite' })
   await turn()
-  t.equal(timers(), before + 1, 'waiting again')
+  t.equal(fake.timers.size, 1, 'waiting again')
   await room.close()
-  t.equal(timers(), before, 'closing the room clears the timer')
+  t.equal(fake.timers.size, 0, 'closing the room clears the timer')
 })
 
 t.test('in a room of 32 sessions or more, presence goes out at most every 16 ms: one frame per session with every other sender\'s latest values, never its own; a document frame still carries it first', async (t) => {
-  const room = new Room({ roomId: 'r', presenceBatching: true })
+  const fake = fakeClock()
+  const room = new Room({ roomId: 'r', presenceBatching: true, clock: fake.clock })
   const n = 40
   const sockets = Array.from({ length: n }, () => fakeSocket())
   const ids = sockets.map((socket, i) => room.handleSocketConnect({ socket, clientId: `c${i}`, permissions: 'readwrite' }))
@@ -227,17 +235,16 @@ t.test('in a room of 32 sessions or more, presence goes out at most every 16 ms:
   t.same(presence(sockets[1]), [{ type: 'patch', clientId: 'c0', ephemeralPatches: [cursor(0, 0)] }])
   for (const s of sockets) s.sent.length = 0
 
-  // The next ones, in later turns well within 16 ms, wait for one batch.
+  // The next ones, in later turns within 16 ms (on the room's clock), wait for one batch.
   for (let round = 1; round <= 2; round++) {
+    fake.advance(5)
     for (let i = 0; i < n; i++) room.handleSocketMessage(ids[i], JSON.stringify({ type: 'patch', messageId: `p${round}-${i}`, ephemeralPatches: [cursor(i, round)] }))
     await turn()
   }
   t.same(presence(sockets[5]), [], 'nothing yet')
-  const batch = new Promise<void>((resolve) => {
-    const socket = sockets[n - 1]
-    socket.send = (data: string) => { socket.sent.push(JSON.parse(data)); resolve() }
-  })
-  await batch
+  fake.advance(5)
+  t.same(presence(sockets[5]), [], 'nothing a millisecond early')
+  fake.advance(1)
   for (let i = 0; i < n; i++) {
     const frames = presence(sockets[i])
     t.equal(frames.length, 1, `c${i}: one frame`)

@@ -20,6 +20,7 @@ import { Document, Presence, emptyRecord, hasContent, growthOf, isBufferDelta, t
 import { DEFAULT_LIMITS, DEFAULT_RATE_LIMIT, DEFAULT_SLOW_CLIENT, TokenBucket, countKeys, ownCount, type RateLimit, type RoomLimits, type SlowClientPolicy } from './limits.js'
 import { Persistence, type Durability } from './persistence.js'
 import { Pacer } from './pacer.js'
+import { SlotTimers, type SlotClock } from './slots.js'
 import { PresenceBatch } from './presence-batch.js'
 import { frameBound, growthBound } from './size.js'
 import { MAX_HELD_BYTES, MAX_HELD_FRAMES, silentLogger, type RoomLogger, type RoomObserver, type Session, type WebSocketLike } from './session.js'
@@ -84,6 +85,13 @@ export interface RoomOptions {
    * @default false
    */
   presenceBatching?: boolean
+  /**
+   * Time and timers of the room's paced sends (batched presence, counts) and
+   * of its storage writes. Tests pass a clock that moves only when told to;
+   * by default performance.now() and Node's timers, throttled writes sharing
+   * timers with every other room (see slots.ts).
+   */
+  clock?: SlotClock
   /** The room's id, used for storage and logs. */
   roomId?: string
 }
@@ -136,10 +144,10 @@ export class Room {
   /** Presence since the last batch, sent once per session (when batching: see #flushPresence). */
   readonly #presence = new PresenceBatch()
   readonly #batchPresence: boolean
-  readonly #presencePacer = new Pacer(PRESENCE_INTERVAL_MS, () => this.#guarded('sending batched presence', () => this.#flushPresence()))
+  readonly #presencePacer: Pacer
   /** With batching: a clientCount change some sessions have not been sent yet (see #flushCounts). */
   #countPending = false
-  readonly #countPacer = new Pacer(COUNT_INTERVAL_MS, () => this.#guarded('sending clientCount', () => this.#flushCounts()))
+  readonly #countPacer: Pacer
   /** With durable acks: messages waiting for the write that holds what they report. */
   #outbox: Array<{ need: number, session: Session, data: string, droppable: boolean, answer: number }> = []
   #closed = false
@@ -161,6 +169,9 @@ export class Room {
     this.#catchUp = options.catchUp ?? catchUpAllowance(options.slowClient)
     const durability = options.durability ?? 'durable'
     if (durability !== 'durable' && durability !== 'throttled') throw new RangeError("durability must be 'durable' or 'throttled'")
+    const clock = options.clock
+    this.#presencePacer = new Pacer(PRESENCE_INTERVAL_MS, () => this.#guarded('sending batched presence', () => this.#flushPresence()), clock)
+    this.#countPacer = new Pacer(COUNT_INTERVAL_MS, () => this.#guarded('sending clientCount', () => this.#flushCounts()), clock)
     this.#persistence = new Persistence({
       storage: this.#storage,
       document: () => this.#doc,
@@ -171,7 +182,8 @@ export class Room {
       onCommit: () => this.#releaseOutbox(),
       onGiveUp: (err) => this.#storageUnavailable(err),
       observer: options.observer,
-      failureBoundMs: options.storageFailureTimeoutMs ?? DEFAULT_STORAGE_FAILURE_TIMEOUT_MS
+      failureBoundMs: options.storageFailureTimeoutMs ?? DEFAULT_STORAGE_FAILURE_TIMEOUT_MS,
+      slots: clock === undefined ? undefined : new SlotTimers(clock)
     })
   }
 

@@ -26,7 +26,8 @@ export interface SlotClock {
   clearTimeout: (timer: SlotTimer) => void
 }
 
-const systemClock: SlotClock = {
+/** performance.now() and Node's timers. */
+export const systemClock: SlotClock = {
   now: () => performance.now(),
   setTimeout: (run, ms) => setTimeout(run, ms),
   clearTimeout: (timer) => clearTimeout(timer as NodeJS.Timeout)
