@@ -269,6 +269,48 @@ if (pgUrl === undefined || pgUrl === '') {
     t.same(await room.load(), { timestamp: 1, state: { [key]: { _exists: true } }, timestamps: { [key]: { _exists: 1 } } })
   })
 
+  t.test('PostgresStorage: a connection lost in the middle of a write fails that write, not the process; the next write goes through', async (t) => {
+    const room = postgres.forRoom('pg-lost')
+    await room.append({ timestamp: 1, entries: [{ key: 'k', value: { _exists: true, x: 1 }, stamps: { _exists: 1, x: 1 } }] })
+    // Another session locks the table, so that the storage's INSERT waits inside its transaction; its backend is then killed.
+    const locker = new pg.Client({ connectionString: pgUrl })
+    await locker.connect()
+    t.teardown(() => locker.end())
+    await locker.query('BEGIN')
+    await locker.query(`LOCK TABLE ${prefix}_entries IN ACCESS EXCLUSIVE MODE`)
+    const write = room.append({ timestamp: 2, entries: [{ key: 'k', value: { _exists: true, x: 2 }, stamps: { _exists: 1, x: 2 } }] })
+    let pid: number | undefined
+    for (let attempt = 0; attempt < 1000 && pid === undefined; attempt++) {
+      const waiting = await pool.query<{ pid: number }>(`SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE 'INSERT INTO ${prefix}_entries%'`)
+      pid = waiting.rows[0]?.pid
+    }
+    t.ok(pid !== undefined, 'the write waits for the lock')
+    await pool.query('SELECT pg_terminate_backend($1)', [pid])
+    await t.rejects(write, 'the write in flight fails')
+    await locker.query('ROLLBACK')
+    await room.append({ timestamp: 3, entries: [{ key: 'k', value: { _exists: true, x: 3 }, stamps: { _exists: 1, x: 3 } }] })
+    t.same(await room.load(), { timestamp: 3, state: { k: { _exists: true, x: 3 } }, timestamps: { k: { _exists: 1, x: 3 } } })
+  })
+
+  t.test('PostgresStorage: values full of quotes, backslashes and escapes round-trip', async (t) => {
+    const room = postgres.forRoom('pg-escapes')
+    const value = { _exists: true, q: '"\\'.repeat(1000), u: '\\u0000 \\" {"a":[1]} \u2028 \ud83d\ude00 \ud800', '"\\k': 'NULL' }
+    await room.append({ timestamp: 1, entries: [{ key: 'e"\\/K{}', value, stamps: { _exists: 1, q: 1, u: 1, '"\\k': 1 } }] })
+    t.same((await room.load())!.state, { 'e"\\/K{}': value })
+  })
+
+  t.test('PostgresStorage: a database not in UTF8 is refused with the reason, before anything is written', async (t) => {
+    const name = `cs_latin1_${process.pid}`
+    await pool.query(`CREATE DATABASE ${name} ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0`)
+    t.teardown(() => pool.query(`DROP DATABASE IF EXISTS ${name}`))
+    const url = new URL(pgUrl)
+    url.pathname = `/${name}`
+    const latin1 = new PostgresStorage({ connectionString: url.href })
+    await t.rejects(latin1.forRoom('r').load(), { message: /needs a UTF8 database; this one's encoding is LATIN1/ })
+    await t.rejects(latin1.forRoom('r').append({ timestamp: 1, entries: [{ key: '\u4e2d', value: { _exists: true }, stamps: { _exists: 1 } }] }), { message: /UTF8/ })
+    await latin1.close()
+  })
+
   t.test('PostgresStorage: owns and ends a pool made from a connection string', async (t) => {
     const own = new PostgresStorage({ connectionString: pgUrl, tablePrefix: prefix })
     t.equal(await own.forRoom('nobody').load(), null)
