@@ -88,8 +88,9 @@ export interface CanvasStoreOptions {
    */
   durability?: Durability
   /**
-   * How long storage writes may keep failing before a room's sessions are
-   * told (`CANVAS_STORE_STORAGE_UNAVAILABLE`) and closed with 1011 (ms).
+   * How long storage writes may keep failing, or (with durable acks) one
+   * write may stay pending, before a room's sessions are told
+   * (`CANVAS_STORE_STORAGE_UNAVAILABLE`) and closed with 1011 (ms).
    * @default 10000
    */
   storageFailureTimeoutMs?: number

@@ -1,5 +1,6 @@
 import t from 'tap'
 import { Room, type IncrementalStorage, type RoomChanges, type RoomSnapshot } from '../lib/index.js'
+import { fakeClock } from './fake-clock.js'
 
 /** A socket double that records what the room sends, synchronously. */
 function fakeSocket () {
@@ -108,6 +109,41 @@ t.test('durable: writes failing past the bound close the sessions with 1011', as
   ;(await nextCall(2)).resolve()
   await room.flush()
   t.same(room.getSnapshot().state.k, { _exists: true, x: 1 }, 'the room kept the change and saved it once storage came back')
+})
+
+t.test('durable: a write that neither commits nor fails within the bound is reported like failing writes, and again each bound it goes on', async (t) => {
+  const { storage, nextCall } = controlledStorage()
+  const fake = fakeClock()
+  const room = new Room({ roomId: 'r', createStorage: () => storage, storageFailureTimeoutMs: 1000, clock: fake.clock })
+  await room.load()
+  const a = fakeSocket()
+  const sa = room.handleSocketConnect({ socket: a, clientId: 'a', permissions: 'readwrite' })
+  a.sent.length = 0
+  room.handleSocketMessage(sa, patch('m1', { k: { _exists: true, x: 1 } }))
+  const hung = await nextCall(1)
+  fake.advance(999)
+  t.same(a.sent, [], 'nothing within the bound')
+  fake.advance(1)
+  t.same(a.sent.map((f) => [f.type, f.code]), [['error', 'CANVAS_STORE_STORAGE_UNAVAILABLE']], 'the client is told, not left waiting for its ack')
+  t.same(a.closes, [[1011, 'Storage unavailable']])
+  // Its client reconnects, re-sends, and waits behind the same write: told again a bound later.
+  const b = fakeSocket()
+  room.handleSocketConnect({ socket: b, clientId: 'a', permissions: 'readwrite' })
+  fake.advance(1000)
+  t.same(b.closes, [[1011, 'Storage unavailable']])
+  // The write commits after all: nothing more is reported, and the room goes on.
+  hung.resolve()
+  await room.flush()
+  const c = fakeSocket()
+  const sc = room.handleSocketConnect({ socket: c, clientId: 'c', permissions: 'readwrite' })
+  room.handleSocketMessage(sc, patch('m2', { k: { x: 2 } }))
+  ;(await nextCall(2)).resolve()
+  await room.flush()
+  fake.advance(5000)
+  t.same(c.closes, [], 'a write that commits in time reports nothing')
+  t.match(c.sent.at(-1), { type: 'ack', messageId: 'm2' })
+  t.equal(fake.timers.size, 0, 'no timer left')
+  await room.close()
 })
 
 t.test('throttled: acks at once, changes written later', async (t) => {

@@ -20,7 +20,11 @@ export interface PersistenceOptions {
   roomId: string
   /** Called after a write committed (with durable acks: release what waited for it). */
   onCommit: () => void
-  /** Called when writes have kept failing for longer than `failureBoundMs`. */
+  /**
+   * Called when writes have kept failing for longer than `failureBoundMs`,
+   * and, with durable acks, when one write has not settled within it (and
+   * again each `failureBoundMs` it goes on hanging).
+   */
   onGiveUp: (err: unknown) => void
   failureBoundMs: number
   observer?: RoomObserver | undefined
@@ -71,6 +75,8 @@ export class Persistence {
   #timer: SlotTimer | null = null
   /** The throttled write's place in a shared slot (see slots.ts). */
   #slot: SlotEntry | null = null
+  /** With durable acks: fires when the write in flight has not settled within failureBoundMs (see #watch). */
+  #watchdog: SlotTimer | null = null
   /** A cut is queued as a microtask (durable path). */
   #queued = false
   #failures = 0
@@ -208,6 +214,7 @@ export class Persistence {
     } catch (err) {
       work = Promise.reject(err)
     }
+    if (this.holding) this.#watch()
     const run = work.then(() => {
       this.#o.observer?.storageWrite((performance.now() - start) / 1000, true)
       this.#committed = id
@@ -227,11 +234,32 @@ export class Persistence {
       if (Date.now() - this.#failingSince >= this.#o.failureBoundMs) this.#o.onGiveUp(err)
       return err
     }).finally(() => {
+      if (this.#watchdog !== null) this.#slots.clearTimer(this.#watchdog)
+      this.#watchdog = null
       this.#inFlight = null
       if (this.#pending()) this.#schedule(this.#retryDelay())
     })
     this.#inFlight = run
     return run
+  }
+
+  /**
+   * A write that neither commits nor fails (a lock held elsewhere, a
+   * connection that went silent) would keep the room's clients waiting for
+   * acks, told nothing: past failureBoundMs it is reported as a failure
+   * would be. The write itself goes on; if it commits later, so be it.
+   */
+  #watch (periods = 1): void {
+    const bound = this.#o.failureBoundMs
+    // 0 gives up at the first failure; it does not call every write in flight a hang.
+    if (!(bound > 0) || !Number.isFinite(bound)) return
+    this.#watchdog = this.#slots.timer(bound, () => {
+      const waitedMs = bound * periods
+      this.#o.log.error({ roomId: this.#o.roomId, waitedMs }, 'a write to storage has not settled; telling the room\'s sessions')
+      this.#o.onGiveUp(new Error(`storage has not answered a write for ${waitedMs} ms`))
+      this.#watch(periods + 1)
+    })
+    this.#watchdog.unref()
   }
 
   #retryDelay (): number {

@@ -58,9 +58,10 @@ export interface RoomOptions {
    */
   durability?: Durability
   /**
-   * How long writes may keep failing before the room's sessions are closed
-   * with 1011 (their clients reconnect and re-send what was not acked). The
-   * room keeps retrying in the background.
+   * How long writes may keep failing, or (with durable acks) one write may
+   * stay pending, before the room's sessions are closed with 1011 (their
+   * clients reconnect and re-send what was not acked). The room keeps
+   * retrying in the background.
    * @default 10000
    */
   storageFailureTimeoutMs?: number
