@@ -28,6 +28,7 @@
  *   BENCH_PIN=1            run each server on CPU 1 and the load generator on CPU 0 (taskset), so that the
  *                          scheduler cannot run the generator on the server's core between its writes
  *   BENCH_SERVER_FLAGS=".." extra node flags for the server processes (e.g. --max-semi-space-size=32)
+ *   PLUGIN_STORAGE=sqlite  the plugin's rooms in a SqliteStorage (durable acks, as `npm start`) instead of memory
  *   BENCH_PROFILE=1|all    run the plugin server (all: every server) under `node --cpu-prof` (bench/results/profiles/<run>/;
  *                          summarize with `node --import tsx bench/profile-summary.ts FILE`)
  *
