@@ -122,6 +122,31 @@ t.test('a storage whose load throws: the socket closes with 1011 and storage.sav
   t.equal(saves, 0, 'storage.save never called, not even at shutdown')
 })
 
+t.test('a storage whose load does not answer: the socket closes with 1011 after storageFailureTimeoutMs; the load goes on, and once it answers the room is joined', async (t) => {
+  let loads = 0
+  let answer: (snapshot: null) => void = () => {}
+  const app = await build(t, {
+    storageFailureTimeoutMs: 100,
+    createStorage: () => ({
+      load: () => {
+        loads++
+        return new Promise((resolve) => { answer = resolve })
+      },
+      save: async () => {}
+    })
+  })
+  const a = await connect(app, { roomId: 'r', clientId: 'a' })
+  a.send({ type: 'reconnect', lastTimestamp: 0, protocolVersion: 2 })
+  t.same(await a.closed, { code: 1011, reason: 'Could not load the room' })
+  t.strictSame(a.frames, [], 'no frame was answered')
+  const b = await connect(app, { roomId: 'r', clientId: 'b' })
+  const synced = b.join()
+  answer(null)
+  await synced
+  t.equal(loads, 1, 'the second connection waited for the same load')
+  await b.close()
+})
+
 /** A storage whose saves wait for `release`; `saveStarted` resolves when the first save begins. */
 function slowStorage (failFirstSave: boolean) {
   const store = new MemoryStorage()

@@ -133,7 +133,7 @@ export const wsRoutes: FastifyPluginAsync<WsRouteOptions> = async (fastify: Fast
       if (conn.sessionId !== undefined) conn.room!.handleSocketError(conn.sessionId)
     })
 
-    accept(conn, socket, callAuthorize(authorize, { roomId, clientId, token, request }), { roomId, clientId, log, manager, roomOptions }).catch((err: unknown) => {
+    accept(conn, socket, callAuthorize(authorize, { roomId, clientId, token, request }), { roomId, clientId, log, manager, roomOptions, loadTimeoutMs: options.storageFailureTimeoutMs }).catch((err: unknown) => {
       log.error({ err }, 'accepting the connection failed')
       socket.close(CloseCode.INTERNAL_ERROR, 'Internal error')
     })
@@ -163,7 +163,7 @@ async function accept (
   conn: Connection,
   socket: WebSocket,
   authorization: Promise<AuthorizeResult>,
-  ctx: { roomId: string, clientId: string, log: FastifyBaseLogger, manager: RoomManager, roomOptions: (roomId: string) => RoomOptions }
+  ctx: { roomId: string, clientId: string, log: FastifyBaseLogger, manager: RoomManager, roomOptions: (roomId: string) => RoomOptions, loadTimeoutMs: number }
 ): Promise<void> {
   const { roomId, clientId, log, manager } = ctx
   let result: AuthorizeResult
@@ -179,7 +179,7 @@ async function accept (
   if (socket.readyState !== socket.OPEN) return
   let loaded: Room
   try {
-    loaded = await manager.getOrCreateRoom(roomId, ctx.roomOptions(roomId))
+    loaded = await boundedLoad(manager.getOrCreateRoom(roomId, ctx.roomOptions(roomId)), ctx.loadTimeoutMs)
   } catch (err) {
     if (err instanceof RoomLimitError) {
       log.warn('room refused: the server is at its maxRooms limit')
@@ -203,6 +203,27 @@ async function accept (
   const pending = conn.queue ?? []
   conn.queue = null
   for (const data of pending) loaded.handleSocketMessage(sessionId, data)
+}
+
+/**
+ * The room, or a failure once the load has been pending for `ms`: a storage
+ * that does not answer (a lock held elsewhere, a connection gone silent)
+ * must not keep the client waiting for `synced` in silence. The load goes
+ * on, and later connections to the room wait for the same one.
+ */
+async function boundedLoad (load: Promise<Room>, ms: number): Promise<Room> {
+  if (!(ms > 0) || !Number.isFinite(ms)) return await load
+  let timer: NodeJS.Timeout | undefined
+  const late = new Promise<never>((_resolve, reject) => {
+    timer = setTimeout(() => reject(new Error(`storage has not answered the room's load for ${ms} ms`)), ms)
+  })
+  // Settles unwatched when the bound won.
+  load.catch(() => {})
+  try {
+    return await Promise.race([load, late])
+  } finally {
+    clearTimeout(timer)
+  }
 }
 
 /** Refuses an authorize result without valid permissions (a bug in the user's authorize). */
