@@ -46,7 +46,8 @@ export class PostgresStorage implements RoomStore {
       this.#owned = false
     } else if (typeof options.connectionString === 'string') {
       const { Pool } = createRequire(import.meta.url)('pg') as typeof pg
-      this.#pool = new Pool({ connectionString: options.connectionString })
+      // TCP keep-alive: a connection whose peer vanished without a reset is found out, not waited on forever.
+      this.#pool = new Pool({ connectionString: options.connectionString, keepAlive: true })
       // An idle connection that dies emits 'error' on the pool; unhandled, it would end the process.
       this.#pool.on('error', () => {})
       this.#owned = true
