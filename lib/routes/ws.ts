@@ -179,7 +179,8 @@ async function accept (
   if (socket.readyState !== socket.OPEN) return
   let loaded: Room
   try {
-    loaded = await boundedLoad(manager.getOrCreateRoom(roomId, ctx.roomOptions(roomId)), ctx.loadTimeoutMs)
+    // A loaded room (the usual case) is taken as it is; only a load is given a bound.
+    loaded = manager.getExistingRoom(roomId) ?? await boundedLoad(manager.getOrCreateRoom(roomId, ctx.roomOptions(roomId)), ctx.loadTimeoutMs)
   } catch (err) {
     if (err instanceof RoomLimitError) {
       log.warn('room refused: the server is at its maxRooms limit')
