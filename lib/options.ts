@@ -4,6 +4,7 @@ import type { SessionPermission } from './protocol/types.js'
 import type { RateLimit, RoomLimits, SlowClientPolicy } from './room/limits.js'
 import type { Durability } from './room/persistence.js'
 import type { CreateStorage, RoomStore } from './storage/storage.js'
+import { MAX_TIMER_MS } from './room/slots.js'
 
 /** What `authorize` is told about a connection. */
 export interface AuthorizeInfo {
@@ -88,9 +89,11 @@ export interface CanvasStoreOptions {
    */
   durability?: Durability
   /**
-   * How long storage writes may keep failing, or (with durable acks) one
-   * write may stay pending, before a room's sessions are told
-   * (`CANVAS_STORE_STORAGE_UNAVAILABLE`) and closed with 1011 (ms).
+   * How long a room's load may stay pending before the connection is closed
+   * with 1011, and how long storage writes may keep failing, or (with
+   * durable acks) one write may stay pending, before a room's sessions are
+   * told (`CANVAS_STORE_STORAGE_UNAVAILABLE`) and closed with 1011 (ms).
+   * At most 2147483647; 0 does not watch loads or pending writes.
    * @default 10000
    */
   storageFailureTimeoutMs?: number
@@ -246,9 +249,10 @@ export function resolveOptions (opts: CanvasStoreOptions = {}): ResolvedOptions 
   if (opts.presenceBatching !== undefined && typeof opts.presenceBatching !== 'boolean') fail('presenceBatching', 'must be a boolean')
   const durability = opts.durability ?? 'durable'
   if (durability !== 'durable' && durability !== 'throttled') fail('durability', "must be 'durable' or 'throttled'")
-  const number = (name: keyof typeof DEFAULTS, min: number): number => {
+  const number = (name: keyof typeof DEFAULTS, min: number, max = Number.MAX_VALUE): number => {
     const value = opts[name] ?? DEFAULTS[name]
     if (typeof value !== 'number' || !Number.isFinite(value) || value < min) fail(name, `must be a number >= ${min}`)
+    if ((value as number) > max) fail(name, `must be at most ${max} ms (the longest timer Node arms; longer ones fire at once)`)
     return value as number
   }
   let admin: ResolvedOptions['admin']
@@ -293,14 +297,14 @@ export function resolveOptions (opts: CanvasStoreOptions = {}): ResolvedOptions 
     authorize: opts.authorize,
     createStorage: opts.storage !== undefined ? (roomId) => opts.storage!.forRoom(roomId) : opts.createStorage,
     durability,
-    saveThrottleMs: number('saveThrottleMs', 0),
-    storageFailureTimeoutMs: number('storageFailureTimeoutMs', 0),
-    idleTimeout: number('idleTimeout', 0),
+    saveThrottleMs: number('saveThrottleMs', 0, MAX_TIMER_MS),
+    storageFailureTimeoutMs: number('storageFailureTimeoutMs', 0, MAX_TIMER_MS),
+    idleTimeout: number('idleTimeout', 0, MAX_TIMER_MS),
     maxPayload: number('maxPayload', 1024),
     maxQueuedFrames: number('maxQueuedFrames', 1),
     maxQueuedBytes: number('maxQueuedBytes', 1024),
     maxRooms: number('maxRooms', 1),
-    heartbeatInterval: number('heartbeatInterval', 0),
+    heartbeatInterval: number('heartbeatInterval', 0, MAX_TIMER_MS),
     limits: numbers('limits', opts.limits, fail),
     rateLimit: opts.rateLimit === false ? false : numbers('rateLimit', opts.rateLimit, fail),
     slowClient: opts.slowClient === false ? false : numbers('slowClient', opts.slowClient, fail),

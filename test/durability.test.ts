@@ -144,6 +144,26 @@ t.test('durable: a write that neither commits nor fails within the bound is repo
   t.match(c.sent.at(-1), { type: 'ack', messageId: 'm2' })
   t.equal(fake.timers.size, 0, 'no timer left')
   await room.close()
+  t.throws(() => new Room({ storageFailureTimeoutMs: 2 ** 31 }), RangeError, 'a bound longer than Node\'s longest timer (which would fire at once) is refused')
+})
+
+t.test('durable: a write still hanging when the room is closed is not reported any more', async (t) => {
+  const { storage, nextCall } = controlledStorage()
+  const fake = fakeClock()
+  const logged: string[] = []
+  const log = { error: (_o: unknown, msg: string) => { logged.push(msg) }, warn () {}, info () {}, debug () {} }
+  const room = new Room({ roomId: 'r', createStorage: () => storage, storageFailureTimeoutMs: 1000, clock: fake.clock, logger: log as never })
+  await room.load()
+  const a = fakeSocket()
+  const sa = room.handleSocketConnect({ socket: a, clientId: 'a', permissions: 'readwrite' })
+  room.handleSocketMessage(sa, patch('m1', { k: { _exists: true } }))
+  const hung = await nextCall(1)
+  const closing = room.close()
+  fake.advance(5000)
+  t.same(logged.filter((m) => m.includes('not settled')), [], 'nothing reported after close')
+  t.equal(fake.timers.size, 0, 'no timer left')
+  hung.resolve()
+  await closing
 })
 
 t.test('throttled: acks at once, changes written later', async (t) => {

@@ -12,6 +12,9 @@ const invalid: Array<[string, string, unknown]> = [
   ['negative saveThrottleMs', 'saveThrottleMs', { saveThrottleMs: -1 }],
   ['saveThrottleMs not a number', 'saveThrottleMs', { saveThrottleMs: '10' }],
   ['negative idleTimeout', 'idleTimeout', { idleTimeout: -5 }],
+  // Node arms a longer timer for 1 ms: every room load and durable write would be reported as hanging at once.
+  ['storageFailureTimeoutMs over the longest timer', 'storageFailureTimeoutMs', { storageFailureTimeoutMs: 3e9 }],
+  ['heartbeatInterval over the longest timer', 'heartbeatInterval', { heartbeatInterval: 2 ** 31 }],
   ['maxPayload too small', 'maxPayload', { maxPayload: 10 }],
   ['maxPayload not finite', 'maxPayload', { maxPayload: Infinity }],
   ['maxQueuedFrames 0', 'maxQueuedFrames', { maxQueuedFrames: 0 }],

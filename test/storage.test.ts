@@ -182,14 +182,14 @@ t.test('SqliteStorage: a database of the earlier layout (entries WITHOUT ROWID) 
   const layout = (): string => {
     const db = new Database(file, { readonly: true })
     try {
-      return (db.prepare("SELECT sql FROM sqlite_master WHERE name = 'canvas_store_entries'").get() as { sql: string }).sql
+      return (db.prepare("SELECT sql FROM sqlite_master WHERE name = 'canvas_store_entries' COLLATE NOCASE").get() as { sql: string }).sql
     } finally {
       db.close()
     }
   }
   t.match(layout(), /WITHOUT ROWID/)
   for (let open = 1; open <= 2; open++) {
-    const store = new SqliteStorage({ file })
+    const store = new SqliteStorage({ file, tablePrefix: open === 1 ? 'Canvas_Store' : 'canvas_store' })
     const room = store.forRoom('r')
     t.same(await room.load(), { timestamp: open === 1 ? 3 : 4, state: { k: { _exists: true, x: open }, gone: { _exists: false } }, timestamps: { k: { _exists: 1, x: open === 1 ? 3 : 4 }, gone: { _exists: 2 } } }, `open ${open}: rows kept`)
     if (open === 1) await room.append({ timestamp: 4, entries: [{ key: 'k', value: { _exists: true, x: 2 }, stamps: { _exists: 1, x: 4 } }] })
@@ -199,6 +199,20 @@ t.test('SqliteStorage: a database of the earlier layout (entries WITHOUT ROWID) 
   const db = new Database(file, { readonly: true })
   t.teardown(() => db.close())
   t.equal((db.prepare('SELECT count(*) AS n FROM canvas_store_entries').get() as { n: number }).n, 2, 'an update replaced its row: (room_id, key) is still unique')
+})
+
+t.test('SqliteStorage: opening a database in the current layout takes no write lock, and finds its tables whatever the case of tablePrefix', async (t) => {
+  const file = join(t.testdir({}), 'shared.sqlite')
+  const first = new SqliteStorage({ file })
+  await first.forRoom('r').append({ timestamp: 1, entries: [{ key: 'k', value: { _exists: true }, stamps: { _exists: 1 } }] })
+  // Another process is in the middle of a write: opening must not wait for it (nor fail after the busy timeout).
+  const writer = new Database(file)
+  t.teardown(() => writer.close())
+  writer.exec('BEGIN IMMEDIATE')
+  const second = new SqliteStorage({ file, tablePrefix: 'CANVAS_STORE' })
+  writer.exec('ROLLBACK')
+  t.same(await second.forRoom('r').load(), { timestamp: 1, state: { k: { _exists: true } }, timestamps: { k: { _exists: 1 } } }, 'SQLite table names ignore case')
+  await Promise.all([first.close(), second.close()])
 })
 
 t.test('SqliteStorage: closed storage refuses work; a user database stays open', async (t) => {

@@ -139,10 +139,12 @@ export class Persistence {
     }
   }
 
-  /** No more scheduled writes (flush still works). */
+  /** No more scheduled writes (flush still works), and no more reports of a write that hangs: the room is closed. */
   stop (): void {
     this.#stopped = true
     this.#clearTimers()
+    if (this.#watchdog !== null) this.#slots.clearTimer(this.#watchdog)
+    this.#watchdog = null
   }
 
   #pending (): boolean {
@@ -214,7 +216,7 @@ export class Persistence {
     } catch (err) {
       work = Promise.reject(err)
     }
-    if (this.holding) this.#watch()
+    if (this.holding && !this.#stopped) this.#watch()
     const run = work.then(() => {
       this.#o.observer?.storageWrite((performance.now() - start) / 1000, true)
       this.#committed = id

@@ -20,7 +20,7 @@ import { Document, Presence, emptyRecord, hasContent, growthOf, isBufferDelta, t
 import { DEFAULT_LIMITS, DEFAULT_RATE_LIMIT, DEFAULT_SLOW_CLIENT, TokenBucket, countKeys, ownCount, type RateLimit, type RoomLimits, type SlowClientPolicy } from './limits.js'
 import { Persistence, type Durability } from './persistence.js'
 import { Pacer } from './pacer.js'
-import { SlotTimers, type SlotClock } from './slots.js'
+import { MAX_TIMER_MS, SlotTimers, type SlotClock } from './slots.js'
 import { PresenceBatch } from './presence-batch.js'
 import { frameBound, growthBound } from './size.js'
 import { MAX_HELD_BYTES, MAX_HELD_FRAMES, silentLogger, type RoomLogger, type RoomObserver, type Session, type WebSocketLike } from './session.js'
@@ -61,7 +61,8 @@ export interface RoomOptions {
    * How long writes may keep failing, or (with durable acks) one write may
    * stay pending, before the room's sessions are closed with 1011 (their
    * clients reconnect and re-send what was not acked). The room keeps
-   * retrying in the background.
+   * retrying in the background. At most 2147483647; 0 does not watch
+   * pending writes.
    * @default 10000
    */
   storageFailureTimeoutMs?: number
@@ -160,7 +161,9 @@ export class Room {
     this.roomId = options.roomId ?? ''
     this.#storage = options.createStorage?.(this.roomId)
     const throttle = options.saveThrottleMs ?? DEFAULT_SAVE_THROTTLE_MS
-    if (!Number.isFinite(throttle) || throttle < 0) throw new RangeError('saveThrottleMs must be a number >= 0')
+    if (!Number.isFinite(throttle) || throttle < 0 || throttle > MAX_TIMER_MS) throw new RangeError(`saveThrottleMs must be a number from 0 to ${MAX_TIMER_MS}`)
+    const failureBound = options.storageFailureTimeoutMs ?? DEFAULT_STORAGE_FAILURE_TIMEOUT_MS
+    if (!(failureBound >= 0 && failureBound <= MAX_TIMER_MS)) throw new RangeError(`storageFailureTimeoutMs must be a number from 0 to ${MAX_TIMER_MS}`)
     this.#log = options.logger ?? silentLogger
     this.#observer = options.observer
     this.#batchPresence = options.presenceBatching === true
@@ -183,7 +186,7 @@ export class Room {
       onCommit: () => this.#releaseOutbox(),
       onGiveUp: (err) => this.#storageUnavailable(err),
       observer: options.observer,
-      failureBoundMs: options.storageFailureTimeoutMs ?? DEFAULT_STORAGE_FAILURE_TIMEOUT_MS,
+      failureBoundMs: failureBound,
       slots: clock === undefined ? undefined : new SlotTimers(clock)
     })
   }

@@ -15,6 +15,9 @@
  */
 const MAX_SLOT_MS = 100
 
+/** The longest delay setTimeout takes (2^31 - 1 ms, about 24.8 days); Node runs a longer one after 1 ms. */
+export const MAX_TIMER_MS = 2_147_483_647
+
 /** A timer armed by a {@link SlotClock}. */
 export interface SlotTimer { unref: () => unknown }
 

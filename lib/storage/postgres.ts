@@ -58,14 +58,14 @@ export class PostgresStorage implements RoomStore {
 
   /**
    * Creates the tables if they are missing. Safe to call many times.
-   * @throws when the database's encoding is not UTF8: it could not store
-   * every string a client sends, and the writes of rooms holding others
-   * would fail for good
+   * @throws when the database's encoding is neither UTF8 nor SQL_ASCII
+   * (which keeps bytes as they come): it could not store every string a
+   * client sends, and the writes of rooms holding others would fail for good
    */
   migrate (): Promise<void> {
     this.#migrated ??= this.#pool.query<{ server_encoding: string }>('SHOW server_encoding').then(({ rows }) => {
       const encoding = rows[0]?.server_encoding
-      if (encoding !== 'UTF8') throw new Error(`PostgresStorage needs a UTF8 database; this one's encoding is ${String(encoding)}`)
+      if (encoding !== 'UTF8' && encoding !== 'SQL_ASCII') throw new Error(`PostgresStorage needs a UTF8 database; this one's encoding is ${String(encoding)}`)
     }).then(() => this.#pool.query(`
       CREATE TABLE IF NOT EXISTS ${this.#rooms} (
         room_id text PRIMARY KEY,

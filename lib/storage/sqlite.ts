@@ -79,29 +79,39 @@ export class SqliteStorage implements RoomStore {
     // there a row is a B-tree key, and SQLite reads a row's whole record to compare keys with it, so once a
     // large value sat on a search path (a 48 MB key in one room), every write passing by it read it whole.
     const createEntries = (name: string): string => `
-      CREATE TABLE ${name} (
+      CREATE TABLE IF NOT EXISTS ${name} (
         room_id TEXT NOT NULL,
         key TEXT NOT NULL,
         value TEXT NOT NULL,
         stamps TEXT NOT NULL,
         UNIQUE (room_id, key)
       )`
-    db.transaction(() => {
-      db.exec(`CREATE TABLE IF NOT EXISTS ${rooms} (
-        room_id TEXT PRIMARY KEY,
-        timestamp INTEGER NOT NULL
-      )`)
-      const existing = db.prepare('SELECT sql FROM sqlite_master WHERE type = \'table\' AND name = ?').get(entries) as { sql: string } | undefined
-      if (existing === undefined) {
-        db.exec(createEntries(entries))
-      } else if (/WITHOUT\s+ROWID/i.test(existing.sql)) {
-        // A database written by an earlier version: copy its rows into the current layout.
-        db.exec(`${createEntries(`${entries}_new`)};
-          INSERT INTO ${entries}_new (room_id, key, value, stamps) SELECT room_id, key, value, stamps FROM ${entries};
-          DROP TABLE ${entries};
-          ALTER TABLE ${entries}_new RENAME TO ${entries};`)
-      }
-    }).immediate()
+    // SQLite's table names ignore case, as the lookup must.
+    const layout = db.prepare('SELECT sql FROM sqlite_master WHERE type = \'table\' AND name = ? COLLATE NOCASE')
+    const current = (): boolean => {
+      if (layout.get(rooms) === undefined) return false
+      const found = layout.get(entries) as { sql: string } | undefined
+      return found !== undefined && !/WITHOUT\s+ROWID/i.test(found.sql)
+    }
+    // Opening a database already in the current layout takes no write lock (another process may be writing).
+    if (!current()) {
+      db.transaction(() => {
+        db.exec(`CREATE TABLE IF NOT EXISTS ${rooms} (
+          room_id TEXT PRIMARY KEY,
+          timestamp INTEGER NOT NULL
+        )`)
+        const existing = layout.get(entries) as { sql: string } | undefined
+        if (existing === undefined) {
+          db.exec(createEntries(entries))
+        } else if (/WITHOUT\s+ROWID/i.test(existing.sql)) {
+          // A database written by an earlier version: copy its rows into the current layout.
+          db.exec(`${createEntries(`${entries}_new`)};
+            INSERT INTO ${entries}_new (room_id, key, value, stamps) SELECT room_id, key, value, stamps FROM ${entries};
+            DROP TABLE ${entries};
+            ALTER TABLE ${entries}_new RENAME TO ${entries};`)
+        }
+      }).immediate()
+    }
     this.#stmt = {
       getRoom: db.prepare(`SELECT timestamp FROM ${rooms} WHERE room_id = ?`),
       getEntries: db.prepare(`SELECT key, value, stamps FROM ${entries} WHERE room_id = ?`),
