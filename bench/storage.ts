@@ -13,7 +13,7 @@ import { mkdtempSync, rmSync, statSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import WebSocket from 'ws'
-import canvasStore, { FileStorage, Room, SqliteStorage, type Durability, type Storage } from '../lib/index.js'
+import canvasStore, { FileStorage, Room, SqliteStorage, type CanvasStoreOptions, type Durability, type Storage } from '../lib/index.js'
 import { median, table } from './util.js'
 
 const COMPONENTS = 20_000
@@ -74,13 +74,8 @@ export async function storageBytes (): Promise<void> {
 
 /** One writer keeps `window` patches in flight for `seconds`; returns acked patches per second. */
 async function writerThroughput (durability: Durability, window: number, seconds: number): Promise<number> {
-  const dir = mkdtempSync(join(tmpdir(), 'canvas-bench-'))
-  const storage = new SqliteStorage({ file: join(dir, 'bench.db') })
-  const app = Fastify()
-  await app.register(canvasStore, { storage, durability, rateLimit: false })
-  await app.listen({ port: 0, host: '127.0.0.1' })
-  const { port } = app.server.address() as { port: number }
-  const ws = new WebSocket(`ws://127.0.0.1:${port}/sync?roomId=bench&clientId=writer`)
+  const server = await sqliteServer({ durability })
+  const ws = new WebSocket(`ws://127.0.0.1:${server.port}/sync?roomId=bench&clientId=writer`)
   await new Promise((resolve, reject) => { ws.once('open', resolve); ws.once('error', reject) })
   let acked = 0
   let sent = 0
@@ -101,10 +96,25 @@ async function writerThroughput (durability: Durability, window: number, seconds
   })
   const elapsed = Number(process.hrtime.bigint() - start) / 1e9
   ws.close()
-  await app.close()
-  await storage.close()
-  rmSync(dir, { recursive: true, force: true })
+  await server.close()
   return acked / elapsed
+}
+
+/** The plugin on a SqliteStorage in a temp folder, listening on 127.0.0.1; close() removes it all. */
+async function sqliteServer (options: CanvasStoreOptions): Promise<{ port: number, close: () => Promise<void> }> {
+  const dir = mkdtempSync(join(tmpdir(), 'canvas-bench-'))
+  const storage = new SqliteStorage({ file: join(dir, 'bench.db') })
+  const app = Fastify()
+  await app.register(canvasStore, { storage, rateLimit: false, ...options })
+  await app.listen({ port: 0, host: '127.0.0.1' })
+  return {
+    port: (app.server.address() as { port: number }).port,
+    close: async () => {
+      await app.close()
+      await storage.close()
+      rmSync(dir, { recursive: true, force: true })
+    }
+  }
 }
 
 export async function storageThroughput (): Promise<void> {
@@ -211,14 +221,9 @@ async function benchClient (port: number, roomId: string): Promise<BenchClient> 
  * left alone, once with one of its fields changed ten times a second.
  */
 async function largeKeyOnServer (): Promise<void> {
-  const dir = mkdtempSync(join(tmpdir(), 'canvas-bench-'))
-  const storage = new SqliteStorage({ file: join(dir, 'bench.db') })
-  const app = Fastify()
-  await app.register(canvasStore, { storage, rateLimit: false, maxPayload: 16 * 1024 * 1024 })
-  await app.listen({ port: 0, host: '127.0.0.1' })
-  const { port } = app.server.address() as { port: number }
-  const big = await benchClient(port, 'big')
-  const other = await benchClient(port, 'other')
+  const server = await sqliteServer({ maxPayload: 16 * 1024 * 1024 })
+  const big = await benchClient(server.port, 'big')
+  const other = await benchClient(server.port, 'other')
   const keys = (n: number): Record<string, unknown> => Object.fromEntries(Array.from({ length: n }, (_, i) => [`e${i}/Shape`, { _exists: true, x: i }]))
   await other.write('seed', keys(200))
   await big.write('seed', keys(200))
@@ -245,8 +250,6 @@ async function largeKeyOnServer (): Promise<void> {
   }
   big.ws.close()
   other.ws.close()
-  await app.close()
-  await storage.close()
-  rmSync(dir, { recursive: true, force: true })
+  await server.close()
   table('A server on SqliteStorage: another room\'s ack latency (ms, 100 writes 50 ms apart) while one room holds a 48 MiB key', ['the 48 MiB key', 'p50', 'p99', 'max'], rows)
 }

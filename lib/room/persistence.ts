@@ -143,8 +143,7 @@ export class Persistence {
   stop (): void {
     this.#stopped = true
     this.#clearTimers()
-    if (this.#watchdog !== null) this.#slots.clearTimer(this.#watchdog)
-    this.#watchdog = null
+    this.#unwatch()
   }
 
   #pending (): boolean {
@@ -236,8 +235,7 @@ export class Persistence {
       if (Date.now() - this.#failingSince >= this.#o.failureBoundMs) this.#o.onGiveUp(err)
       return err
     }).finally(() => {
-      if (this.#watchdog !== null) this.#slots.clearTimer(this.#watchdog)
-      this.#watchdog = null
+      this.#unwatch()
       this.#inFlight = null
       if (this.#pending()) this.#schedule(this.#retryDelay())
     })
@@ -254,7 +252,7 @@ export class Persistence {
   #watch (periods = 1): void {
     const bound = this.#o.failureBoundMs
     // 0 gives up at the first failure; it does not call every write in flight a hang.
-    if (!(bound > 0) || !Number.isFinite(bound)) return
+    if (bound === 0) return
     this.#watchdog = this.#slots.timer(bound, () => {
       const waitedMs = bound * periods
       this.#o.log.error({ roomId: this.#o.roomId, waitedMs }, 'a write to storage has not settled; telling the room\'s sessions')
@@ -262,6 +260,11 @@ export class Persistence {
       this.#watch(periods + 1)
     })
     this.#watchdog.unref()
+  }
+
+  #unwatch (): void {
+    if (this.#watchdog !== null) this.#slots.clearTimer(this.#watchdog)
+    this.#watchdog = null
   }
 
   #retryDelay (): number {

@@ -213,7 +213,8 @@ async function accept (
  * on, and later connections to the room wait for the same one.
  */
 async function boundedLoad (load: Promise<Room>, ms: number): Promise<Room> {
-  if (!(ms > 0) || !Number.isFinite(ms)) return await load
+  // 0: no bound (the option is checked to be a timer's delay, 0 to 2^31 - 1).
+  if (ms === 0) return await load
   let timer: NodeJS.Timeout | undefined
   const late = new Promise<never>((_resolve, reject) => {
     timer = setTimeout(() => reject(new Error(`storage has not answered the room's load for ${ms} ms`)), ms)
