@@ -176,7 +176,8 @@ if (!existsSync(CHROMIUM)) {
     const box = await person.page.locator('#board').boundingBox()
     if (box === null) throw new Error('the board is not visible')
     // A point where the page itself finds this shape on top (shapes stack in the order this page first drew them).
-    const fractions = [0.5, 0.3, 0.7, 0.15, 0.85]
+    // Points near the edges too: a rectangle of the same size covers them all only if it lies within 3% of this one.
+    const fractions = [0.5, 0.3, 0.7, 0.15, 0.85, 0.03, 0.97]
     const points = fractions.flatMap((fy) => fractions.map((fx) => ({ x: shape.x + shape.w * fx, y: shape.y + shape.h * fy })))
     const grab = await person.page.evaluate(({ id, points }) => {
       const rect = document.getElementById('board')!.getBoundingClientRect()
@@ -309,11 +310,12 @@ if (!existsSync(CHROMIUM)) {
     await t.resolveMatch(bob.page.locator('#status').textContent(), 'offline', 'bob\'s indicator says offline')
     await waitIn(alice, 'bob to drop out', () => window.demo.status().clientCount === 1)
 
-    // Bob, offline, adds a rectangle and moves the shared one; alice adds one meanwhile.
-    const bobs = await addByButton(bob)
+    // Bob, offline, moves the shared rectangle and adds one; alice adds one meanwhile.
+    // (The move comes first: a rectangle placed at random could cover the shared one.)
     const [dx, dy] = towardsMiddle(shared)
     const { shape: movedByBob } = await dragBy(bob, shared.id, dx, dy)
     t.not(movedByBob.x, shared.x, 'bob moved the shared rectangle while offline')
+    const bobs = await addByButton(bob)
     const alices = await addByButton(alice)
     await eventually('the server to store alice\'s rectangle', () => storedShapes(app, room).length === 2)
     t.same(storedShapes(app, room).map((s) => s.id).sort(), [shared.id, alices.id].sort(), 'the server has nothing from bob yet')
