@@ -215,6 +215,24 @@ t.test('SqliteStorage: opening a database in the current layout takes no write l
   await Promise.all([first.close(), second.close()])
 })
 
+t.test('storages refuse a room id they would keep as another room\'s (a lone surrogate), before reading or writing', async (t) => {
+  // Without the check, FileStorage gave '\uD800' and '\uDBFF' one file (both U+FFFD as UTF-8), PostgreSQL failed
+  // every write of such a room, SQLite stored invalid UTF-8.
+  const sqlite = new SqliteStorage({ file: ':memory:' })
+  t.teardown(() => sqlite.close())
+  await sqlite.forRoom('\uFFFD').save({ timestamp: 1, state: { 'e/C': { a: 1 } }, timestamps: { 'e/C': { a: 1 } } })
+  t.throws(() => sqlite.forRoom('\uD800'), { name: 'TypeError', message: /lone surrogate/ })
+  t.throws(() => sqlite.load('x\uDC00'), TypeError)
+  await t.rejects(sqlite.append('\uDBFF', { timestamp: 2, entries: [] }), TypeError)
+  t.throws(() => new FileStorage({ dir: '/tmp', roomId: '\uD83D' }), TypeError)
+  const postgres = new PostgresStorage({ connectionString: 'postgres://127.0.0.1:1/none' })
+  t.teardown(() => postgres.close())
+  t.throws(() => postgres.forRoom('a\u0000b'), { name: 'TypeError', message: /U\+0000/ })
+  t.throws(() => postgres.forRoom('\uDFFF'), TypeError)
+  t.same(sqlite.load('\uFFFD')?.timestamp, 1, 'the room of U+FFFD itself is untouched')
+  t.equal(sqlite.load('ok-🎨'), null, 'well-formed ids, astral characters included, are taken')
+})
+
 t.test('SqliteStorage: closed storage refuses work; a user database stays open', async (t) => {
   const store = new SqliteStorage({ file: ':memory:' })
   await store.close()

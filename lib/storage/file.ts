@@ -2,13 +2,13 @@ import { createHash, randomUUID } from 'node:crypto'
 import { mkdir, open, readFile, rename, unlink } from 'node:fs/promises'
 import { join } from 'node:path'
 import type { RoomSnapshot } from '../protocol/types.js'
-import type { Storage } from './storage.js'
+import { checkRoomId, type Storage } from './storage.js'
 
 /** Options of {@link FileStorage}. */
 export interface FileStorageOptions {
   /** Folder that holds one JSON file per room; created on first save. */
   dir: string
-  /** The room this storage belongs to. Any string: it is encoded into a safe file name. */
+  /** The room this storage belongs to. Any well-formed string: it is encoded into a safe file name. */
   roomId: string
 }
 
@@ -41,7 +41,7 @@ export class FileStorage implements Storage {
 
   constructor (options: FileStorageOptions) {
     if (typeof options?.dir !== 'string' || options.dir === '') throw new TypeError('FileStorage: dir must be a non-empty string')
-    if (typeof options.roomId !== 'string') throw new TypeError('FileStorage: roomId must be a string')
+    checkRoomId(options.roomId, 'FileStorage')
     this.#dir = options.dir
     this.#file = join(options.dir, roomFileName(options.roomId))
   }

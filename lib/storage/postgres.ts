@@ -2,7 +2,7 @@ import { createRequire } from 'node:module'
 import type pg from 'pg'
 import type { RoomSnapshot } from '../protocol/types.js'
 import { entryRows, rowsToSnapshot, settle, snapshotRows, type EntryRow } from './rows.js'
-import type { IncrementalStorage, PendingAppend as Pending, RoomChanges, RoomStore } from './storage.js'
+import { checkRoomId, type IncrementalStorage, type PendingAppend as Pending, type RoomChanges, type RoomStore } from './storage.js'
 
 /** Options of {@link PostgresStorage}: give `pool` or `connectionString`. */
 export interface PostgresStorageOptions {
@@ -87,6 +87,7 @@ export class PostgresStorage implements RoomStore {
 
   /** The storage of one room, over this database. */
   forRoom (roomId: string): IncrementalStorage {
+    checkRoomId(roomId, 'PostgresStorage', true)
     return {
       load: () => this.load(roomId),
       save: (snapshot) => this.save(roomId, snapshot),
@@ -103,6 +104,7 @@ export class PostgresStorage implements RoomStore {
   /** Reads a room; null when it was never written. */
   async load (roomId: string): Promise<RoomSnapshot | null> {
     this.#assertOpen()
+    checkRoomId(roomId, 'PostgresStorage', true)
     await this.migrate()
     const room = await this.#pool.query<{ timestamp: string }>(`SELECT timestamp FROM ${this.#rooms} WHERE room_id = $1`, [roomId])
     const rows = await this.#pool.query<{ key: string, value: string, stamps: string }>(
@@ -114,6 +116,7 @@ export class PostgresStorage implements RoomStore {
   /** Replaces a room's whole document (import), after the writes already issued. */
   async save (roomId: string, snapshot: RoomSnapshot): Promise<void> {
     this.#assertOpen()
+    checkRoomId(roomId, 'PostgresStorage', true)
     const rows = snapshotRows(snapshot)
     await this.#serial(async () => {
       await this.#writeBatch()
@@ -135,6 +138,7 @@ export class PostgresStorage implements RoomStore {
   append (roomId: string, changes: RoomChanges): Promise<void> {
     if (this.#closed) return Promise.reject(new Error('PostgresStorage is closed'))
     return new Promise((resolve, reject) => {
+      checkRoomId(roomId, 'PostgresStorage', true)
       this.#queue.push({ roomId, changes, resolve, reject })
       this.#kick()
     })

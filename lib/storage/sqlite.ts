@@ -4,7 +4,7 @@ import { dirname } from 'node:path'
 import type BetterSqlite3 from 'better-sqlite3'
 import type { RoomSnapshot } from '../protocol/types.js'
 import { entryRows, rowsToSnapshot, settle, snapshotRows, type EntryRow } from './rows.js'
-import type { IncrementalStorage, PendingAppend as Pending, RoomChanges, RoomStore } from './storage.js'
+import { checkRoomId, type IncrementalStorage, type PendingAppend as Pending, type RoomChanges, type RoomStore } from './storage.js'
 
 /** Options of {@link SqliteStorage}. */
 export interface SqliteStorageOptions {
@@ -143,6 +143,7 @@ export class SqliteStorage implements RoomStore {
 
   /** The storage of one room, over this database. */
   forRoom (roomId: string): IncrementalStorage {
+    checkRoomId(roomId, 'SqliteStorage')
     return {
       load: async () => this.load(roomId),
       save: async (snapshot) => this.save(roomId, snapshot),
@@ -159,6 +160,7 @@ export class SqliteStorage implements RoomStore {
   /** Reads a room; null when it was never written. */
   load (roomId: string): RoomSnapshot | null {
     this.#assertOpen()
+    checkRoomId(roomId, 'SqliteStorage')
     const room = this.#stmt.getRoom.get(roomId)
     const rows = this.#stmt.getEntries.all(roomId)
     if (room === undefined && rows.length === 0) return null
@@ -168,6 +170,7 @@ export class SqliteStorage implements RoomStore {
   /** Replaces a room's whole document (import). Waits for queued appends first, so order is kept. */
   save (roomId: string, snapshot: RoomSnapshot): void {
     this.#assertOpen()
+    checkRoomId(roomId, 'SqliteStorage')
     this.#drain()
     this.#replace(roomId, snapshot)
   }
@@ -176,6 +179,7 @@ export class SqliteStorage implements RoomStore {
   append (roomId: string, changes: RoomChanges): Promise<void> {
     if (this.#closed) return Promise.reject(new Error('SqliteStorage is closed'))
     return new Promise((resolve, reject) => {
+      checkRoomId(roomId, 'SqliteStorage')
       this.#queue.push({ roomId, changes, resolve, reject })
       this.#scheduled ??= setImmediate(() => this.#drain())
     })

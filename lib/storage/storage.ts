@@ -64,6 +64,24 @@ export function isIncremental (storage: Storage): storage is IncrementalStorage 
   return typeof (storage as Partial<IncrementalStorage>).append === 'function'
 }
 
+/**
+ * Refuses a room id a storage cannot keep as it is: one that is not a
+ * string, or not well-formed Unicode (a lone surrogate), which UTF-8 cannot
+ * encode. FileStorage's file name would turn every lone surrogate into
+ * U+FFFD (two such rooms would share a file), PostgreSQL refuses the row
+ * (every write of the room fails), SQLite is handed invalid UTF-8. With
+ * `noNul`, U+0000 too (PostgreSQL's text cannot hold it). The plugin's
+ * routes never let such ids in; this guards the classes used directly.
+ * @throws TypeError
+ */
+export function checkRoomId (roomId: unknown, storage: string, noNul = false): void {
+  if (typeof roomId !== 'string') throw new TypeError(`${storage}: roomId must be a string`)
+  if (!(roomId as string & { isWellFormed(): boolean }).isWellFormed()) {
+    throw new TypeError(`${storage}: roomId must be well-formed Unicode (it holds a lone surrogate, which UTF-8 cannot encode)`)
+  }
+  if (noNul && roomId.includes('\u0000')) throw new TypeError(`${storage}: roomId must not hold U+0000`)
+}
+
 /** Makes the storage of one room. */
 export type CreateStorage = (roomId: string) => Storage
 
