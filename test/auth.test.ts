@@ -231,6 +231,43 @@ t.test('frames sent right after an auth-refresh wait for its result', async (t) 
   await Promise.all([a.close(), b.close()])
 })
 
+t.test('a permission change made by an administrator while an auth-refresh is pending is kept; the frames held meanwhile obey it', async (t) => {
+  const decide = gate()
+  const app = await build(t, {
+    admin: { auth: false },
+    authorize: async (info) => {
+      if (info.request === undefined) await decide.promise
+      return byToken(info)
+    }
+  })
+  const received = serverReceived(app)
+  const a = await joined(app, { clientId: 'a', token: 'rw' })
+  await received(1)
+  const sessionId = roomOf(app).getSessions()[0].sessionId
+  const from = a.frames.length
+  a.send({ type: 'auth-refresh', token: 'rw-new' })
+  await received(2)
+  const res = await app.inject({ method: 'PATCH', url: `/rooms/r/sessions/${sessionId}`, payload: { permissions: 'readonly' } })
+  t.equal(res.statusCode, 200)
+  // Sent after the administrator was told the session is read-only.
+  a.send({ type: 'patch', messageId: 'm1', documentPatches: [{ 'e1/A': { _exists: true, v: 1 } }] })
+  await received(3)
+  decide.open()
+  await a.next(ACK('m1'), from)
+  t.strictSame(a.frames.slice(from).map((f) => f.type), ['permissions', 'ack', 'error', 'patch'], 'the refresh (readwrite, decided from an older state) does not undo the change')
+  t.strictSame(a.frames[from], { type: 'permissions', permissions: 'readonly' })
+  t.equal(roomOf(app).getSessionPermissions(sessionId), 'readonly')
+  t.strictSame(roomOf(app).getSession(sessionId)?.metadata, { role: 'editor', token: 'rw-new' }, 'the refresh\'s metadata is still taken')
+  t.strictSame(snapshotOf(app).state, {}, 'the patch was not applied')
+
+  // A refresh asked for after the change decides as usual.
+  const later = a.frames.length
+  a.send({ type: 'auth-refresh', token: 'rw-again' })
+  await a.next((f) => f.type === 'permissions', later)
+  t.equal(roomOf(app).getSessionPermissions(sessionId), 'readwrite')
+  await a.close()
+})
+
 t.test('without an authorize option every session is readwrite', async (t) => {
   const app = await build(t)
   const a = await joined(app, { clientId: 'a', token: 'anything' })

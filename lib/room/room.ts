@@ -236,6 +236,7 @@ export class Room {
       clientId: options.clientId,
       socket: options.socket,
       permissions: options.permissions,
+      permissionsSet: 0,
       metadata: options.metadata,
       held: null,
       heldBytes: 0,
@@ -342,6 +343,7 @@ export class Room {
   setSessionPermissions (sessionId: string, permissions: SessionPermission): boolean {
     const session = this.#sessions.get(sessionId)
     if (session === undefined) return false
+    session.permissionsSet++
     this.#changePermissions(session, permissions)
     return true
   }
@@ -560,6 +562,7 @@ export class Room {
     const refresh = this.#options.onTokenRefresh
     if (refresh === undefined) return
     const { sessionId, clientId } = session
+    const set = session.permissionsSet
     session.held = []
     session.heldBytes = 0
     Promise.resolve()
@@ -567,7 +570,8 @@ export class Room {
       .then((result) => {
         const target = this.#sessions.get(sessionId)
         if (target === undefined) return
-        this.#changePermissions(target, result.permissions)
+        // Permissions set (by an administrator) while this refresh was decided are the later decision: kept.
+        if (target.permissionsSet === set) this.#changePermissions(target, result.permissions)
         if (result.metadata !== undefined) target.metadata = result.metadata
         this.#releaseHeld(target)
       }, (err: unknown) => {

@@ -48,6 +48,8 @@ export interface Session {
   readonly clientId: string
   readonly socket: WebSocketLike
   permissions: SessionPermission
+  /** Counts the changes of `permissions` made with setSessionPermissions (the admin route): a pending auth-refresh started before one must not undo it. */
+  permissionsSet: number
   metadata: unknown
   /** Frames held while an `auth-refresh` is being decided (with their rate-limit verdict), handled in order afterwards. */
   held: Array<[text: string, limited: boolean, bytes: number]> | null
