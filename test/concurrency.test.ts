@@ -1,6 +1,7 @@
 import t from 'tap'
 import type { RoomSnapshot, Storage } from '../lib/index.js'
-import { MemoryStorage } from '../lib/index.js'
+import { MemoryStorage, RoomLimitError, RoomManager } from '../lib/index.js'
+import { fakeClock } from './fake-clock.js'
 import { build, connect, connectReal, gate, listen, write } from './helper.js'
 
 t.test('20 clients connecting to a new room at the same instant end up in one room, loaded once', async (t) => {
@@ -238,4 +239,44 @@ t.test('idle unload whose save fails: a later connection finds the room still lo
   t.strictSame((await diff).documentPatches, [{ 'e1/A': { _exists: true, v: 1 } }])
   t.equal(state.loads, 1, 'not reloaded: the unsaved data is still in memory')
   await b.close()
+})
+
+/** A room of the manager with one change made by a session that left: its unload has something to save. */
+async function changedRoom (manager: RoomManager, roomId: string, storage: Storage, clock?: ReturnType<typeof fakeClock>['clock']) {
+  const room = await manager.getOrCreateRoom(roomId, { createStorage: () => storage, saveThrottleMs: 60_000, ...(clock === undefined ? {} : { clock }) })
+  const socket = { readyState: 1, send () {}, close () { this.readyState = 3 } }
+  const sessionId = room.handleSocketConnect({ socket, clientId: 'a', permissions: 'readwrite' })
+  room.handleSocketMessage(sessionId, JSON.stringify({ type: 'patch', messageId: 'm1', documentPatches: [{ 'e1/A': { _exists: true, v: 1 } }] }))
+  room.handleSocketClose(sessionId)
+  return room
+}
+
+t.test('shutdown during an unload whose final save fails: the room stops retrying (the process can exit)', async (t) => {
+  const fake = fakeClock()
+  const { storage, state, saveStarted, releaseSave } = slowStorage(true)
+  const manager = new RoomManager({ idleTimeout: 60_000 })
+  await changedRoom(manager, 'r', storage, fake.clock)
+  const unload = manager.closeRoom('r')
+  await saveStarted
+  const closing = manager.closeAll()
+  releaseSave()
+  await t.rejects(unload, /disk full/)
+  await closing
+  t.equal(state.saves, 1)
+  t.equal(fake.timers.size, 0, 'no retry left armed')
+  fake.advance(10 * 60_000)
+  t.equal(state.saves, 1, 'no save after the shutdown')
+})
+
+t.test('maxRooms counts a room being unloaded: a failed final save puts it back without passing the limit', async (t) => {
+  const { storage, saveStarted, releaseSave } = slowStorage(true)
+  const manager = new RoomManager({ idleTimeout: 60_000, maxRooms: 1 })
+  t.teardown(() => manager.closeAll())
+  await changedRoom(manager, 'a', storage)
+  const unload = manager.closeRoom('a')
+  await saveStarted
+  await t.rejects(manager.getOrCreateRoom('b', { createStorage: () => new MemoryStorage() }), RoomLimitError, 'no room while a is unloading')
+  releaseSave()
+  await t.rejects(unload, /disk full/)
+  t.strictSame(manager.getRoomIds(), ['a'], 'a is back, alone')
 })

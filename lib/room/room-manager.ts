@@ -82,7 +82,8 @@ export class RoomManager {
       // A failed unload keeps the room loaded: look again rather than fail.
       await unloading.catch(() => {})
     }
-    if (this.#rooms.size + this.#loading.size >= this.#maxRooms) throw new RoomLimitError(this.#maxRooms)
+    // A room being unloaded holds its place: a failed final save puts it back.
+    if (this.#rooms.size + this.#loading.size + this.#unloading.size >= this.#maxRooms) throw new RoomLimitError(this.#maxRooms)
     const load = this.#load(roomId, options)
     this.#loading.set(roomId, load)
     try {
@@ -247,10 +248,13 @@ export class RoomManager {
       try {
         await room.flush()
       } catch (err) {
-        this.#log.error({ err, roomId }, 'could not save the room while unloading it; it stays loaded')
         if (!this.#closed) {
+          this.#log.error({ err, roomId }, 'could not save the room while unloading it; it stays loaded')
           this.#rooms.set(roomId, room)
           this.#scheduleIdleClose(roomId)
+        } else {
+          // Shut down meanwhile: nobody will unload it again, so its retries must stop (closeAll reports the failure).
+          await room.close({ flush: false })
         }
         throw err
       }
