@@ -346,3 +346,8 @@ function hooks<T> (name: string, value: T | T[] | undefined, fail: (name: string
 
 /** Room ids and client ids: 1 to 256 characters, no control characters. */
 export const ID_PATTERN = '^[^\\u0000-\\u001F\\u007F]{1,256}$'
+/**
+ * Room ids: as ID_PATTERN, but not `.` or `..`, which the admin routes could
+ * never be asked about (URL parsers, fetch's included, remove such path segments).
+ */
+export const ROOM_ID_PATTERN = '^(?!\\.\\.?$)[^\\u0000-\\u001F\\u007F]{1,256}$'

@@ -132,7 +132,10 @@ const badQueries: Array<[string, Record<string, string>]> = [
   ['roomId missing', { clientId: 'a' }],
   ['clientId missing', { roomId: 'r' }],
   ['roomId empty', { roomId: '', clientId: 'a' }],
-  ['clientId empty', { roomId: 'r', clientId: '' }]
+  ['clientId empty', { roomId: 'r', clientId: '' }],
+  // The admin routes could never name such a room: URL parsers remove these path segments.
+  ['roomId "."', { roomId: '.', clientId: 'a' }],
+  ['roomId ".."', { roomId: '..', clientId: 'a' }]
 ]
 
 for (const [name, query] of badQueries) {
@@ -144,6 +147,16 @@ for (const [name, query] of badQueries) {
     t.strictSame(app.canvasStore.getRoomIds(), [])
   })
 }
+
+t.test('room ids that only start with dots, or have three, are taken', async (t) => {
+  const app = await build(t, {})
+  for (const roomId of ['...', '.a', '..b', 'a..']) {
+    const peer = await connect(app, { roomId, clientId: 'a' })
+    await peer.join()
+    await peer.close()
+  }
+  t.strictSame(app.canvasStore.getRoomIds().sort(), ['...', '..b', '.a', 'a..'])
+})
 
 t.test('auth-refresh success replaces permissions (the next patch obeys) and metadata', async (t) => {
   const refreshes: AuthorizeInfo[] = []

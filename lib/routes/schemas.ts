@@ -1,24 +1,25 @@
 import { Type } from '@sinclair/typebox'
 import type { FastifyError, FastifyReply, FastifyRequest } from 'fastify'
 import { errors } from '../errors.js'
-import { ID_PATTERN } from '../options.js'
+import { ID_PATTERN, ROOM_ID_PATTERN } from '../options.js'
 
 /** Longest room or client id, in UTF-16 units. */
 export const MAX_ID_LENGTH = 256
 
-const Id = (description: string) => Type.String({ minLength: 1, maxLength: MAX_ID_LENGTH, pattern: ID_PATTERN, description })
+const Id = (description: string, pattern = ID_PATTERN) => Type.String({ minLength: 1, maxLength: MAX_ID_LENGTH, pattern, description })
+const RoomId = (description: string) => Id(description, ROOM_ID_PATTERN)
 
 export const ConnectQuery = Type.Object({
-  roomId: Id('Room to join'),
+  roomId: RoomId('Room to join'),
   clientId: Id('Stable id of the client (one per browser tab)'),
   token: Type.Optional(Type.String({ maxLength: 8192, description: 'Handed to authorize' }))
 })
 
 export const Permissions = Type.Union([Type.Literal('readwrite'), Type.Literal('readonly')], { description: "'readwrite' or 'readonly'" })
 
-export const RoomParams = Type.Object({ roomId: Id('Room id') })
+export const RoomParams = Type.Object({ roomId: RoomId('Room id') })
 export const SessionParams = Type.Object({
-  roomId: Id('Room id'),
+  roomId: RoomId('Room id'),
   sessionId: Type.String({ minLength: 1, maxLength: 64, description: 'Session id' })
 })
 
