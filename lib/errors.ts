@@ -11,6 +11,8 @@ export const errors = {
   SESSION_NOT_FOUND: createError('CANVAS_STORE_SESSION_NOT_FOUND', 'Session %s not found in room %s', 404),
   /** A request's params, query or body failed its schema. */
   INVALID_REQUEST: createError('CANVAS_STORE_INVALID_REQUEST', '%s', 400),
+  /** A plain HTTP request (no WebSocket upgrade) to the WebSocket route. */
+  UPGRADE_REQUIRED: createError('CANVAS_STORE_UPGRADE_REQUIRED', 'This route speaks WebSocket only: send an upgrade request', 426),
   /** Too many upgrade attempts from one IP (`connectionRateLimit`). */
   TOO_MANY_CONNECTIONS: createError('CANVAS_STORE_TOO_MANY_CONNECTIONS', 'Too many connection attempts, retry in %s', 429),
   /** An option passed at registration is invalid. */

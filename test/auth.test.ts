@@ -148,6 +148,18 @@ for (const [name, query] of badQueries) {
   })
 }
 
+t.test('a plain HTTP request to the WebSocket route is answered 426 with its code, authorize not called', async (t) => {
+  let calls = 0
+  const app = await build(t, { authorize: () => { calls++; return { permissions: 'readwrite' } } })
+  const res = await app.inject({ method: 'GET', url: '/sync?roomId=r&clientId=a' })
+  t.equal(res.statusCode, 426)
+  t.equal(res.headers.upgrade, 'websocket')
+  t.match(res.json(), { statusCode: 426, code: 'CANVAS_STORE_UPGRADE_REQUIRED' })
+  t.equal((await app.inject({ method: 'HEAD', url: '/sync?roomId=r&clientId=a' })).statusCode, 426)
+  t.equal(calls, 0)
+  t.strictSame(app.canvasStore.getRoomIds(), [])
+})
+
 t.test('room ids that only start with dots, or have three, are taken', async (t) => {
   const app = await build(t, {})
   for (const roomId of ['...', '.a', '..b', 'a..']) {

@@ -79,64 +79,71 @@ export const wsRoutes: FastifyPluginAsync<WsRouteOptions> = async (fastify: Fast
     app.addHook('onClose', async () => clearInterval(timer))
   }
 
-  app.get(options.path, {
-    websocket: true,
+  app.route({
+    method: 'GET',
+    url: options.path,
     schema: { querystring: ConnectQuery, hide: true },
-    config: limit === false ? {} : { rateLimit: { max: limit.max, timeWindow: limit.timeWindow, allowList: limit.allowList } }
-  }, (socket, request) => {
-    const { roomId, clientId } = request.query
-    const token = request.query.token ?? ''
-    const log = request.log.child({ roomId, clientId })
-    if (draining() || manager.draining) {
-      socket.close(CloseCode.TRY_AGAIN_LATER, 'Server restarting: try again')
-      return
-    }
-    sockets.add(socket)
-    alive.set(socket, true)
-    socket.on('pong', (data: Buffer) => {
-      const sent = pings.get(socket)
-      if (sent !== undefined && (data.equals(sent.current) || (sent.previous !== null && data.equals(sent.previous)))) alive.set(socket, true)
-    })
-
-    // The listeners below capture this state, not the request: an open socket must not keep its upgrade request alive.
-    const conn: Connection = { room: undefined, sessionId: undefined, queue: [], queuedBytes: 0 }
-
-    socket.on('message', (data: RawData) => {
-      // ws enforces maxPayload itself unless the application registered @fastify/websocket with its own.
-      const bytes = byteLength(data)
-      if (bytes > options.maxPayload) {
-        socket.close(CloseCode.MESSAGE_TOO_BIG, 'Frame too big')
+    config: limit === false ? {} : { rateLimit: { max: limit.max, timeWindow: limit.timeWindow, allowList: limit.allowList } },
+    // A request without the upgrade (a browser tab, a health check pointed at the wrong path): 426, with its code.
+    handler: async (_request, reply) => {
+      reply.header('upgrade', 'websocket')
+      throw new errors.UPGRADE_REQUIRED()
+    },
+    wsHandler: (socket, request) => {
+      const { roomId, clientId } = request.query
+      const token = request.query.token ?? ''
+      const log = request.log.child({ roomId, clientId })
+      if (draining() || manager.draining) {
+        socket.close(CloseCode.TRY_AGAIN_LATER, 'Server restarting: try again')
         return
       }
-      if (conn.sessionId !== undefined) {
-        conn.room!.handleSocketMessage(conn.sessionId, data)
-        return
-      }
-      if (conn.queue === null) return
-      conn.queuedBytes += bytes
-      if (conn.queue.length >= options.maxQueuedFrames || conn.queuedBytes > options.maxQueuedBytes) {
-        log.warn('too many frames before the room was ready')
+      sockets.add(socket)
+      alive.set(socket, true)
+      socket.on('pong', (data: Buffer) => {
+        const sent = pings.get(socket)
+        if (sent !== undefined && (data.equals(sent.current) || (sent.previous !== null && data.equals(sent.previous)))) alive.set(socket, true)
+      })
+
+      // The listeners below capture this state, not the request: an open socket must not keep its upgrade request alive.
+      const conn: Connection = { room: undefined, sessionId: undefined, queue: [], queuedBytes: 0 }
+
+      socket.on('message', (data: RawData) => {
+        // ws enforces maxPayload itself unless the application registered @fastify/websocket with its own.
+        const bytes = byteLength(data)
+        if (bytes > options.maxPayload) {
+          socket.close(CloseCode.MESSAGE_TOO_BIG, 'Frame too big')
+          return
+        }
+        if (conn.sessionId !== undefined) {
+          conn.room!.handleSocketMessage(conn.sessionId, data)
+          return
+        }
+        if (conn.queue === null) return
+        conn.queuedBytes += bytes
+        if (conn.queue.length >= options.maxQueuedFrames || conn.queuedBytes > options.maxQueuedBytes) {
+          log.warn('too many frames before the room was ready')
+          conn.queue = null
+          socket.close(CloseCode.POLICY_VIOLATION, 'Too many frames before the room was ready')
+          return
+        }
+        conn.queue.push(data)
+      })
+      socket.on('close', (code: number) => {
+        metrics?.closed(code)
         conn.queue = null
-        socket.close(CloseCode.POLICY_VIOLATION, 'Too many frames before the room was ready')
-        return
-      }
-      conn.queue.push(data)
-    })
-    socket.on('close', (code: number) => {
-      metrics?.closed(code)
-      conn.queue = null
-      sockets.delete(socket)
-      if (conn.sessionId !== undefined) conn.room!.handleSocketClose(conn.sessionId)
-    })
-    socket.on('error', (err) => {
-      log.debug({ err }, 'socket error')
-      if (conn.sessionId !== undefined) conn.room!.handleSocketError(conn.sessionId)
-    })
+        sockets.delete(socket)
+        if (conn.sessionId !== undefined) conn.room!.handleSocketClose(conn.sessionId)
+      })
+      socket.on('error', (err) => {
+        log.debug({ err }, 'socket error')
+        if (conn.sessionId !== undefined) conn.room!.handleSocketError(conn.sessionId)
+      })
 
-    accept(conn, socket, callAuthorize(authorize, { roomId, clientId, token, request }), { roomId, clientId, log, manager, roomOptions, loadTimeoutMs: options.storageFailureTimeoutMs }).catch((err: unknown) => {
-      log.error({ err }, 'accepting the connection failed')
-      socket.close(CloseCode.INTERNAL_ERROR, 'Internal error')
-    })
+      accept(conn, socket, callAuthorize(authorize, { roomId, clientId, token, request }), { roomId, clientId, log, manager, roomOptions, loadTimeoutMs: options.storageFailureTimeoutMs }).catch((err: unknown) => {
+        log.error({ err }, 'accepting the connection failed')
+        socket.close(CloseCode.INTERNAL_ERROR, 'Internal error')
+      })
+    }
   })
 }
 
