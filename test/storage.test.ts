@@ -215,6 +215,25 @@ t.test('SqliteStorage: opening a database in the current layout takes no write l
   await Promise.all([first.close(), second.close()])
 })
 
+t.test('SqliteStorage: while another process holds the write lock, a write fails at once (SQLITE_BUSY) instead of holding the event loop; it goes through after', async (t) => {
+  const file = join(t.testdir({}), 'locked.sqlite')
+  const storage = new SqliteStorage({ file })
+  t.teardown(() => storage.close())
+  const room = storage.forRoom('r')
+  const entry = (v: number) => ({ timestamp: v, entries: [{ key: 'k', value: { _exists: true, v }, stamps: { _exists: 1, v } }] })
+  await room.append(entry(1))
+  const other = new Database(file)
+  t.teardown(() => other.close())
+  other.exec('BEGIN IMMEDIATE')
+  const started = performance.now()
+  await t.rejects(room.append(entry(2)), { code: 'SQLITE_BUSY' })
+  // Not a speed check: better-sqlite3's default busy timeout held the event loop (every room) 5,000 ms here.
+  t.ok(performance.now() - started < 2_500, 'no wait for the lock')
+  other.exec('ROLLBACK')
+  await room.append(entry(3))
+  t.same((await room.load())?.state, { k: { _exists: true, v: 3 } })
+})
+
 t.test('storages refuse a room id they would keep as another room\'s (a lone surrogate), before reading or writing', async (t) => {
   // Without the check, FileStorage gave '\uD800' and '\uDBFF' one file (both U+FFFD as UTF-8), PostgreSQL failed
   // every write of such a room, SQLite stored invalid UTF-8.

@@ -14,7 +14,12 @@ export interface SqliteStorageOptions {
    * @default './data/canvas-store.db'
    */
   file?: string
-  /** An open better-sqlite3 database you own (then `file` is ignored and `close()` leaves it open). */
+  /**
+   * An open better-sqlite3 database you own (then `file` is ignored and
+   * `close()` leaves it open). Open it with `timeout: 0`: better-sqlite3's
+   * default busy timeout (5 s) blocks the event loop, every room with it,
+   * while another process holds the write lock.
+   */
   database?: BetterSqlite3.Database
   /**
    * SQLite `synchronous` setting. `FULL` survives power loss; `NORMAL`
@@ -112,6 +117,10 @@ export class SqliteStorage implements RoomStore {
         }
       }).immediate()
     }
+    // Set up (above) waits for a lock as long as better-sqlite3's default allows: it runs once, at start.
+    // From here on every write runs on the event loop: one that finds another process holding the write lock
+    // fails at once (SQLITE_BUSY) and is retried later, instead of stopping every room while it waits.
+    if (this.#owned) db.pragma('busy_timeout = 0')
     this.#stmt = {
       getRoom: db.prepare(`SELECT timestamp FROM ${rooms} WHERE room_id = ?`),
       getEntries: db.prepare(`SELECT key, value, stamps FROM ${entries} WHERE room_id = ?`),
