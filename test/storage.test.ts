@@ -1,6 +1,6 @@
 import t, { type Test } from 'tap'
 import Database from 'better-sqlite3'
-import { readdir, writeFile } from 'node:fs/promises'
+import { readdir, readFile, writeFile } from 'node:fs/promises'
 import { join, resolve } from 'node:path'
 import pg from 'pg'
 import { FileStorage, MemoryStorage, MemoryStore, PostgresStorage, SqliteStorage, roomFileName } from '../lib/index.js'
@@ -109,6 +109,20 @@ t.test('FileStorage refuses to load a corrupt file instead of starting empty', a
   const base = t.testdir({})
   await writeFile(join(base, 'bad.json'), '{"timestamp": 3, "sta')
   await t.rejects(new FileStorage({ dir: base, roomId: 'bad' }).load())
+})
+
+t.test('a stored snapshot without a state object is refused (1011), not loaded as an empty room whose save would replace it', async (t) => {
+  const base = t.testdir({})
+  const file = join(base, roomFileName('r'))
+  for (const text of ['{"timestamp":100,"stbte":{"e/A":{"_exists":true}},"timestamps":{}}', '[]', '5', '{"timestamp":1,"state":[]}']) {
+    await writeFile(file, text)
+    const app = await build(t, { createStorage: (roomId) => new FileStorage({ dir: base, roomId }), saveThrottleMs: 0 })
+    const peer = await connect(app, { roomId: 'r', clientId: 'a' })
+    t.same(await peer.closed, { code: 1011, reason: 'Could not load the room' }, text)
+    t.strictSame(app.canvasStore.getRoomIds(), [])
+    await app.close()
+    t.equal(await readFile(file, 'utf8'), text, 'the file is left as it was')
+  }
 })
 
 t.test('FileStorage validates its options', async (t) => {

@@ -198,6 +198,11 @@ export class Room {
   async load (): Promise<void> {
     if (this.#storage === undefined) return
     const snapshot = await this.#storage.load()
+    // A damaged snapshot (a file edited by hand, a custom storage's bug) must not load as an empty room, whose
+    // next save would replace what is stored: refuse it, like one that cannot be read.
+    if (snapshot !== null && snapshot !== undefined && !isSnapshotShaped(snapshot)) {
+      throw new Error(`the stored snapshot of room ${JSON.stringify(this.roomId)} is malformed (not an object with a state object): not loaded, so that nothing overwrites it`)
+    }
     this.#doc = Document.fromSnapshot(snapshot)
     this.#fullDiff = null
   }
@@ -1082,6 +1087,13 @@ export class Room {
       this.disconnectSession(session.sessionId, CloseCode.INTERNAL_ERROR, 'Storage unavailable')
     }
   }
+}
+
+/** A snapshot has at least its shape: an object whose `state` is an object (entries are checked one by one when loaded). */
+function isSnapshotShaped (snapshot: unknown): boolean {
+  if (typeof snapshot !== 'object' || Array.isArray(snapshot)) return false
+  const state = (snapshot as { state?: unknown }).state
+  return typeof state === 'object' && state !== null && !Array.isArray(state)
 }
 
 function describe (session: Session): SessionInfo {
