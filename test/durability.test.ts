@@ -147,6 +147,42 @@ t.test('durable: a write that neither commits nor fails within the bound is repo
   t.throws(() => new Room({ storageFailureTimeoutMs: 2 ** 31 }), RangeError, 'a bound longer than Node\'s longest timer (which would fire at once) is refused')
 })
 
+t.test('writes that keep failing are reported when they have failed for the bound, not at a later step of the backoff', async (t) => {
+  const fake = fakeClock()
+  const failures: number[] = []
+  const storage: IncrementalStorage = {
+    load: async () => null,
+    save: async () => {},
+    append: async () => {
+      failures.push(fake.now())
+      throw new Error('disk full')
+    }
+  }
+  const room = new Room({ roomId: 'r', createStorage: () => storage, storageFailureTimeoutMs: 1000, clock: fake.clock })
+  await room.load()
+  const a = fakeSocket()
+  const sa = room.handleSocketConnect({ socket: a, clientId: 'a', permissions: 'readwrite' })
+  a.sent.length = 0
+  room.handleSocketMessage(sa, patch('m1', { k: { _exists: true } }))
+  const settle = () => new Promise((resolve) => setImmediate(resolve))
+  await settle()
+  const start = failures[0]
+  for (let ms = 0; ms < 999; ms++) {
+    fake.advance(1)
+    await settle()
+  }
+  t.same(a.closes, [], 'nothing within the bound')
+  // Retries back off (200, 400 ms, then 800: at 1,400 ms, where the report came before) but one falls on the bound.
+  t.same(failures.map((at) => at - start), [0, 200, 600], 'backing off')
+  fake.advance(1)
+  await settle()
+  t.same(failures.map((at) => at - start), [0, 200, 600, 1000])
+  t.same(a.sent.map((f) => [f.type, f.code]), [['error', 'CANVAS_STORE_STORAGE_UNAVAILABLE']])
+  t.same(a.closes, [[1011, 'Storage unavailable']])
+  await room.close({ flush: false })
+  t.equal(fake.timers.size, 0, 'no timer left')
+})
+
 t.test('durable: a write still hanging when the room is closed is not reported any more', async (t) => {
   const { storage, nextCall } = controlledStorage()
   const fake = fakeClock()

@@ -90,6 +90,11 @@ export class SlotTimers {
     return entry
   }
 
+  /** The clock's time, in ms. */
+  now (): number {
+    return this.#clock.now()
+  }
+
   /** A timer of its own on the same clock, not unref'd (a retry that must hold the process open). */
   timer (delay: number, run: () => void): SlotTimer {
     return this.#clock.setTimeout(run, delay)
