@@ -1,6 +1,6 @@
 import t, { type Test } from 'tap'
 import Database from 'better-sqlite3'
-import { readdir, readFile, writeFile } from 'node:fs/promises'
+import { readdir, readFile, rm, writeFile } from 'node:fs/promises'
 import { join, resolve } from 'node:path'
 import pg from 'pg'
 import { FileStorage, MemoryStorage, MemoryStore, PostgresStorage, SqliteStorage, roomFileName } from '../lib/index.js'
@@ -247,6 +247,23 @@ t.test('SqliteStorage: while another process holds the write lock, a write fails
   await room.append(entry(3))
   t.same((await room.load())?.state, { k: { _exists: true, v: 3 } })
 })
+
+for (const removed of ['database file', 'WAL file', 'folder']) {
+  t.test(`SqliteStorage: once its ${removed} is removed, writes fail (SQLite would commit them to the removed file), and so does ping`, async (t) => {
+    const dir = join(t.testdir({}), 'data')
+    const file = join(dir, 'gone.sqlite')
+    const storage = new SqliteStorage({ file })
+    t.teardown(() => storage.close())
+    const room = storage.forRoom('r')
+    const entry = (v: number) => ({ timestamp: v, entries: [{ key: 'k', value: { _exists: true, v }, stamps: { _exists: 1, v } }] })
+    await room.append(entry(1))
+    await storage.ping()
+    await rm(removed === 'database file' ? file : removed === 'WAL file' ? `${file}-wal` : dir, { recursive: true })
+    await t.rejects(room.append(entry(2)), /removed or replaced/)
+    await t.rejects(room.save({ timestamp: 3, state: {}, timestamps: {} }), /removed or replaced/)
+    await t.rejects(storage.ping(), /removed or replaced/)
+  })
+}
 
 t.test('storages refuse a room id they would keep as another room\'s (a lone surrogate), before reading or writing', async (t) => {
   // Without the check, FileStorage gave '\uD800' and '\uDBFF' one file (both U+FFFD as UTF-8), PostgreSQL failed

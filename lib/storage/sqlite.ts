@@ -1,6 +1,6 @@
-import { mkdirSync } from 'node:fs'
+import { mkdirSync, statSync } from 'node:fs'
 import { createRequire } from 'node:module'
-import { dirname } from 'node:path'
+import { dirname, resolve } from 'node:path'
 import type BetterSqlite3 from 'better-sqlite3'
 import type { RoomSnapshot } from '../protocol/types.js'
 import { entryRows, rowsToSnapshot, settle, snapshotRows, type EntryRow } from './rows.js'
@@ -58,6 +58,8 @@ export class SqliteStorage implements RoomStore {
   readonly #replace: (roomId: string, snapshot: RoomSnapshot) => void
   #queue: Pending[] = []
   #scheduled: NodeJS.Immediate | null = null
+  /** The database file and its WAL as opened (device and inode), to find out when they are removed or replaced; null for a database in memory. */
+  readonly #files: { path: string, db: string, wal: string | null } | null
   #closed = false
   /** Bytes of JSON written by appends and saves (for benchmarks). */
   bytesWritten = 0
@@ -121,6 +123,9 @@ export class SqliteStorage implements RoomStore {
     // From here on every write runs on the event loop: one that finds another process holding the write lock
     // fails at once (SQLITE_BUSY) and is retried later, instead of stopping every room while it waits.
     if (this.#owned) db.pragma('busy_timeout = 0')
+    // Resolved now: a later change of the working directory must not look like a removed file.
+    const path = db.memory || db.name === '' ? '' : resolve(db.name)
+    this.#files = path === '' ? null : { path, db: identity(path) ?? '', wal: identity(`${path}-wal`) }
     this.#stmt = {
       getRoom: db.prepare(`SELECT timestamp FROM ${rooms} WHERE room_id = ?`),
       getEntries: db.prepare(`SELECT key, value, stamps FROM ${entries} WHERE room_id = ?`),
@@ -160,10 +165,11 @@ export class SqliteStorage implements RoomStore {
     }
   }
 
-  /** Checks that the database answers. */
+  /** Checks that the database answers, and that its files are still the ones opened. */
   async ping (): Promise<void> {
     this.#assertOpen()
     this.#db.prepare('SELECT 1').get()
+    this.#checkFiles()
   }
 
   /** Reads a room; null when it was never written. */
@@ -182,6 +188,7 @@ export class SqliteStorage implements RoomStore {
     checkRoomId(roomId, 'SqliteStorage')
     this.#drain()
     this.#replace(roomId, snapshot)
+    this.#checkFiles()
   }
 
   /** Queues a room's changes for the next group commit; resolves once committed. */
@@ -212,6 +219,8 @@ export class SqliteStorage implements RoomStore {
     this.#queue = []
     try {
       this.#writeBatch(batch)
+      // After the commit: one made to a file removed meanwhile is not acked.
+      this.#checkFiles()
     } catch (err) {
       settle(batch, err)
       return
@@ -219,7 +228,31 @@ export class SqliteStorage implements RoomStore {
     settle(batch)
   }
 
+  /**
+   * Throws when the database file or its WAL is no longer the one opened
+   * (deleted, or replaced by another file): SQLite goes on writing to the
+   * removed file without an error, and what it commits there is gone at the
+   * next start. Costs two stat calls per group commit.
+   */
+  #checkFiles (): void {
+    const files = this.#files
+    if (files === null) return
+    if (identity(files.path) !== files.db) {
+      throw new Error(`SqliteStorage: the database file ${files.path} was removed or replaced while open; writes to it would be lost: restart the server`)
+    }
+    const wal = identity(`${files.path}-wal`)
+    // The WAL exists from the first write on (and, this connection open, is never removed by SQLite).
+    if (files.wal === null) files.wal = wal
+    else if (wal !== files.wal) throw new Error(`SqliteStorage: the WAL file ${files.path}-wal was removed or replaced while open; commits in it would be lost: restart the server`)
+  }
+
   #assertOpen (): void {
     if (this.#closed) throw new Error('SqliteStorage is closed')
   }
+}
+
+/** A file's device and inode, or null when it does not exist. */
+function identity (path: string): string | null {
+  const stat = statSync(path, { throwIfNoEntry: false })
+  return stat === undefined ? null : `${stat.dev}:${stat.ino}`
 }
