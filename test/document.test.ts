@@ -278,3 +278,32 @@ t.test('stringSize is the length JSON.stringify writes: escapes, quotes, surroga
   t.equal(stringSize('\u0001'), 8)
   t.pass('2,000 random strings')
 })
+
+t.test('a buffer delta to a long array is sized from the items it changes: the same size a full measurement gives, the same array the rules give', async (t) => {
+  /** The rules, written plainly: carry min(old, len) items, zero-fill to len, write the runs inside [0, len). */
+  const byTheRules = (old: unknown[], len: number, runs: Array<[number, unknown[]]>): unknown[] => {
+    const out: unknown[] = []
+    for (let i = 0; i < len; i++) out.push(i < old.length ? old[i] : 0)
+    for (const [offset, values] of runs) values.forEach((v, j) => { if (offset + j >= 0 && offset + j < len) out[offset + j] = v })
+    return out
+  }
+  const item = fc.oneof(fc.integer(), fc.double({ noNaN: true, noDefaultInfinity: true }), fc.string({ maxLength: 6 }), fc.constant(null), fc.boolean(), fc.array(fc.integer(), { maxLength: 3 }))
+  const delta = fc.record({
+    len: fc.integer({ min: 0, max: 4000 }),
+    runs: fc.array(fc.tuple(fc.integer({ min: -50, max: 4100 }), fc.array(item, { maxLength: 40 })), { maxLength: 6 })
+  })
+  fc.assert(fc.property(fc.array(item, { minLength: 1024, maxLength: 3000 }), fc.array(delta, { minLength: 1, maxLength: 6 }), (start, deltas) => {
+    let current: unknown[] = start
+    jsonSize(current) // measured once, as storing it does
+    for (const { len, runs } of deltas) {
+      const next = applyBufferDelta(current, { __buf: 1, len, runs })
+      const expected = byTheRules(current, len, runs)
+      if (JSON.stringify(next) !== JSON.stringify(expected)) return false
+      // A copy is not remembered: measured item by item.
+      if (jsonSize(next) !== jsonSize(expected)) return false
+      current = next
+    }
+    return true
+  }), { numRuns: 150, seed: 5 })
+  t.pass('sizes and arrays agree over 150 runs of deltas (growing, cutting, runs out of range)')
+})

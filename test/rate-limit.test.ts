@@ -157,8 +157,8 @@ t.test('rateLimit: the byte bucket refuses a frame larger than what is left of b
   await Promise.all([a.close(), b.close()])
 })
 
-t.test('rateLimit: buffer deltas pay from the byte bucket: 2 bytes per item added to a stored array, 1 per 4 items rewritten', async (t) => {
-  const app = await build(t, { rateLimit: { bytesPerSecond: SLOW_REFILL, burstBytes: 10_000 } })
+t.test('rateLimit: buffer deltas pay from the byte bucket: 2 bytes per item added to a stored array, 1 per item written', async (t) => {
+  const app = await build(t, { rateLimit: { bytesPerSecond: SLOW_REFILL, burstBytes: 20_000 } })
   const a = await connected(app, 'a', 1)
   const grow = (id: string, key: string, len: number): Promise<unknown> => {
     const from = a.frames.length
@@ -167,16 +167,16 @@ t.test('rateLimit: buffer deltas pay from the byte bucket: 2 bytes per item adde
   }
   const refused = async (id: string, key: string, len: number): Promise<boolean> => (await grow(id, key, len) as Array<{ type: string }>).some((f) => f.type === 'error')
   // Frames are about 120 bytes each (taken on arrival); the deltas cost on top of that.
-  t.notOk(await refused('m1', 'k1', 2000), '2,000 new items (4,000 + 500 bytes) pass')
+  t.notOk(await refused('m1', 'k1', 2000), '2,000 new items (4,000 + 2,000 bytes) pass')
   t.equal((stateOf(app).k1 as { pts: number[] }).pts.length, 2000)
-  t.match(await grow('m3', 'k2', 3000), [
+  t.match(await grow('m3', 'k2', 6000), [
     { type: 'ack', messageId: 'm3' },
     { type: 'error', code: RATE_LIMITED, messageId: 'm3' }
-  ], '3,000 new items from a frame of a few bytes are more than what is left: refused')
+  ], '6,000 new items (18,000 bytes) from a frame of a few bytes are more than what is left: refused')
   t.notOk('k2' in stateOf(app), 'not applied')
   t.notOk(await refused('m4', 'k3', 1000), 'what is left of the bucket still pays for a smaller one')
-  t.match(await grow('m5', 'k4', 1_000_000), [{ type: 'ack', messageId: 'm5' }, { type: 'error', code: 'CANVAS_STORE_FRAME_TOO_LARGE', messageId: 'm5' }], 'a million new items cost more than the whole burst (10,000 bytes): never payable, too large')
-  // Rewriting the stored 2,000 items costs 500 bytes (plus the frame): the bucket runs out after a few.
+  t.match(await grow('m5', 'k4', 1_000_000), [{ type: 'ack', messageId: 'm5' }, { type: 'error', code: 'CANVAS_STORE_FRAME_TOO_LARGE', messageId: 'm5' }], 'a million new items cost more than the whole burst (20,000 bytes): never payable, too large')
+  // Rewriting the stored 2,000 items costs 2,000 bytes (plus the frame): the bucket runs out after a few.
   let passed = 0
   while (passed < 100 && !(await refused(`r${passed}`, 'k1', 2000))) passed++
   t.ok(passed > 0 && passed < 10, `rewrites of a stored array are paid too (${passed} passed)`)

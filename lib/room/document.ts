@@ -1,5 +1,5 @@
 import type { BufferDelta, ComponentData, FieldTimestamps, Patch, RoomSnapshot } from '../protocol/types.js'
-import { fieldSize, jsonSize, keyOverhead } from './size.js'
+import { ZERO_ITEM_SIZE, fieldSize, itemSize, jsonSize, keyOverhead, knownArraySize, rememberArraySize } from './size.js'
 
 /**
  * A record whose prototype chain does not reach `Object.prototype`: a key
@@ -30,21 +30,37 @@ export function isBufferDelta (value: unknown): value is BufferDelta {
 /**
  * Materializes a buffer delta against the stored array: keep the first
  * `min(old.length, len)` items, zero-fill to `len`, then write each run,
- * ignoring indexes outside `[0, len)`.
+ * ignoring indexes outside `[0, len)`. When the stored array's estimated size
+ * is known (see knownArraySize), the new one's is worked out from the items
+ * that change and remembered, so a small delta to a long array costs a copy,
+ * not a measurement of every item.
  */
 export function applyBufferDelta (base: unknown, delta: BufferDelta): unknown[] {
   const len = delta.len
-  const out = new Array<unknown>(len)
-  const old = Array.isArray(base) ? base : undefined
+  const old = Array.isArray(base) ? base as unknown[] : undefined
   const carry = old === undefined ? 0 : Math.min(old.length, len)
-  for (let i = 0; i < carry; i++) out[i] = old![i]
-  for (let i = carry; i < len; i++) out[i] = 0
+  // A copy of a packed array (what JSON.parse makes) is a block copy, and pushing keeps the new one packed.
+  const out = carry > 0 ? old!.slice(0, carry) : []
+  for (let i = carry; i < len; i++) out.push(0)
+  let size = old === undefined ? undefined : knownArraySize(old)
+  if (size !== undefined) {
+    const removed = old!.length - carry
+    if (removed > len) {
+      size = undefined // Cut to less than what it drops: measuring what is left is cheaper.
+    } else {
+      for (let i = carry; i < old!.length; i++) size -= itemSize(old![i])
+      size += (len - carry) * ZERO_ITEM_SIZE
+    }
+  }
   for (const [offset, values] of delta.runs) {
     for (let j = 0; j < values.length; j++) {
       const index = offset + j
-      if (index >= 0 && index < len) out[index] = values[j]
+      if (index < 0 || index >= len) continue
+      if (size !== undefined) size += itemSize(values[j]) - itemSize(out[index])
+      out[index] = values[j]
     }
   }
+  if (size !== undefined) rememberArraySize(out, size)
   return out
 }
 

@@ -18,6 +18,35 @@ const NUMBER_BYTES = 8
 /** Nesting below which a value is no longer walked (frames are checked to 64 levels; a storage might hold deeper). */
 const MAX_DEPTH = 256
 
+/** Arrays of at least this many items keep their estimated size once measured. */
+const REMEMBERED_ITEMS = 1024
+/**
+ * Estimated sizes of long arrays, by identity. A stored value is never
+ * changed in place (a change makes a new record, and a buffer delta a new
+ * array), so a size measured once stays true; a buffer delta against a long
+ * array is then measured in the items it changes, not the whole array (a
+ * 100-byte frame changing one item of millions must not walk them all).
+ */
+const arraySizes = new WeakMap<readonly unknown[], number>()
+
+/** The estimated size of a long array if it is known. */
+export function knownArraySize (array: readonly unknown[]): number | undefined {
+  return array.length >= REMEMBERED_ITEMS ? arraySizes.get(array) : undefined
+}
+
+/** Records the estimated size of an array that will not change (only long ones are kept). */
+export function rememberArraySize (array: readonly unknown[], size: number): void {
+  if (array.length >= REMEMBERED_ITEMS) arraySizes.set(array, size)
+}
+
+/** Estimated size of an item of an array, with its comma. */
+export function itemSize (value: unknown): number {
+  return jsonSize(value, 1) + 1
+}
+
+/** Estimated size of an item a buffer delta adds as zero fill. */
+export const ZERO_ITEM_SIZE = NUMBER_BYTES + 1
+
 /** Characters that JSON.stringify escapes, and surrogates (a lone one is escaped, a pair is not). */
 // eslint-disable-next-line no-control-regex
 const ESCAPED = /[\u0000-\u001f"\\\ud800-\udfff]/
@@ -59,8 +88,11 @@ export function jsonSize (value: unknown, depth = 0): number {
   }
   if (value === null || depth > MAX_DEPTH) return 5
   if (Array.isArray(value)) {
+    const known = knownArraySize(value)
+    if (known !== undefined) return known
     let n = 2
     for (let i = 0; i < value.length; i++) n += jsonSize(value[i], depth + 1) + 1
+    rememberArraySize(value, n)
     return n
   }
   let n = 2
