@@ -293,6 +293,41 @@ t.test('a permission change made by an administrator while an auth-refresh is pe
   await a.close()
 })
 
+t.test('an administrator\'s change is not undone by a refresh held behind a pending one; a refresh that decides readonly still makes the session readonly', async (t) => {
+  const decide = gate()
+  const app = await build(t, {
+    admin: { auth: false },
+    authorize: async (info) => {
+      if (info.request === undefined) await decide.promise
+      return byToken(info)
+    }
+  })
+  const received = serverReceived(app)
+  const a = await joined(app, { clientId: 'a', token: 'rw' })
+  const b = await joined(app, { clientId: 'b', token: 'ro' })
+  await received(2)
+  const [sa, sb] = ['a', 'b'].map((c) => roomOf(app).getSessions().find((s) => s.clientId === c)!.sessionId)
+  const fromA = a.frames.length
+  // a: two refreshes, the second held behind the first; then the administrator makes a readonly; then a patch.
+  a.send({ type: 'auth-refresh', token: 'rw-1' })
+  a.send({ type: 'auth-refresh', token: 'rw-2' })
+  // b (readonly): an administrator grants readwrite while b's refresh, with a revoked-looking token, decides readonly.
+  b.send({ type: 'auth-refresh', token: 'ro-again' })
+  await received(5)
+  const patch = (id: string, permissions: string) => app.inject({ method: 'PATCH', url: `/rooms/r/sessions/${id}`, payload: { permissions } })
+  t.equal((await patch(sa, 'readonly')).statusCode, 200)
+  t.equal((await patch(sb, 'readwrite')).statusCode, 200)
+  a.send({ type: 'patch', messageId: 'm1', documentPatches: [{ 'e1/A': { _exists: true, v: 1 } }] })
+  await received(6)
+  decide.open()
+  await a.next(ACK('m1'), fromA)
+  t.equal(roomOf(app).getSessionPermissions(sa), 'readonly', 'neither refresh of a (both sent before the change) undid it')
+  t.strictSame(snapshotOf(app).state, {}, 'the patch sent after the change was not applied')
+  await b.next((f) => f.type === 'permissions' && f.permissions === 'readonly')
+  t.equal(roomOf(app).getSessionPermissions(sb), 'readonly', 'the stricter decision of b\'s refresh is kept')
+  await Promise.all([a.close(), b.close()])
+})
+
 t.test('without an authorize option every session is readwrite', async (t) => {
   const app = await build(t)
   const a = await joined(app, { clientId: 'a', token: 'anything' })

@@ -184,12 +184,18 @@ t.test('Room#getSnapshot hands out plain copies: changing one never reaches the 
   const room = new Room({ roomId: 'r' })
   const socket = { send () {}, close () {} }
   const id = room.handleSocketConnect({ socket, clientId: 'a', permissions: 'readwrite' })
-  room.handleSocketMessage(id, JSON.stringify({ type: 'patch', messageId: 'm', documentPatches: [{ k: { _exists: true, x: 1 } }] }))
+  const pts = Array.from({ length: 2000 }, (_, i) => i)
+  room.handleSocketMessage(id, JSON.stringify({ type: 'patch', messageId: 'm', documentPatches: [{ k: { _exists: true, x: 1, pts, o: { y: 1 } } }] }))
+  const bytes = room.documentBytes
   const copy = room.getSnapshot()
   t.notOk(Object.isFrozen(copy.state.k))
   copy.state.k.x = 99
   copy.timestamps.k.x = 99
-  t.same(room.getSnapshot(), { timestamp: 1, state: { k: { _exists: true, x: 1 } }, timestamps: { k: { _exists: 1, x: 1 } } })
+  // Arrays and nested objects too: the room's own arrays are never changed in place (their sizes are remembered).
+  ;(copy.state.k.pts as string[]).fill('x'.repeat(50))
+  ;(copy.state.k.o as { y: number }).y = 2
+  t.same(room.getSnapshot(), { timestamp: 1, state: { k: { _exists: true, x: 1, pts, o: { y: 1 } } }, timestamps: { k: { _exists: 1, x: 1, pts: 1, o: 1 } } })
+  t.equal(room.documentBytes, bytes)
 })
 
 t.test('stamps records are shared only between identical field lists, whatever characters field names hold', async (t) => {

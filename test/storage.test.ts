@@ -111,10 +111,10 @@ t.test('FileStorage refuses to load a corrupt file instead of starting empty', a
   await t.rejects(new FileStorage({ dir: base, roomId: 'bad' }).load())
 })
 
-t.test('a stored snapshot without a state object is refused (1011), not loaded as an empty room whose save would replace it', async (t) => {
+t.test('a stored snapshot without a state object of objects is refused (1011), not loaded as a room whose save would replace it', async (t) => {
   const base = t.testdir({})
   const file = join(base, roomFileName('r'))
-  for (const text of ['{"timestamp":100,"stbte":{"e/A":{"_exists":true}},"timestamps":{}}', '[]', '5', '{"timestamp":1,"state":[]}']) {
+  for (const text of ['{"timestamp":100,"stbte":{"e/A":{"_exists":true}},"timestamps":{}}', '[]', '5', 'null', '{"timestamp":1,"state":[]}', '{"timestamp":2,"state":{"e/A":{"_exists":true},"e/B":"damaged"},"timestamps":{}}']) {
     await writeFile(file, text)
     const app = await build(t, { createStorage: (roomId) => new FileStorage({ dir: base, roomId }), saveThrottleMs: 0 })
     const peer = await connect(app, { roomId: 'r', clientId: 'a' })
@@ -264,6 +264,19 @@ for (const removed of ['database file', 'WAL file', 'folder']) {
     await t.rejects(storage.ping(), /removed or replaced/)
   })
 }
+
+t.test('SqliteStorage: a database passed in by a relative name that the working directory no longer finds is written to as usual (not watched)', async (t) => {
+  const cwd = process.cwd()
+  process.chdir(t.testdir({}))
+  const database = new Database('relative.sqlite', { timeout: 0 })
+  process.chdir(cwd)
+  t.teardown(() => database.close())
+  const storage = new SqliteStorage({ database })
+  await storage.forRoom('r').append({ timestamp: 1, entries: [{ key: 'k', value: { _exists: true }, stamps: { _exists: 1 } }] })
+  await storage.ping()
+  t.same((await storage.forRoom('r').load())?.timestamp, 1)
+  await storage.close()
+})
 
 t.test('storages refuse a room id they would keep as another room\'s (a lone surrogate), before reading or writing', async (t) => {
   // Without the check, FileStorage gave '\uD800' and '\uDBFF' one file (both U+FFFD as UTF-8), PostgreSQL failed

@@ -42,7 +42,7 @@ export interface RoomOptions {
   saveThrottleMs?: number
   /** Called after a session left, with how many remain. */
   onSessionRemoved?: (room: Room, info: { sessionId: string, remaining: number }) => void
-  /** Called after document patches from a readwrite session were applied. */
+  /** Called after document patches from a readwrite session were applied. Their values are the room's own stored values: read them, never change them. */
   onDocumentPatch?: (room: Room, patches: Patch[]) => void
   /**
    * Decides an `auth-refresh` frame. Resolve with the new permissions; reject
@@ -201,7 +201,7 @@ export class Room {
     // A damaged snapshot (a file edited by hand, a custom storage's bug) must not load as an empty room, whose
     // next save would replace what is stored: refuse it, like one that cannot be read.
     if (snapshot !== null && snapshot !== undefined && !isSnapshotShaped(snapshot)) {
-      throw new Error(`the stored snapshot of room ${JSON.stringify(this.roomId)} is malformed (not an object with a state object): not loaded, so that nothing overwrites it`)
+      throw new Error(`the stored snapshot of room ${JSON.stringify(this.roomId)} is malformed (not an object whose state is an object of objects): not loaded, so that nothing overwrites it`)
     }
     this.#doc = Document.fromSnapshot(snapshot)
     this.#fullDiff = null
@@ -280,7 +280,7 @@ export class Room {
         this.disconnectSession(sessionId, CloseCode.POLICY_VIOLATION, 'Too many frames while auth-refresh is pending')
         return
       }
-      session.held.push([text, limited, bytes])
+      session.held.push([text, limited, bytes, session.permissionsSet])
       return
     }
     const type = this.#handleGuarded(session, text, limited)
@@ -288,9 +288,9 @@ export class Room {
   }
 
   /** Handles one frame; a throw closes only that session (1011). @returns its type, for metrics */
-  #handleGuarded (session: Session, text: string, limited: boolean): string {
+  #handleGuarded (session: Session, text: string, limited: boolean, permissionsSet = session.permissionsSet): string {
     try {
-      return this.#handleFrame(session, text, limited)
+      return this.#handleFrame(session, text, limited, permissionsSet)
     } catch (err) {
       // A bug must cost one session, never the room or the process.
       this.#log.error({ err, roomId: this.roomId, sessionId: session.sessionId }, 'handling a frame failed; closing the session')
@@ -348,7 +348,7 @@ export class Room {
   setSessionPermissions (sessionId: string, permissions: SessionPermission): boolean {
     const session = this.#sessions.get(sessionId)
     if (session === undefined) return false
-    session.permissionsSet++
+    if (session.permissions !== permissions) session.permissionsSet++
     this.#changePermissions(session, permissions)
     return true
   }
@@ -379,13 +379,14 @@ export class Room {
     return Array.from(this.#sessions.values(), describe)
   }
 
-  /** A copy of the document (plain objects the caller may change): state and per-field timestamps, tombstones included. */
+  /** A copy of the document (plain objects the caller may change, arrays and nested objects included): state and per-field timestamps, tombstones included. */
   getSnapshot (): RoomSnapshot {
     const shared = this.#doc.toSnapshot()
     const state = emptyRecord<ComponentData>()
     const timestamps = emptyRecord<FieldTimestamps>()
     for (const key in shared.state) {
-      state[key] = { ...shared.state[key] }
+      // Deep: a stored array is the room's own (and its size is remembered), never to be changed in place.
+      state[key] = structuredClone(shared.state[key])
       timestamps[key] = { ...shared.timestamps[key] }
     }
     return { timestamp: shared.timestamp, state, timestamps }
@@ -432,7 +433,8 @@ export class Room {
   // ---------------------------------------------------------------- protocol
 
   /** Handles one frame. @returns its type, for metrics */
-  #handleFrame (session: Session, text: string, limited = false): string {
+  /** `permissionsSet`: the session's count of permission changes when the frame arrived (see #handleAuthRefresh). */
+  #handleFrame (session: Session, text: string, limited = false, permissionsSet = session.permissionsSet): string {
     const parsed = parseClientFrame(text)
     let frame: ClientMessage
     let bufferItems = 0
@@ -477,7 +479,7 @@ export class Room {
         this.#handleReconnect(session, limited ? { ...frame, documentPatches: undefined, ephemeralPatches: undefined } : frame, bufferItems, text.length)
         break
       case 'auth-refresh':
-        this.#handleAuthRefresh(session, frame.token)
+        this.#handleAuthRefresh(session, frame.token, permissionsSet)
     }
     return parsed.kind === 'invalid' ? 'invalid' : frame.type
   }
@@ -563,11 +565,15 @@ export class Room {
     if (violation !== null) this.#sendMessage(session, { type: 'error', code: violation[0], message: violation[1], ...(messageId === undefined ? {} : { messageId }) })
   }
 
-  #handleAuthRefresh (session: Session, token: string): void {
+  /**
+   * `set`: the session's count of permission changes when the frame arrived.
+   * A change made since (by an administrator) is the later decision: the
+   * refresh may then only make the session stricter (readonly), never undo it.
+   */
+  #handleAuthRefresh (session: Session, token: string, set: number): void {
     const refresh = this.#options.onTokenRefresh
     if (refresh === undefined) return
     const { sessionId, clientId } = session
-    const set = session.permissionsSet
     session.held = []
     session.heldBytes = 0
     Promise.resolve()
@@ -575,8 +581,7 @@ export class Room {
       .then((result) => {
         const target = this.#sessions.get(sessionId)
         if (target === undefined) return
-        // Permissions set (by an administrator) while this refresh was decided are the later decision: kept.
-        if (target.permissionsSet === set) this.#changePermissions(target, result.permissions)
+        if (target.permissionsSet === set || result.permissions === 'readonly') this.#changePermissions(target, result.permissions)
         if (result.metadata !== undefined) target.metadata = result.metadata
         this.#releaseHeld(target)
       }, (err: unknown) => {
@@ -606,7 +611,7 @@ export class Room {
         }
         return
       }
-      this.#handleGuarded(session, frames[i][0], frames[i][1])
+      this.#handleGuarded(session, frames[i][0], frames[i][1], frames[i][3])
     }
   }
 
@@ -778,7 +783,7 @@ export class Room {
     if (bufferItems > 0) cost += bufferCost(docs, this.#doc) + bufferCost(eph, presence)
     if (cost > 0 && session.bucket !== null) {
       // More than a whole burst could never be paid: not worth retrying.
-      if (cost > this.#rateLimit!.burstBytes) return FRAME_TOO_LARGE
+      if (cost > this.#rateLimit!.burstBytes) return COSTS_MORE_THAN_BURST
       if (!session.bucket.takeBytes(cost, performance.now())) return BUFFERS_LIMITED
     }
     // Sizes: bounds from the frame's length, then from its values; applied to copies only when those could pass the limit.
@@ -1089,11 +1094,19 @@ export class Room {
   }
 }
 
-/** A snapshot has at least its shape: an object whose `state` is an object (entries are checked one by one when loaded). */
+/** A snapshot has at least its shape: an object whose `state` is an object of objects (the values' fields are checked when loaded). */
 function isSnapshotShaped (snapshot: unknown): boolean {
-  if (typeof snapshot !== 'object' || Array.isArray(snapshot)) return false
+  if (!isPlainObject(snapshot)) return false
   const state = (snapshot as { state?: unknown }).state
-  return typeof state === 'object' && state !== null && !Array.isArray(state)
+  if (!isPlainObject(state)) return false
+  for (const key in state) {
+    if (Object.hasOwn(state, key) && !isPlainObject(state[key])) return false
+  }
+  return true
+}
+
+function isPlainObject (value: unknown): value is Record<string, unknown> {
+  return typeof value === 'object' && value !== null && !Array.isArray(value)
 }
 
 function describe (session: Session): SessionInfo {
@@ -1107,6 +1120,7 @@ function describe (session: Session): SessionInfo {
 
 const READONLY = [frameErrorCodes.READONLY, 'This session is readonly: its changes were not applied'] as const
 const FRAME_TOO_LARGE = [frameErrorCodes.FRAME_TOO_LARGE, 'Too many patches or keys in one frame: not applied'] as const
+const COSTS_MORE_THAN_BURST = [frameErrorCodes.FRAME_TOO_LARGE, 'The frame makes the server copy more fields or array items than a whole burst of the byte rate limit (rateLimit.burstBytes) pays for: not applied'] as const
 const DOCUMENT_FULL = [frameErrorCodes.DOCUMENT_FULL, 'The document has reached its key limit: not applied'] as const
 const PRESENCE_FULL = [frameErrorCodes.PRESENCE_FULL, 'Too many presence keys for this client: its presence patches were not applied'] as const
 const DOCUMENT_TOO_BIG = [frameErrorCodes.DOCUMENT_FULL, 'The document would pass its size limit: not applied'] as const

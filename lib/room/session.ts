@@ -51,8 +51,8 @@ export interface Session {
   /** Counts the changes of `permissions` made with setSessionPermissions (the admin route): a pending auth-refresh started before one must not undo it. */
   permissionsSet: number
   metadata: unknown
-  /** Frames held while an `auth-refresh` is being decided (with their rate-limit verdict), handled in order afterwards. */
-  held: Array<[text: string, limited: boolean, bytes: number]> | null
+  /** Frames held while an `auth-refresh` is being decided (with their rate-limit verdict and the permissionsSet at arrival), handled in order afterwards. */
+  held: Array<[text: string, limited: boolean, bytes: number, permissionsSet: number]> | null
   /** Bytes of the frames held since the pending `auth-refresh`. */
   heldBytes: number
   /** Rate limit of the session's frames, or null for none. */

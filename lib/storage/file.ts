@@ -61,7 +61,12 @@ export class FileStorage implements Storage {
       if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null
       throw err
     }
-    return JSON.parse(text) as RoomSnapshot
+    const snapshot: unknown = JSON.parse(text)
+    // `null` means "never saved" to a room: a file holding it (or another non-object) is damaged, not empty.
+    if (typeof snapshot !== 'object' || snapshot === null || Array.isArray(snapshot)) {
+      throw new Error(`FileStorage: ${this.#file} does not hold a snapshot object`)
+    }
+    return snapshot as RoomSnapshot
   }
 
   save (snapshot: RoomSnapshot): Promise<void> {

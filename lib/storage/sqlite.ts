@@ -123,9 +123,11 @@ export class SqliteStorage implements RoomStore {
     // From here on every write runs on the event loop: one that finds another process holding the write lock
     // fails at once (SQLITE_BUSY) and is retried later, instead of stopping every room while it waits.
     if (this.#owned) db.pragma('busy_timeout = 0')
-    // Resolved now: a later change of the working directory must not look like a removed file.
+    // Resolved now: a later change of the working directory must not look like a removed file. A database passed
+    // in whose file cannot be found from here (opened by a relative name before a chdir) is not watched.
     const path = db.memory || db.name === '' ? '' : resolve(db.name)
-    this.#files = path === '' ? null : { path, db: identity(path) ?? '', wal: identity(`${path}-wal`) }
+    const found = path === '' ? null : identity(path)
+    this.#files = found === null ? null : { path, db: found, wal: identity(`${path}-wal`) }
     this.#stmt = {
       getRoom: db.prepare(`SELECT timestamp FROM ${rooms} WHERE room_id = ?`),
       getEntries: db.prepare(`SELECT key, value, stamps FROM ${entries} WHERE room_id = ?`),
