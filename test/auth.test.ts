@@ -1,5 +1,5 @@
 import type { FastifyInstance } from 'fastify'
-import t from 'tap'
+import t, { type Test } from 'tap'
 import type { AuthorizeInfo, AuthorizeResult } from '../lib/index.js'
 import { ACK, CLIENT_COUNT, Peer, build, connect, gate, roomOf, serverReceived, snapshotOf, throwOnKey, write } from './helper.js'
 
@@ -256,7 +256,8 @@ t.test('frames sent right after an auth-refresh wait for its result', async (t) 
   await Promise.all([a.close(), b.close()])
 })
 
-t.test('a permission change made by an administrator while an auth-refresh is pending is kept; the frames held meanwhile obey it', async (t) => {
+/** The admin routes open, connections decided at once (byToken), every auth-refresh held until `decide.open()`. */
+async function refreshWaitsForGate (t: Test) {
   const decide = gate()
   const app = await build(t, {
     admin: { auth: false },
@@ -265,7 +266,11 @@ t.test('a permission change made by an administrator while an auth-refresh is pe
       return byToken(info)
     }
   })
-  const received = serverReceived(app)
+  return { app, decide, received: serverReceived(app) }
+}
+
+t.test('a permission change made by an administrator while an auth-refresh is pending is kept; the frames held meanwhile obey it', async (t) => {
+  const { app, decide, received } = await refreshWaitsForGate(t)
   const a = await joined(app, { clientId: 'a', token: 'rw' })
   await received(1)
   const sessionId = roomOf(app).getSessions()[0].sessionId
@@ -294,15 +299,7 @@ t.test('a permission change made by an administrator while an auth-refresh is pe
 })
 
 t.test('an administrator\'s change is not undone by a refresh held behind a pending one; a refresh that decides readonly still makes the session readonly', async (t) => {
-  const decide = gate()
-  const app = await build(t, {
-    admin: { auth: false },
-    authorize: async (info) => {
-      if (info.request === undefined) await decide.promise
-      return byToken(info)
-    }
-  })
-  const received = serverReceived(app)
+  const { app, decide, received } = await refreshWaitsForGate(t)
   const a = await joined(app, { clientId: 'a', token: 'rw' })
   const b = await joined(app, { clientId: 'b', token: 'ro' })
   await received(2)
