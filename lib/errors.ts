@@ -13,7 +13,7 @@ export const errors = {
   INVALID_REQUEST: createError('CANVAS_STORE_INVALID_REQUEST', '%s', 400),
   /** A plain HTTP request (no WebSocket upgrade) to the WebSocket route. */
   UPGRADE_REQUIRED: createError('CANVAS_STORE_UPGRADE_REQUIRED', 'This route speaks WebSocket only: send an upgrade request', 426),
-  /** Too many upgrade attempts from one IP (`connectionRateLimit`). */
+  /** Too many requests to the WebSocket route from one IP, upgrades or not (`connectionRateLimit`). */
   TOO_MANY_CONNECTIONS: createError('CANVAS_STORE_TOO_MANY_CONNECTIONS', 'Too many connection attempts, retry in %s', 429),
   /** An option passed at registration is invalid. */
   INVALID_OPTION: createError('CANVAS_STORE_INVALID_OPTION', 'Invalid option %s: %s', 500, TypeError)

@@ -432,8 +432,11 @@ export class Room {
 
   // ---------------------------------------------------------------- protocol
 
-  /** Handles one frame. @returns its type, for metrics */
-  /** `permissionsSet`: the session's count of permission changes when the frame arrived (see #handleAuthRefresh). */
+  /**
+   * Handles one frame. `permissionsSet`: the session's count of permission
+   * changes when the frame arrived (see #handleAuthRefresh).
+   * @returns its type, for metrics
+   */
   #handleFrame (session: Session, text: string, limited = false, permissionsSet = session.permissionsSet): string {
     const parsed = parseClientFrame(text)
     let frame: ClientMessage
