@@ -350,4 +350,4 @@ export const ID_PATTERN = '^[^\\u0000-\\u001F\\u007F]{1,256}$'
  * Room ids: as ID_PATTERN, but not `.` or `..`, which the admin routes could
  * never be asked about (URL parsers, fetch's included, remove such path segments).
  */
-export const ROOM_ID_PATTERN = '^(?!\\.\\.?$)[^\\u0000-\\u001F\\u007F]{1,256}$'
+export const ROOM_ID_PATTERN = '^(?!\\.\\.?$)' + ID_PATTERN.slice(1)

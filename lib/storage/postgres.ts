@@ -91,7 +91,8 @@ export class PostgresStorage implements RoomStore {
     return {
       load: () => this.load(roomId),
       save: (snapshot) => this.save(roomId, snapshot),
-      append: (changes) => this.append(roomId, changes)
+      // The id was checked above: not again at every write.
+      append: (changes) => this.#enqueue(roomId, changes)
     }
   }
 
@@ -136,9 +137,17 @@ export class PostgresStorage implements RoomStore {
 
   /** Queues a room's changes for the next group commit; resolves once committed. */
   append (roomId: string, changes: RoomChanges): Promise<void> {
+    try {
+      checkRoomId(roomId, 'PostgresStorage', true)
+    } catch (err) {
+      return Promise.reject(err)
+    }
+    return this.#enqueue(roomId, changes)
+  }
+
+  #enqueue (roomId: string, changes: RoomChanges): Promise<void> {
     if (this.#closed) return Promise.reject(new Error('PostgresStorage is closed'))
     return new Promise((resolve, reject) => {
-      checkRoomId(roomId, 'PostgresStorage', true)
       this.#queue.push({ roomId, changes, resolve, reject })
       this.#kick()
     })

@@ -163,7 +163,8 @@ export class SqliteStorage implements RoomStore {
     return {
       load: async () => this.load(roomId),
       save: async (snapshot) => this.save(roomId, snapshot),
-      append: (changes) => this.append(roomId, changes)
+      // The id was checked above: not again at every write.
+      append: (changes) => this.#enqueue(roomId, changes)
     }
   }
 
@@ -195,9 +196,17 @@ export class SqliteStorage implements RoomStore {
 
   /** Queues a room's changes for the next group commit; resolves once committed. */
   append (roomId: string, changes: RoomChanges): Promise<void> {
+    try {
+      checkRoomId(roomId, 'SqliteStorage')
+    } catch (err) {
+      return Promise.reject(err)
+    }
+    return this.#enqueue(roomId, changes)
+  }
+
+  #enqueue (roomId: string, changes: RoomChanges): Promise<void> {
     if (this.#closed) return Promise.reject(new Error('SqliteStorage is closed'))
     return new Promise((resolve, reject) => {
-      checkRoomId(roomId, 'SqliteStorage')
       this.#queue.push({ roomId, changes, resolve, reject })
       this.#scheduled ??= setImmediate(() => this.#drain())
     })
