@@ -237,3 +237,125 @@ function refused (type: ClientMessage['type'], frame: Record<string, unknown>, i
   }
   return result
 }
+
+/** The text of a frame's top-level `documentPatches` and `ephemeralPatches` values, as the client wrote them. */
+export interface PatchTexts {
+  documentPatches?: string
+  ephemeralPatches?: string
+}
+
+const QUOTE = 0x22
+const BACKSLASH = 0x5c
+const COMMA = 0x2c
+const COLON = 0x3a
+const OPEN_BRACE = 0x7b
+const CLOSE_BRACE = 0x7d
+const OPEN_BRACKET = 0x5b
+const CLOSE_BRACKET = 0x5d
+const MINUS = 0x2d
+const ZERO = 0x30
+const NINE = 0x39
+const DOT = 0x2e
+/** A number with more significant digits may parse to another value elsewhere (ECMA-262 lets engines round those). */
+const MAX_NUMBER_DIGITS = 20
+
+/**
+ * Finds the patches' text in a frame that JSON.parse has read, so that a
+ * broadcast can carry them as they came instead of serializing them again.
+ * JSON.parse gives every reader the same value for the same text (the last
+ * of duplicate keys wins everywhere), so recipients read exactly the values
+ * the room applied. Returns null, and the caller serializes, when the text
+ * holds anything JSON.stringify would not write back as the same value or
+ * as few bytes: whitespace between tokens, an escaped top-level key, a
+ * number with an exponent, a negative zero, or more than 20 digits.
+ *
+ * `raw` must be a JSON object that JSON.parse accepted: the scan does not
+ * check the grammar, only finds where each value ends.
+ */
+export function patchTexts (raw: string): PatchTexts | null {
+  if (raw.charCodeAt(0) !== OPEN_BRACE) return null
+  const texts: PatchTexts = {}
+  let i = 1
+  if (raw.charCodeAt(i) === CLOSE_BRACE) return raw.length === 2 ? texts : null
+  for (;;) {
+    if (raw.charCodeAt(i) !== QUOTE) return null
+    const keyEnd = raw.indexOf('"', i + 1)
+    const key = raw.slice(i + 1, keyEnd)
+    if (key.includes('\\') || raw.charCodeAt(keyEnd + 1) !== COLON) return null
+    const start = keyEnd + 2
+    const end = valueEnd(raw, start)
+    if (end < 0) return null
+    if (key === 'documentPatches') texts.documentPatches = raw.slice(start, end)
+    else if (key === 'ephemeralPatches') texts.ephemeralPatches = raw.slice(start, end)
+    const next = raw.charCodeAt(end)
+    if (next === CLOSE_BRACE) return end + 1 === raw.length ? texts : null
+    if (next !== COMMA) return null
+    i = end + 1
+  }
+}
+
+/** Where the JSON value starting at `i` ends, or -1 where patchTexts must give up. */
+function valueEnd (raw: string, i: number): number {
+  let depth = 0
+  for (;;) {
+    const c = raw.charCodeAt(i)
+    if (c === QUOTE) {
+      i = stringEnd(raw, i)
+    } else if (c === OPEN_BRACE || c === OPEN_BRACKET) {
+      depth++
+      i++
+      continue
+    } else if (c === CLOSE_BRACE || c === CLOSE_BRACKET) {
+      depth--
+      i++
+    } else if (c === COMMA || c === COLON) {
+      i++
+      continue
+    } else if (c === MINUS || (c >= ZERO && c <= NINE)) {
+      i = numberEnd(raw, i)
+      if (i < 0) return -1
+    } else if (c === 0x74 || c === 0x6e) { // true, null
+      i += 4
+    } else if (c === 0x66) { // false
+      i += 5
+    } else {
+      return -1 // whitespace (or the end of the text)
+    }
+    if (depth === 0) return i
+  }
+}
+
+/** Just past the closing quote of the string starting at `i`. */
+function stringEnd (raw: string, i: number): number {
+  let from = i + 1
+  for (;;) {
+    const quote = raw.indexOf('"', from)
+    if (quote < 0) return raw.length // Not JSON after all: valueEnd gives up.
+    // A quote preceded by an odd number of backslashes is escaped.
+    let backslashes = 0
+    while (raw.charCodeAt(quote - 1 - backslashes) === BACKSLASH) backslashes++
+    if (backslashes % 2 === 0) return quote + 1
+    from = quote + 1
+  }
+}
+
+/** Just past the number starting at `i`, or -1 for one JSON.stringify would write differently (see patchTexts). */
+function numberEnd (raw: string, i: number): number {
+  const negative = raw.charCodeAt(i) === MINUS
+  if (negative) i++
+  let digits = 0
+  let nonZero = false
+  for (;;) {
+    const c = raw.charCodeAt(i)
+    if (c >= ZERO && c <= NINE) {
+      digits++
+      if (c !== ZERO) nonZero = true
+    } else if (c !== DOT) {
+      // An exponent (e, E) may overflow to Infinity or hide a negative zero; anything else ends the number.
+      if (c === 0x65 || c === 0x45) return -1
+      break
+    }
+    i++
+  }
+  return digits > MAX_NUMBER_DIGITS || (negative && !nonZero) ? -1 : i
+}
