@@ -18,7 +18,19 @@ const adminToken = process.env.ADMIN_TOKEN ?? randomBytes(12).toString('base64ur
 const app = await buildDemoServer({
   dbFile: process.env.DB_FILE ?? './data/canvas-store.db',
   adminToken,
-  logger: { level: process.env.LOG_LEVEL ?? 'info' }
+  logger: {
+    level: process.env.LOG_LEVEL ?? 'info',
+    // Fastify logs each request's URL: keep the tokens of ?token= (clients' and the admin page's) out of the log.
+    serializers: {
+      req: (request) => ({
+        method: request.method,
+        url: request.url.replace(/([?&]token=)[^&]*/g, '$1[redacted]'),
+        host: request.host,
+        remoteAddress: request.ip,
+        remotePort: request.socket?.remotePort
+      })
+    }
+  }
 })
 
 for (const signal of ['SIGINT', 'SIGTERM'] as const) {

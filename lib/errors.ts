@@ -19,6 +19,18 @@ export const errors = {
   INVALID_OPTION: createError('CANVAS_STORE_INVALID_OPTION', 'Invalid option %s: %s', 500, TypeError)
 } as const
 
+/**
+ * `authorize` did not decide within `authorizeTimeoutMs`: the connection, or
+ * the session whose `auth-refresh` it was deciding, is closed with 1013, and
+ * the client tries again.
+ */
+export class AuthorizeTimeoutError extends Error {
+  constructor (ms: number) {
+    super(`Authorization timed out after ${ms} ms: try again`)
+    this.name = 'AuthorizeTimeoutError'
+  }
+}
+
 /** Codes of the `{ type: 'error', code, message }` frames sent over the WebSocket. */
 export const frameErrorCodes = {
   /** A frame of a known type whose fields have the wrong shape; it was not applied. */

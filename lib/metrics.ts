@@ -1,4 +1,5 @@
 import { Counter, Gauge, Histogram, Registry } from 'prom-client'
+import { CloseCode } from './errors.js'
 import type { RoomManager } from './room/room-manager.js'
 import type { RoomObserver } from './room/session.js'
 
@@ -78,6 +79,13 @@ export class Metrics implements RoomObserver {
   }
 
   closed (code: number): void {
-    this.#closes.inc({ code: String(code) })
+    this.#closes.inc({ code: COUNTED_CLOSE_CODES.has(code) ? String(code) : 'other' })
   }
 }
+
+/**
+ * Close codes counted under their own label: RFC 6455's and the plugin's.
+ * A client picks its own close code (3000-4999): those are counted as
+ * `other`, or any client could add some two thousand series.
+ */
+const COUNTED_CLOSE_CODES = new Set<number>([...Array.from({ length: 16 }, (_, i) => 1000 + i), ...Object.values(CloseCode)])

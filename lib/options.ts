@@ -1,7 +1,7 @@
 import type { FastifyRequest, onRequestHookHandler, preHandlerHookHandler } from 'fastify'
 import { errors } from './errors.js'
 import type { SessionPermission } from './protocol/types.js'
-import type { RateLimit, RoomLimits, SlowClientPolicy } from './room/limits.js'
+import { DEFAULT_LIMITS, DEFAULT_RATE_LIMIT, DEFAULT_SLOW_CLIENT, type RateLimit, type RoomLimits, type SlowClientPolicy } from './room/limits.js'
 import type { Durability } from './room/persistence.js'
 import type { CreateStorage, RoomStore } from './storage/storage.js'
 import { MAX_TIMER_MS } from './room/slots.js'
@@ -68,6 +68,14 @@ export interface CanvasStoreOptions {
    * @default every connection is `readwrite` (a warning is logged once)
    */
   authorize?: Authorize
+  /**
+   * How long `authorize` may take to decide a connection or an
+   * `auth-refresh` (ms). A connection still undecided is closed with 1013
+   * (the client retries); a refresh still undecided closes its session with
+   * 1013 (the frames it held are not applied). At most 2147483647; 0: no bound.
+   * @default 10000
+   */
+  authorizeTimeoutMs?: number
   /**
    * Makes the storage of a room.
    * @default an in-memory store per room, kept for the life of the process
@@ -196,6 +204,7 @@ export const DEFAULTS = {
   path: '/sync',
   saveThrottleMs: 1000,
   storageFailureTimeoutMs: 10_000,
+  authorizeTimeoutMs: 10_000,
   idleTimeout: 30_000,
   maxPayload: 1024 * 1024,
   maxQueuedFrames: 64,
@@ -215,6 +224,7 @@ export interface ResolvedOptions {
   durability: Durability
   saveThrottleMs: number
   storageFailureTimeoutMs: number
+  authorizeTimeoutMs: number
   idleTimeout: number
   maxPayload: number
   maxQueuedFrames: number
@@ -238,8 +248,9 @@ export interface ResolvedOptions {
  */
 export function resolveOptions (opts: CanvasStoreOptions = {}): ResolvedOptions {
   const fail = (name: string, why: string): never => { throw new errors.INVALID_OPTION(name, why) }
+  if (typeof opts !== 'object' || opts === null) fail('options', 'must be an object')
   const path = opts.path ?? DEFAULTS.path
-  if (typeof path !== 'string' || !path.startsWith('/')) fail('path', 'must be a string starting with "/"')
+  checkPath('path', path, fail)
   if (opts.authorize !== undefined && typeof opts.authorize !== 'function') fail('authorize', 'must be a function')
   if (opts.createStorage !== undefined && typeof opts.createStorage !== 'function') fail('createStorage', 'must be a function (roomId) => Storage')
   if (opts.storage !== undefined) {
@@ -249,48 +260,47 @@ export function resolveOptions (opts: CanvasStoreOptions = {}): ResolvedOptions 
   if (opts.presenceBatching !== undefined && typeof opts.presenceBatching !== 'boolean') fail('presenceBatching', 'must be a boolean')
   const durability = opts.durability ?? 'durable'
   if (durability !== 'durable' && durability !== 'throttled') fail('durability', "must be 'durable' or 'throttled'")
-  const number = (name: keyof typeof DEFAULTS, min: number, max = Number.MAX_VALUE): number => {
+  const number = (name: Exclude<keyof typeof DEFAULTS, 'path'>, min: number, max = Number.MAX_VALUE): number => {
     const value = opts[name] ?? DEFAULTS[name]
     if (typeof value !== 'number' || !Number.isFinite(value) || value < min) fail(name, `must be a number >= ${min}`)
     if ((value as number) > max) fail(name, `must be at most ${max} ms (the longest timer Node arms; longer ones fire at once)`)
     return value as number
   }
+  /** A count or a size in bytes. */
+  const integer = (name: Exclude<keyof typeof DEFAULTS, 'path'>, min: number): number => {
+    const value = number(name, min)
+    if (!Number.isInteger(value)) fail(name, 'must be an integer')
+    return value
+  }
   let admin: ResolvedOptions['admin']
   if (opts.admin !== undefined) {
-    if (typeof opts.admin !== 'object' || opts.admin === null) fail('admin', 'must be an object')
+    if (!isObject(opts.admin)) fail('admin', 'must be an object')
     const onRequest = hooks('admin.onRequest', opts.admin.onRequest, fail)
     const preHandler = hooks('admin.preHandler', opts.admin.preHandler, fail)
     const prefix = opts.admin.prefix ?? ''
-    if (typeof prefix !== 'string' || (prefix !== '' && !prefix.startsWith('/'))) fail('admin.prefix', 'must be "" or a string starting with "/"')
+    if (prefix !== '') checkPath('admin.prefix', prefix, fail, 'must be "" or a path starting with "/"')
     if (opts.admin.auth !== undefined && opts.admin.auth !== false) fail('admin.auth', 'can only be false')
     const page = opts.admin.page === true ? '/ui' : opts.admin.page === false ? undefined : opts.admin.page
-    if (page !== undefined && (typeof page !== 'string' || !page.startsWith('/'))) fail('admin.page', 'must be a boolean or a path starting with "/"')
+    if (page !== undefined) checkPath('admin.page', page, fail, 'must be a boolean or a path starting with "/"')
     // Fail closed: no hook and no explicit opt-out means no admin routes.
     if (onRequest.length > 0 || preHandler.length > 0 || opts.admin.auth === false) {
       admin = { onRequest, preHandler, prefix: prefix.replace(/\/$/, ''), page }
     }
   }
-  const health = opts.health === undefined || opts.health === false
-    ? undefined
-    : { healthPath: '/health', readyPath: '/ready', ...(opts.health === true ? {} : opts.health) }
+  const health = feature('health', opts.health, { healthPath: '/health', readyPath: '/ready' }, fail)
   if (health !== undefined) {
-    for (const key of ['healthPath', 'readyPath'] as const) {
-      if (typeof health[key] !== 'string' || !health[key].startsWith('/')) fail(`health.${key}`, 'must be a path starting with "/"')
-    }
+    for (const key of ['healthPath', 'readyPath'] as const) checkPath(`health.${key}`, health[key], fail)
   }
-  const metrics = opts.metrics === undefined || opts.metrics === false
-    ? undefined
-    : { path: '/metrics', ...(opts.metrics === true ? {} : opts.metrics) }
+  const metrics = feature('metrics', opts.metrics, { path: '/metrics' }, fail)
   if (metrics !== undefined) {
-    if (typeof metrics.path !== 'string' || !metrics.path.startsWith('/')) fail('metrics.path', 'must be a path starting with "/"')
+    checkPath('metrics.path', metrics.path, fail)
     if (admin === undefined) fail('metrics', 'is served behind the admin hooks: give admin.onRequest (or admin.auth: false)')
   }
-  const openapi = opts.openapi === undefined || opts.openapi === false
-    ? undefined
-    : { path: '/openapi.json', ui: false, uiPrefix: '/documentation', ...(opts.openapi === true ? {} : opts.openapi) }
+  const openapi = feature('openapi', opts.openapi, { path: '/openapi.json', ui: false, uiPrefix: '/documentation' }, fail)
   if (openapi !== undefined) {
-    if (typeof openapi.path !== 'string' || !openapi.path.startsWith('/')) fail('openapi.path', 'must be a path starting with "/"')
-    if (typeof openapi.uiPrefix !== 'string' || !openapi.uiPrefix.startsWith('/')) fail('openapi.uiPrefix', 'must be a path starting with "/"')
+    checkPath('openapi.path', openapi.path, fail)
+    checkPath('openapi.uiPrefix', openapi.uiPrefix, fail)
+    if (typeof openapi.ui !== 'boolean') fail('openapi.ui', 'must be a boolean')
   }
   return {
     path,
@@ -299,15 +309,17 @@ export function resolveOptions (opts: CanvasStoreOptions = {}): ResolvedOptions 
     durability,
     saveThrottleMs: number('saveThrottleMs', 0, MAX_TIMER_MS),
     storageFailureTimeoutMs: number('storageFailureTimeoutMs', 0, MAX_TIMER_MS),
+    authorizeTimeoutMs: number('authorizeTimeoutMs', 0, MAX_TIMER_MS),
     idleTimeout: number('idleTimeout', 0, MAX_TIMER_MS),
-    maxPayload: number('maxPayload', 1024),
-    maxQueuedFrames: number('maxQueuedFrames', 1),
-    maxQueuedBytes: number('maxQueuedBytes', 1024),
-    maxRooms: number('maxRooms', 1),
+    maxPayload: integer('maxPayload', 1024),
+    maxQueuedFrames: integer('maxQueuedFrames', 1),
+    maxQueuedBytes: integer('maxQueuedBytes', 1024),
+    maxRooms: integer('maxRooms', 1),
     heartbeatInterval: number('heartbeatInterval', 0, MAX_TIMER_MS),
-    limits: numbers('limits', opts.limits, fail),
-    rateLimit: opts.rateLimit === false ? false : numbers('rateLimit', opts.rateLimit, fail),
-    slowClient: opts.slowClient === false ? false : numbers('slowClient', opts.slowClient, fail),
+    // Every limit is a count or a size in bytes.
+    limits: numbers('limits', opts.limits, DEFAULT_LIMITS, Object.keys(DEFAULT_LIMITS), fail),
+    rateLimit: opts.rateLimit === false ? false : numbers('rateLimit', opts.rateLimit, DEFAULT_RATE_LIMIT, ['closeAfter'], fail),
+    slowClient: opts.slowClient === false ? false : numbers('slowClient', opts.slowClient, DEFAULT_SLOW_CLIENT, [], fail),
     connectionRateLimit: connectionRateLimit(opts.connectionRateLimit, fail),
     presenceBatching: opts.presenceBatching ?? true,
     health,
@@ -317,19 +329,43 @@ export function resolveOptions (opts: CanvasStoreOptions = {}): ResolvedOptions 
   }
 }
 
-/** Checks an object of positive numbers (limits, rates). */
-function numbers<T extends object> (name: string, value: T | undefined, fail: (name: string, why: string) => never): T | undefined {
+/**
+ * Checks an object of positive numbers (limits, rates) against the keys of
+ * its defaults, so that a misspelt key fails instead of being ignored;
+ * `integers`: the keys that only take whole numbers.
+ */
+function numbers<T extends object> (name: string, value: Partial<T> | undefined, defaults: T, integers: readonly string[], fail: (name: string, why: string) => never): Partial<T> | undefined {
   if (value === undefined) return undefined
-  if (typeof value !== 'object' || value === null) fail(name, 'must be an object')
+  if (!isObject(value)) fail(name, 'must be an object')
   for (const [key, v] of Object.entries(value)) {
+    if (!Object.hasOwn(defaults, key)) fail(`${name}.${key}`, `is not an option (known: ${Object.keys(defaults).join(', ')})`)
     if (typeof v !== 'number' || !Number.isFinite(v) || v <= 0) fail(`${name}.${key}`, 'must be a number > 0')
+    if (integers.includes(key) && !Number.isInteger(v)) fail(`${name}.${key}`, 'must be an integer')
   }
   return value
 }
 
+/** An option that is off (undefined, false), on with its defaults (true), or on with some settings (an object). */
+function feature<T extends object> (name: string, value: boolean | Partial<T> | undefined, defaults: T, fail: (name: string, why: string) => never): T | undefined {
+  if (value === undefined || value === false) return undefined
+  if (value === true) return { ...defaults }
+  if (!isObject(value)) fail(name, 'must be a boolean or an object')
+  return { ...defaults, ...value }
+}
+
+/** A route path: starts with "/", and holds nothing a request's path cannot (a query, a fragment, spaces). */
+function checkPath (name: string, value: unknown, fail: (name: string, why: string) => never, why = 'must be a path starting with "/"'): void {
+  if (typeof value !== 'string' || !value.startsWith('/')) fail(name, why)
+  if (/[?#\s]/.test(value as string)) fail(name, 'must be a path without "?", "#" or spaces')
+}
+
+function isObject (value: unknown): value is object {
+  return typeof value === 'object' && value !== null && !Array.isArray(value)
+}
+
 function connectionRateLimit (value: CanvasStoreOptions['connectionRateLimit'], fail: (name: string, why: string) => never): ResolvedOptions['connectionRateLimit'] {
   if (value === false) return false
-  if (value !== undefined && (typeof value !== 'object' || value === null)) fail('connectionRateLimit', 'must be an object or false')
+  if (value !== undefined && !isObject(value)) fail('connectionRateLimit', 'must be an object or false')
   const merged = { ...DEFAULT_CONNECTION_RATE_LIMIT, ...value }
   if (!Number.isInteger(merged.max) || merged.max < 1) fail('connectionRateLimit.max', 'must be an integer >= 1')
   if (typeof merged.timeWindow !== 'number' || !(merged.timeWindow > 0)) fail('connectionRateLimit.timeWindow', 'must be a number of ms > 0')

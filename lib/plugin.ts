@@ -9,7 +9,7 @@ import { resolveOptions, type CanvasStoreOptions, type ResolvedOptions } from '.
 import { catchUpAllowance } from './room/catch-up.js'
 import type { RoomOptions } from './room/room.js'
 import { RoomManager } from './room/room-manager.js'
-import { checkResult } from './routes/ws.js'
+import { callAuthorize, checkResult, decideWithin } from './routes/ws.js'
 import { adminRoutes } from './routes/admin.js'
 import { healthRoutes } from './routes/health.js'
 import { wsRoutes } from './routes/ws.js'
@@ -51,7 +51,7 @@ const canvasStore: FastifyPluginAsync<CanvasStoreOptions> = async (fastify, opts
     logger: log,
     onTokenRefresh: options.authorize === undefined
       ? undefined
-      : async (_room, { clientId, token }) => checkResult(await options.authorize!({ roomId, clientId, token, request: undefined }))
+      : async (_room, { clientId, token }) => checkResult(await decideWithin(callAuthorize(options.authorize!, { roomId, clientId, token, request: undefined }), options.authorizeTimeoutMs))
   })
 
   // Turn new sockets away and close open ones with 1001 before the server stops listening.
@@ -76,27 +76,30 @@ const canvasStore: FastifyPluginAsync<CanvasStoreOptions> = async (fastify, opts
     })
   }
 
-  if (options.openapi !== undefined) await registerOpenapi(fastify, options.openapi)
-
   fastify.decorate('canvasStore', { getter: () => manager })
   // Sessions are closed by now, so the snapshots taken here are final.
   fastify.addHook('onClose', async () => manager.closeAll())
 
-  await fastify.register(wsRoutes, { options, manager, roomOptions, sockets, draining: () => draining, metrics })
-  if (options.health !== undefined) {
-    await fastify.register(healthRoutes, {
-      ...options.health,
-      manager,
-      storage: opts.storage,
-      draining: () => draining,
-      timeoutMs: 2000
-    })
-  }
-  if (options.admin !== undefined) {
-    await fastify.register(adminRoutes, { admin: options.admin, manager, metrics, metricsPath: options.metrics?.path, prefix: options.admin.prefix })
-  } else if (opts.admin !== undefined) {
-    log.warn('admin routes not registered: give admin.onRequest (or preHandler) hooks, or admin.auth: false')
-  }
+  // The routes in a scope of their own (the prefix and hooks of the app's context still apply): @fastify/swagger,
+  // when the plugin registers it, then describes them alone, and its decorator stays out of the app's context.
+  await fastify.register(async (scope) => {
+    if (options.openapi !== undefined) await registerOpenapi(scope, options.openapi)
+    await scope.register(wsRoutes, { options, manager, roomOptions, sockets, draining: () => draining, metrics })
+    if (options.health !== undefined) {
+      await scope.register(healthRoutes, {
+        ...options.health,
+        manager,
+        storage: opts.storage,
+        draining: () => draining,
+        timeoutMs: 2000
+      })
+    }
+    if (options.admin !== undefined) {
+      await scope.register(adminRoutes, { admin: options.admin, manager, metrics, metricsPath: options.metrics?.path, prefix: options.admin.prefix })
+    } else if (opts.admin !== undefined) {
+      log.warn('admin routes not registered: give admin.onRequest (or preHandler) hooks, or admin.auth: false')
+    }
+  })
 }
 
 /** Registers @fastify/swagger (unless the app has it) and serves the spec; optionally the UI. */

@@ -120,6 +120,46 @@ t.test('authorize returning no valid permissions refuses the connection with 100
   t.equal((await a.closed).code, 1008)
 })
 
+t.test('authorize metadata that JSON cannot hold refuses the connection (1008); metadata is kept as its JSON copy', async (t) => {
+  const circular: Record<string, unknown> = {}
+  circular.self = circular
+  const byClient: Record<string, unknown> = { big: 10n, circular, fn: () => 1, date: new Date(0), nested: { keep: 1, drop: () => 2 } }
+  const app = await build(t, { authorize: ({ clientId }) => ({ permissions: 'readwrite', metadata: byClient[clientId] }), admin: { auth: false } })
+  for (const clientId of ['big', 'circular']) {
+    const peer = await connect(app, { roomId: 'r', clientId })
+    const { code, reason } = await peer.closed
+    t.equal(code, 1008, clientId)
+    t.match(reason, /^authorize returned metadata that JSON cannot hold/, clientId)
+  }
+  for (const clientId of ['fn', 'date', 'nested']) await joined(app, { clientId })
+  const sessions = (await app.inject('/rooms/r/sessions')).json()
+  t.strictSame(sessions.map((s: any) => [s.clientId, s.metadata]), [['fn', undefined], ['date', '1970-01-01T00:00:00.000Z'], ['nested', { keep: 1 }]])
+  const [fn] = roomOf(app).getSessions()
+  t.equal(fn.metadata, undefined, 'a function is no metadata')
+  t.equal((await app.inject({ method: 'PATCH', url: `/rooms/r/sessions/${fn.sessionId}`, payload: { permissions: 'readonly' } })).statusCode, 200)
+})
+
+t.test('authorize that does not decide within authorizeTimeoutMs: the connection is closed with 1013, and the room is not loaded', async (t) => {
+  const never = new Promise<AuthorizeResult>(() => {})
+  const app = await build(t, { authorize: () => never, authorizeTimeoutMs: 20 })
+  const a = await connect(app, { roomId: 'r', clientId: 'a' })
+  t.strictSame(await a.closed, { code: 1013, reason: 'Authorization timed out after 20 ms: try again' })
+  t.strictSame(app.canvasStore.getRoomIds(), [])
+})
+
+t.test('an auth-refresh that authorize does not decide in time closes its session with 1013; its held frames are not applied', async (t) => {
+  const app = await build(t, {
+    authorize: (info) => info.request === undefined ? new Promise<AuthorizeResult>(() => {}) : { permissions: 'readwrite' },
+    authorizeTimeoutMs: 50
+  })
+  const a = await joined(app, { clientId: 'a' })
+  a.send({ type: 'auth-refresh', token: 'slow' })
+  a.send({ type: 'patch', messageId: 'm1', documentPatches: [{ 'e1/A': { _exists: true } }] })
+  t.strictSame(await a.closed, { code: 1013, reason: 'Authorization timed out after 50 ms: try again' })
+  t.equal(roomOf(app).getSessionCount(), 0)
+  t.strictSame(snapshotOf(app).state, {})
+})
+
 for (const [status, code] of [[401, 4401], [403, 4403]]) {
   t.test(`authorize throwing an error with statusCode ${status} closes with ${code}`, async (t) => {
     const app = await build(t, { authorize: async () => { throw httpError(status, `refused with ${status}`) } })

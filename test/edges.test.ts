@@ -3,6 +3,7 @@
  * pins down: the `code` of a refused upgrade, close reasons cut to what the
  * WebSocket protocol allows, and frames sent just before a close.
  */
+import rateLimit from '@fastify/rate-limit'
 import t from 'tap'
 import { build, connect, connectReal, listen } from './helper.js'
 
@@ -31,6 +32,16 @@ t.test('too many upgrade attempts: HTTP 429 with a code and the retry delay', as
   const res = await app.inject({ method: 'GET', url: '/sync?roomId=r&clientId=b' })
   t.equal(res.statusCode, 429)
   t.match(res.json(), { statusCode: 429, code: 'CANVAS_STORE_TOO_MANY_CONNECTIONS', message: /retry in \d/ })
+})
+
+t.test('an app that registered @fastify/rate-limit globally: the upgrade route still answers 429 with its code', async (t) => {
+  const app = await build(t, { connectionRateLimit: { max: 1, timeWindow: 60_000, allowList: [] } }, async (app) => {
+    await app.register(rateLimit, { global: true })
+  })
+  await app.inject({ method: 'GET', url: '/sync?roomId=r&clientId=a' })
+  const res = await app.inject({ method: 'GET', url: '/sync?roomId=r&clientId=b' })
+  t.equal(res.statusCode, 429)
+  t.match(res.json(), { statusCode: 429, code: 'CANVAS_STORE_TOO_MANY_CONNECTIONS' })
 })
 
 t.test('a close reason longer than 123 bytes of UTF-8 is cut to fit, on a character boundary', async (t) => {

@@ -1,4 +1,7 @@
+import swagger from '@fastify/swagger'
+import Fastify from 'fastify'
 import t from 'tap'
+import canvasStore from '../lib/index.js'
 import { SqliteStorage, type IncrementalStorage, type RoomStore } from '../lib/index.js'
 import { Metrics } from '../lib/metrics.js'
 import type { RoomManager } from '../lib/room/room-manager.js'
@@ -120,6 +123,27 @@ t.test('metrics: storage writes and failures, closes by code', async (t) => {
   t.match(body, /canvas_store_storage_write_seconds_count 2\n/, 'both writes are timed')
 })
 
+t.test('metrics: a close code the client picks is counted as other', async (t) => {
+  const app = await build(t, { admin: { auth: false }, metrics: true })
+  const base = await listen(app)
+  for (const code of [3001, 4999, 1000]) {
+    const a = await connectReal(base, { roomId: 'r', clientId: `c${code}` })
+    await a.join()
+    a.ws.close(code)
+    await a.closed
+  }
+  const body = await new Promise<string>((resolve) => {
+    const poll = async (): Promise<void> => {
+      const text = (await app.inject('/metrics')).body
+      if (/canvas_store_closes_total\{code="1000"\} 1/.test(text)) resolve(text)
+      else setImmediate(poll)
+    }
+    poll()
+  })
+  t.match(body, /canvas_store_closes_total\{code="other"\} 2\n/)
+  t.notMatch(body, /code="3001"|code="4999"/)
+})
+
 t.test('metrics need admin routes', async (t) => {
   await t.rejects(build(t, { metrics: true }), { code: 'CANVAS_STORE_INVALID_OPTION', message: /metrics/ })
 })
@@ -135,6 +159,35 @@ t.test('OpenAPI: the admin and health routes, with error codes', async (t) => {
   t.ok(patch.requestBody, 'the PATCH body is described')
   t.ok(patch.responses['404'].content['application/json'].schema.properties.code, 'error replies list code')
   t.notOk(Object.keys(spec.paths).some((p) => p.startsWith('/sync')), 'the WebSocket route is hidden')
+})
+
+t.test('OpenAPI: the plugin\'s own @fastify/swagger describes its routes alone and leaves the app free to register its own', async (t) => {
+  const app = Fastify({ logger: false })
+  t.teardown(() => app.close())
+  await app.register(canvasStore, { admin: { auth: false, prefix: '/admin' }, openapi: true })
+  app.get('/internal/billing', async () => 'private')
+  // An app's own swagger, registered after the plugin, in the same context.
+  await app.register(swagger, { openapi: { info: { title: 'app', version: '1' } } })
+  app.get('/app-spec', async () => app.swagger())
+  await app.ready()
+  const paths = Object.keys((await app.inject('/openapi.json')).json().paths)
+  t.ok(paths.includes('/admin/rooms'))
+  t.notOk(paths.includes('/internal/billing'), 'not the app\'s routes')
+  t.equal((await app.inject('/app-spec')).json().info.title, 'app')
+})
+
+t.test('admin page under a parent prefix: its requests go to the whole prefix; it cannot be framed', async (t) => {
+  const app = Fastify({ logger: false })
+  t.teardown(() => app.close())
+  await app.register(async (scope) => {
+    await scope.register(canvasStore, { admin: { auth: false, prefix: '/admin', page: true } })
+  }, { prefix: '/v1' })
+  const res = await app.inject('/v1/admin/ui')
+  t.equal(res.statusCode, 200)
+  t.match(res.body, /const base = "\/v1\/admin"/)
+  t.equal((await app.inject('/v1/admin/rooms')).statusCode, 200, 'where the page looks')
+  t.equal(res.headers['x-frame-options'], 'DENY')
+  t.match(String(res.headers['content-security-policy']), /frame-ancestors 'none'/)
 })
 
 t.test('admin page: behind the hooks, no external assets', async (t) => {

@@ -22,7 +22,22 @@ const invalid: Array<[string, string, unknown]> = [
   ['admin.prefix without a leading "/"', 'admin.prefix', { admin: { auth: false, prefix: 'admin' } }],
   ['admin.prefix not a string', 'admin.prefix', { admin: { auth: false, prefix: 7 } }],
   ['admin.onRequest not a function', 'admin.onRequest', { admin: { onRequest: 'hook' } }],
-  ['admin not an object', 'admin', { admin: true }]
+  ['admin not an object', 'admin', { admin: true }],
+  ['admin an array', 'admin', { admin: [] }],
+  ['a misspelt limit', 'limits.maxSesions', { limits: { maxSesions: 5 } }],
+  ['limits an array', 'limits', { limits: [] }],
+  ['a fractional limit', 'limits.maxSessions', { limits: { maxSessions: 0.5 } }],
+  ['a misspelt rate limit', 'rateLimit.framesPerSec', { rateLimit: { framesPerSec: 5 } }],
+  ['a fractional closeAfter', 'rateLimit.closeAfter', { rateLimit: { closeAfter: 1.5 } }],
+  ['a misspelt slow-client setting', 'slowClient.soft', { slowClient: { soft: 5 } }],
+  ['a fractional maxRooms', 'maxRooms', { maxRooms: 1.5 }],
+  ['negative authorizeTimeoutMs', 'authorizeTimeoutMs', { authorizeTimeoutMs: -1 }],
+  ['health a string', 'health', { health: 'yes' }],
+  ['metrics a number', 'metrics', { admin: { auth: false }, metrics: 5 }],
+  ['openapi.ui a string', 'openapi.ui', { openapi: { ui: 'no' } }],
+  ['a path with a query', 'path', { path: '/sync?v=1' }],
+  ['a health path with a query', 'health.healthPath', { health: { healthPath: '/h?x' } }],
+  ['an admin prefix with a space', 'admin.prefix', { admin: { auth: false, prefix: '/ad min' } }]
 ]
 
 for (const [name, option, opts] of invalid) {

@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto'
-import { CloseCode, closeReason, frameErrorCodes } from '../errors.js'
+import { AuthorizeTimeoutError, CloseCode, closeReason, frameErrorCodes } from '../errors.js'
 import { parseClientFrame, patchTexts, type InvalidFrame } from '../protocol/frames.js'
 import { PROTOCOL_VERSION } from '../protocol/types.js'
 import type {
@@ -1254,11 +1254,13 @@ export function safeClose (socket: WebSocketLike, code: number, reason: string):
 
 /**
  * Close code and reason for a refused authorization: 4401/4403 when the
- * error carries statusCode 401/403, 1008 otherwise.
+ * error carries statusCode 401/403, 1013 when authorize timed out, 1008
+ * otherwise.
  */
 export function refusal (err: unknown): [number, string] {
   const status = (err as { statusCode?: unknown } | null)?.statusCode
   const message = err instanceof Error && err.message !== '' ? err.message : 'Unauthorized'
+  if (err instanceof AuthorizeTimeoutError) return [CloseCode.TRY_AGAIN_LATER, message]
   if (status === 401) return [CloseCode.UNAUTHORIZED, message]
   if (status === 403) return [CloseCode.FORBIDDEN, message]
   return [CloseCode.POLICY_VIOLATION, message]

@@ -35,7 +35,7 @@ export function adminPage (prefix: string): string {
 <table id="sessions"><thead><tr><th>Session</th><th>Client</th><th>Permissions</th><th>Metadata</th><th></th></tr></thead><tbody></tbody></table>
 <script>
 (() => {
-  const base = ${JSON.stringify(prefix)}
+  const base = ${JSON.stringify(prefix).replace(/</g, '\\u003c')}
   // A ?token= stays in the address bar: hooks that read it for the page itself keep working on reload.
   const params = new URLSearchParams(location.search)
   if (params.has('token')) sessionStorage.setItem('canvas-store-admin-token', params.get('token'))

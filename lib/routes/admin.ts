@@ -100,9 +100,13 @@ export const adminRoutes: FastifyPluginAsync<AdminRouteOptions> = async (fastify
   }
 
   if (admin.page !== undefined) {
-    const html = adminPage(admin.prefix)
+    // The whole prefix, the app's own included (the plugin registered under a prefix), for the page's requests.
+    const html = adminPage(fastify.prefix)
     app.get(admin.page, { schema: { hide: true } }, async (_request, reply) => {
-      reply.type('text/html; charset=utf-8').header('content-security-policy', "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data:")
+      // Not to be framed: its buttons act with the administrator's cookies (clickjacking).
+      reply.type('text/html; charset=utf-8')
+        .header('content-security-policy', "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data:; frame-ancestors 'none'")
+        .header('x-frame-options', 'DENY')
       return html
     })
   }

@@ -3,7 +3,7 @@ import { randomBytes } from 'node:crypto'
 import { TypeBoxValidatorCompiler, type TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
 import type { FastifyBaseLogger, FastifyInstance, FastifyPluginAsync } from 'fastify'
 import type { RawData, WebSocket } from 'ws'
-import { CloseCode, closeReason, errors } from '../errors.js'
+import { AuthorizeTimeoutError, CloseCode, closeReason, errors } from '../errors.js'
 import type { Authorize, AuthorizeInfo, AuthorizeResult, ResolvedOptions } from '../options.js'
 import { refusal, type Room, type RoomOptions } from '../room/room.js'
 import { RoomLimitError, type RoomManager } from '../room/room-manager.js'
@@ -37,12 +37,10 @@ export const wsRoutes: FastifyPluginAsync<WsRouteOptions> = async (fastify: Fast
   app.setValidatorCompiler(TypeBoxValidatorCompiler)
   const authorize = options.authorize ?? (() => ({ permissions: 'readwrite' as const }))
   const limit = options.connectionRateLimit
+  const tooMany = (_request: unknown, context: { after: string }): Error => new errors.TOO_MANY_CONNECTIONS(context.after)
   if (limit !== false) {
     // Scoped to this child plugin: only the upgrade route is limited, before the upgrade (HTTP 429).
-    await app.register(rateLimit, {
-      global: false,
-      errorResponseBuilder: (_request, context) => new errors.TOO_MANY_CONNECTIONS(context.after)
-    })
+    await app.register(rateLimit, { global: false, errorResponseBuilder: tooMany })
   }
 
   // Heartbeat: one timer for every socket. A socket that did not answer the previous ping is cut.
@@ -83,7 +81,8 @@ export const wsRoutes: FastifyPluginAsync<WsRouteOptions> = async (fastify: Fast
     method: 'GET',
     url: options.path,
     schema: { querystring: ConnectQuery, hide: true },
-    config: limit === false ? {} : { rateLimit: { max: limit.max, timeWindow: limit.timeWindow, allowList: limit.allowList } },
+    // The route's own errorResponseBuilder too: an app that registered @fastify/rate-limit globally answers first.
+    config: limit === false ? {} : { rateLimit: { max: limit.max, timeWindow: limit.timeWindow, allowList: limit.allowList, errorResponseBuilder: tooMany } },
     // A request without the upgrade (a browser tab, a health check pointed at the wrong path): 426, with its code.
     handler: async (_request, reply) => {
       reply.header('upgrade', 'websocket')
@@ -139,7 +138,8 @@ export const wsRoutes: FastifyPluginAsync<WsRouteOptions> = async (fastify: Fast
         if (conn.sessionId !== undefined) conn.room!.handleSocketError(conn.sessionId)
       })
 
-      accept(conn, socket, callAuthorize(authorize, { roomId, clientId, token, request }), { roomId, clientId, log, manager, roomOptions, loadTimeoutMs: options.storageFailureTimeoutMs }).catch((err: unknown) => {
+      const authorization = decideWithin(callAuthorize(authorize, { roomId, clientId, token, request }), options.authorizeTimeoutMs)
+      accept(conn, socket, authorization, { roomId, clientId, log, manager, roomOptions, loadTimeoutMs: options.storageFailureTimeoutMs }).catch((err: unknown) => {
         log.error({ err }, 'accepting the connection failed')
         socket.close(CloseCode.INTERNAL_ERROR, 'Internal error')
       })
@@ -148,7 +148,7 @@ export const wsRoutes: FastifyPluginAsync<WsRouteOptions> = async (fastify: Fast
 }
 
 /** Runs authorize, turning a synchronous throw into a rejection. */
-function callAuthorize (authorize: Authorize, info: AuthorizeInfo): Promise<AuthorizeResult> {
+export function callAuthorize (authorize: Authorize, info: AuthorizeInfo): Promise<AuthorizeResult> {
   try {
     return Promise.resolve(authorize(info))
   } catch (err) {
@@ -178,7 +178,8 @@ async function accept (
     result = checkResult(await authorization)
   } catch (err) {
     const [code, reason] = refusal(err)
-    log.info({ code, reason }, 'connection refused by authorize')
+    if (err instanceof AuthorizeTimeoutError) log.warn('authorize did not decide in time: connection closed')
+    else log.info({ code, reason }, 'connection refused by authorize')
     socket.close(code, closeReason(reason))
     return
   }
@@ -220,28 +221,51 @@ async function accept (
  * on, and later connections to the room wait for the same one.
  */
 async function boundedLoad (load: Promise<Room>, ms: number): Promise<Room> {
-  // 0: no bound (the option is checked to be a timer's delay, 0 to 2^31 - 1).
-  if (ms === 0) return await load
+  return await within(load, ms, () => new Error(`storage has not answered the room's load for ${ms} ms`))
+}
+
+/** authorize's decision, or an AuthorizeTimeoutError once it has been pending for `ms` (0: no bound). */
+export async function decideWithin (decision: Promise<AuthorizeResult>, ms: number): Promise<AuthorizeResult> {
+  return await within(decision, ms, () => new AuthorizeTimeoutError(ms))
+}
+
+/** `work`'s result, or the error `late` makes once it has been pending for `ms` (0: no bound; it goes on unwatched). */
+async function within<T> (work: Promise<T>, ms: number, late: () => Error): Promise<T> {
+  // 0: no bound (the options are checked to be a timer's delay, 0 to 2^31 - 1).
+  if (ms === 0) return await work
   let timer: NodeJS.Timeout | undefined
-  const late = new Promise<never>((_resolve, reject) => {
-    timer = setTimeout(() => reject(new Error(`storage has not answered the room's load for ${ms} ms`)), ms)
+  const bound = new Promise<never>((_resolve, reject) => {
+    timer = setTimeout(() => reject(late()), ms)
   })
   // Settles unwatched when the bound won.
-  load.catch(() => {})
+  work.catch(() => {})
   try {
-    return await Promise.race([load, late])
+    return await Promise.race([work, bound])
   } finally {
     clearTimeout(timer)
   }
 }
 
-/** Refuses an authorize result without valid permissions (a bug in the user's authorize). */
+/**
+ * Checks an authorize result (a bug in the user's authorize is refused):
+ * valid permissions, and metadata that JSON can hold, kept as its JSON copy
+ * (what the admin routes show is what was decided, and later changes to the
+ * app's object do not leak in).
+ */
 export function checkResult (result: AuthorizeResult | null | undefined): AuthorizeResult {
   const permissions = result?.permissions
   if (permissions !== 'readwrite' && permissions !== 'readonly') {
     throw new Error('authorize returned no valid permissions')
   }
-  return result!
+  const metadata = result!.metadata
+  if (metadata === undefined) return { permissions }
+  let text: string | undefined
+  try {
+    text = JSON.stringify(metadata)
+  } catch (err) {
+    throw new Error(`authorize returned metadata that JSON cannot hold (${err instanceof Error ? err.message : String(err)})`)
+  }
+  return text === undefined ? { permissions } : { permissions, metadata: JSON.parse(text) as unknown }
 }
 
 function byteLength (data: RawData): number {
