@@ -66,6 +66,15 @@ export class Persistence {
   readonly holding: boolean
   /** Keys changed since the last write was cut (incremental path). */
   #changed = new Set<string>()
+  /**
+   * A document frame moved the counter since the last write was cut
+   * (incremental path). A frame whose patches stored nothing (a partial
+   * update of a deleted key) moves it too, as the protocol says, and its ack
+   * carries it: the next write holds the counter even without a key, or a
+   * restart would give that counter to another frame, which a client that
+   * was acked with it would never be sent.
+   */
+  #counterMoved = false
   /** Something changed since the last snapshot was cut (snapshot path). */
   #dirty = false
   #seq = 0
@@ -99,11 +108,12 @@ export class Persistence {
   /** Number of the last write that committed. */
   get committed (): number { return this.#committed }
 
-  /** Records the keys a document frame stored and schedules their write. */
+  /** Records the keys a document frame stored (maybe none: it moved the counter all the same) and schedules their write. */
   noteChanges (keys: readonly string[]): void {
     if (this.#o.storage === undefined) return
     if (this.#incremental !== undefined) {
       for (const key of keys) this.#changed.add(key)
+      this.#counterMoved = true
     } else {
       this.#dirty = true
     }
@@ -147,7 +157,7 @@ export class Persistence {
   }
 
   #pending (): boolean {
-    return this.#incremental !== undefined ? this.#changed.size > 0 : this.#dirty
+    return this.#incremental !== undefined ? this.#counterMoved : this.#dirty
   }
 
   #schedule (delay: number): void {
@@ -203,6 +213,7 @@ export class Persistence {
       if (this.#incremental !== undefined) {
         keys = this.#changed
         this.#changed = new Set()
+        this.#counterMoved = false
         const entries: StoredEntry[] = []
         for (const key of keys) {
           entries.push({ key, value: doc.get(key)! as StoredEntry['value'], stamps: doc.getStamps(key) as StoredEntry['stamps'] })
@@ -227,6 +238,7 @@ export class Persistence {
       // Keep the changes pending: the next write reads their current values.
       if (keys !== undefined) {
         for (const key of keys) this.#changed.add(key)
+        this.#counterMoved = true
       } else {
         this.#dirty = true
       }

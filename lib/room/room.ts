@@ -626,7 +626,8 @@ export class Room {
       timestamp = this.#doc.timestamp
       // The cached full document is stale from now on: do not keep it alive.
       this.#fullDiff = null
-      if (stored !== null && stored.length > 0) this.#persistence.noteChanges(stored)
+      // Even when it stored nothing, the frame moved the counter its ack carries: that is written too.
+      if (stored !== null) this.#persistence.noteChanges(stored)
     }
     if (ephs !== undefined) this.#applyPresence(session.clientId, ephs)
 

@@ -33,7 +33,11 @@ export interface StoredEntry {
 export interface RoomChanges {
   /** The room counter after these changes. */
   timestamp: number
-  /** Every key that changed, with its whole current value. */
+  /**
+   * Every key that changed, with its whole current value. May be empty: a
+   * frame whose patches stored nothing (a partial update of a deleted key)
+   * still moved the counter, which must be kept.
+   */
   entries: StoredEntry[]
 }
 
