@@ -1,6 +1,6 @@
 import t, { type Test } from 'tap'
 import Database from 'better-sqlite3'
-import { readdir, readFile, rm, writeFile } from 'node:fs/promises'
+import { readdir, readFile, rm, utimes, writeFile } from 'node:fs/promises'
 import { join, resolve } from 'node:path'
 import pg from 'pg'
 import { FileStorage, MemoryStorage, MemoryStore, PostgresStorage, SqliteStorage, roomFileName } from '../lib/index.js'
@@ -103,6 +103,21 @@ t.test('FileStorage leaves no temp files and makes the folder', async (t) => {
   const store = new FileStorage({ dir: base, roomId: 'r' })
   await Promise.all([1, 2, 3].map((n) => store.save({ timestamp: n, state: {}, timestamps: {} })))
   t.same(await readdir(base), ['r.json'])
+})
+
+t.test('FileStorage: the first load in a folder removes temp files a crash left there long ago, not a save in progress', async (t) => {
+  const base = t.testdir({
+    'r.json': JSON.stringify({ timestamp: 2, state: {}, timestamps: {} }),
+    'r.json.0b6e1a2c-1f1d-4a43-9a43-5d0e6a2b9f10.tmp': '{"timestamp": 3, "sta',
+    'other.json.5d0e6a2b-9f10-4a43-9a43-0b6e1a2c1f1d.tmp': '{',
+    'r.json.2c1f1d0b-6e1a-4a43-9a43-9f105d0e6a2b.tmp': '{"timestamp": 4',
+    'notes.tmp': 'not a save'
+  })
+  const old = new Date(Date.now() - 3_600_000)
+  await utimes(join(base, 'r.json.0b6e1a2c-1f1d-4a43-9a43-5d0e6a2b9f10.tmp'), old, old)
+  await utimes(join(base, 'other.json.5d0e6a2b-9f10-4a43-9a43-0b6e1a2c1f1d.tmp'), old, old)
+  t.equal((await new FileStorage({ dir: base, roomId: 'r' }).load())?.timestamp, 2)
+  t.same((await readdir(base)).sort(), ['notes.tmp', 'r.json', 'r.json.2c1f1d0b-6e1a-4a43-9a43-9f105d0e6a2b.tmp'], 'recent temp files and other files stay')
 })
 
 t.test('FileStorage refuses to load a corrupt file instead of starting empty', async (t) => {

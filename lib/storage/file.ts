@@ -1,5 +1,5 @@
 import { createHash, randomUUID } from 'node:crypto'
-import { mkdir, open, readFile, rename, unlink } from 'node:fs/promises'
+import { mkdir, open, readFile, readdir, rename, stat, unlink } from 'node:fs/promises'
 import { join } from 'node:path'
 import type { RoomSnapshot } from '../protocol/types.js'
 import { checkRoomId, type Storage } from './storage.js'
@@ -29,10 +29,43 @@ export function roomFileName (roomId: string): string {
   return name + '.json'
 }
 
+/** A temp file of a save (see FileStorage#write): the room's file name, a UUID, `.tmp`. */
+const TEMP_FILE = /\.json\.[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\.tmp$/
+/** A temp file older than this is a leftover, not a save in progress. */
+const STALE_TEMP_MS = 10 * 60_000
+/** Folders this process has swept of leftover temp files (once each, at the first load). */
+const swept = new Map<string, Promise<void>>()
+
+/**
+ * Removes the temp files that saves cut short by a crash left behind (each
+ * would stay forever otherwise, one more per crash, as large as the room).
+ * Only old ones: a save in progress, of this process or another, keeps its
+ * own. Failures are ignored: a leftover costs disk space, never data.
+ */
+async function sweepTempFiles (dir: string): Promise<void> {
+  let names: string[]
+  try {
+    names = await readdir(dir)
+  } catch {
+    return
+  }
+  const before = Date.now() - STALE_TEMP_MS
+  for (const name of names) {
+    if (!TEMP_FILE.test(name)) continue
+    const path = join(dir, name)
+    try {
+      if ((await stat(path)).mtimeMs < before) await unlink(path)
+    } catch {
+      // gone already, or not ours to remove
+    }
+  }
+}
+
 /**
  * One JSON file per room. Saves are atomic (write a temp file, fsync, rename)
  * and serialized, so a crash leaves either the old or the new snapshot and the
- * last save issued is the last one written.
+ * last save issued is the last one written. The first load in a folder
+ * removes the temp files that crashes left there more than ten minutes ago.
  */
 export class FileStorage implements Storage {
   readonly #dir: string
@@ -54,6 +87,12 @@ export class FileStorage implements Storage {
    * @throws when the file exists but cannot be read or parsed
    */
   async load (): Promise<RoomSnapshot | null> {
+    let sweep = swept.get(this.#dir)
+    if (sweep === undefined) {
+      sweep = sweepTempFiles(this.#dir)
+      swept.set(this.#dir, sweep)
+    }
+    await sweep
     let text: string
     try {
       text = await readFile(this.#file, 'utf8')
