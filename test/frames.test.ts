@@ -9,7 +9,7 @@
 import t from 'tap'
 import fc from 'fast-check'
 import { TypeCompiler } from '@sinclair/typebox/compiler'
-import { AuthRefreshFrame, MAX_BUFFER_LENGTH, MAX_DEPTH, MAX_KEY_LENGTH, PatchFrame, ReconnectFrame, parseClientFrame, patchTexts } from '../lib/protocol/frames.js'
+import { AuthRefreshFrame, MAX_BUFFER_LENGTH, MAX_DEPTH, MAX_KEY_LENGTH, PatchFrame, ReconnectFrame, parseClientFrame } from '../lib/protocol/frames.js'
 
 const RUNS = Number(process.env.FUZZ_RUNS ?? 3000)
 const schemas = {
@@ -163,119 +163,4 @@ t.test('a refused frame names its first schema error, its nesting or its buffer 
   t.match(parseClientFrame(JSON.stringify({ type: 'patch', messageId: 'm', documentPatches: [{ k: { a: { __buf: 1, len: 3, runs: [[0, [1]]] } } }], ephemeralPatches: [{ c: { b: { __buf: 1, len: 4, runs: [] } } }] })), { kind: 'frame', bufferItems: 7 })
   // A negative len must not hide behind a larger one in the sum.
   t.match(parseClientFrame(JSON.stringify({ type: 'patch', messageId: 'm', documentPatches: [{ k: { a: { __buf: 1, len: -1, runs: [] }, b: { __buf: 1, len: 5, runs: [] } } }] })), { kind: 'invalid' })
-})
-
-// ---------------------------------------------------------------- patchTexts
-
-/** A number as the client wrote it: JSON text, and whether patchTexts may forward it (see patchTexts). */
-class Num {
-  constructor (readonly text: string) {}
-  get plain (): boolean {
-    const digits = this.text.replace(/[^0-9]/g, '').length
-    return /^-?[0-9.]+$/.test(this.text) && digits <= 20 && !/^-[0.]*$/.test(this.text)
-  }
-}
-/** A string with some characters written as \u escapes. */
-class Str {
-  constructor (readonly value: string, readonly escaped: boolean) {}
-  get text (): string {
-    const text = JSON.stringify(this.value)
-    return this.escaped ? text.replace(/[a-z]/g, (c) => `\\u00${c.charCodeAt(0).toString(16)}`) : text
-  }
-}
-type V = null | boolean | Num | Str | V[] | Array<[Str, V]> & { object: true }
-
-const str = fc.tuple(fc.oneof(fc.constantFrom('"', '\\', '\\"', 'a\\\\', '\u2028', '\ud800', 'é', 'documentPatches', '}', ']', ','), fc.string({ unit: 'binary', maxLength: 6 })), fc.boolean())
-  .map(([value, escaped]) => new Str(value, escaped))
-const num = fc.oneof(
-  fc.integer().map((n) => new Num(String(n))),
-  fc.double({ noNaN: true, noDefaultInfinity: true }).map((n) => new Num(JSON.stringify(n))),
-  fc.double({ noNaN: true, noDefaultInfinity: true, min: -1e6, max: 1e6 }).map((n) => new Num(n.toExponential())),
-  fc.constantFrom('-0', '-0.0', '0', '1e400', '1E2', '0.10', '-1.5', '12345678901234567890', '123456789012345678901').map((text) => new Num(text))
-)
-const { value } = fc.letrec<{ value: V }>((tie) => ({
-  value: fc.oneof({ depthSize: 'small', withCrossShrink: true },
-    fc.constantFrom(null, true, false), num, str,
-    fc.array(tie('value'), { maxLength: 4 }),
-    fc.array(fc.tuple(str, tie('value')), { maxLength: 4 }).map((entries) => Object.assign(entries, { object: true as const })))
-}))
-const TOP_KEYS = ['type', 'messageId', 'documentPatches', 'ephemeralPatches', 'other']
-
-/** A frame's text with random spacing and escapes, and whether patchTexts must find its patches (nothing to give up on). */
-const spacedFrame = fc.tuple(
-  fc.array(fc.tuple(fc.constantFrom(...TOP_KEYS), fc.boolean(), value), { maxLength: 6 }),
-  fc.array(fc.constantFrom('', '', '', '', ' ', '\n', '\t'), { minLength: 64, maxLength: 64 })
-).map(([entries, spacing]) => {
-  let plain = true
-  let n = 0
-  const space = (): string => {
-    const s = spacing[n++ % spacing.length]
-    if (s !== '') plain = false
-    return s
-  }
-  const encodeValue = (v: V): string => {
-    if (v instanceof Num) {
-      if (!v.plain) plain = false
-      return v.text
-    }
-    if (v instanceof Str) return v.text
-    if (v === null || typeof v === 'boolean') return String(v)
-    // Spacing before each item but the first, after the opening bracket, around colons.
-    if ('object' in v) return `{${space()}${v.map(([k, item], i) => `${i === 0 ? '' : `,${space()}`}${k.text}${space()}:${space()}${encodeValue(item)}`).join('')}}`
-    return `[${space()}${v.map((item, i) => `${i === 0 ? '' : `${space()},`}${encodeValue(item)}`).join('')}]`
-  }
-  const text = `{${entries.map(([key, escaped, v]) => {
-    const name = new Str(key, escaped)
-    if (name.text.includes('\\')) plain = false
-    return `${name.text}:${encodeValue(v)}`
-  }).join(',')}}`
-  return { text, plain }
-})
-
-/** Same values, and the same numbers to the bit (a negative zero is not a zero). */
-function sameValue (a: unknown, b: unknown): boolean {
-  if (typeof a !== 'object' || a === null || typeof b !== 'object' || b === null) return Object.is(a, b)
-  if (Array.isArray(a) !== Array.isArray(b)) return false
-  const keysA = Object.keys(a)
-  const keysB = Object.keys(b)
-  return keysA.length === keysB.length && keysA.every((key, i) => key === keysB[i] && sameValue((a as Record<string, unknown>)[key], (b as Record<string, unknown>)[key]))
-}
-
-t.test('patchTexts finds the patches a reader parses, or gives up on text JSON.stringify would write otherwise', async (t) => {
-  let found = 0
-  let gaveUp = 0
-  fc.assert(fc.property(spacedFrame, ({ text, plain }) => {
-    const parsed = JSON.parse(text) as Record<string, unknown>
-    const texts = patchTexts(text)
-    if (texts === null) {
-      gaveUp++
-      if (plain) throw new Error(`gave up on ${text}`)
-      return
-    }
-    found++
-    if (!plain) throw new Error(`forwarded ${text}`)
-    for (const key of ['documentPatches', 'ephemeralPatches'] as const) {
-      const part = texts[key]
-      if (!Object.hasOwn(parsed, key)) {
-        if (part !== undefined) throw new Error(`${key} found in ${text}`)
-        continue
-      }
-      if (part === undefined) throw new Error(`${key} missed in ${text}`)
-      const read: unknown = JSON.parse(part)
-      // Readers get the value the room applied, and the room's own serialization of it reads back the same.
-      if (!sameValue(read, parsed[key])) throw new Error(`${key} of ${text}: ${part}`)
-      if (!sameValue(JSON.parse(JSON.stringify(read)), read)) throw new Error(`${key} of ${text} does not survive JSON.stringify`)
-    }
-  }), { numRuns: RUNS, seed: 0x5eed })
-  t.ok(found > RUNS / 10, `found ${found}`)
-  t.ok(gaveUp > RUNS / 10, `gave up ${gaveUp}`)
-})
-
-t.test('patchTexts: the last of duplicate keys, as JSON.parse reads it', async (t) => {
-  t.strictSame(patchTexts('{"documentPatches":[1],"type":"patch","documentPatches":[{"a":{"x":"}\\""}}]}'), { documentPatches: '[{"a":{"x":"}\\""}}]' })
-  t.strictSame(patchTexts('{}'), {})
-  t.equal(patchTexts('{"documentPatches":[{"a":{"x":-0}}]}'), null)
-  t.equal(patchTexts('{"documentPatches":[{"a":{"x":1e999}}]}'), null)
-  t.equal(patchTexts('{"documentPatches": []}'), null)
-  t.equal(patchTexts('{"document\\u0050atches":[]}'), null)
 })

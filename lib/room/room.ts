@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto'
 import { AuthorizeTimeoutError, CloseCode, closeReason, frameErrorCodes } from '../errors.js'
-import { parseClientFrame, patchTexts, type InvalidFrame } from '../protocol/frames.js'
+import { parseClientFrame, type InvalidFrame } from '../protocol/frames.js'
 import { PROTOCOL_VERSION } from '../protocol/types.js'
 import type {
   ClientMessage,
@@ -475,11 +475,11 @@ export class Room {
     }
     switch (frame.type) {
       case 'patch':
-        this.#handlePatch(session, frame, bufferItems, text)
+        this.#handlePatch(session, frame, bufferItems, text.length)
         break
       case 'reconnect':
         // The protocol promises every reconnect a diff and `synced`: a rate-limited one only loses its carried patches.
-        this.#handleReconnect(session, limited ? { ...frame, documentPatches: undefined, ephemeralPatches: undefined } : frame, bufferItems, text)
+        this.#handleReconnect(session, limited ? { ...frame, documentPatches: undefined, ephemeralPatches: undefined } : frame, bufferItems, text.length)
         break
       case 'auth-refresh':
         this.#handleAuthRefresh(session, frame.token, permissionsSet)
@@ -500,19 +500,19 @@ export class Room {
     this.#refuse(session, parsed.messageId, answered && !limited ? parsed.documentPatches : undefined, [frameErrorCodes.INVALID_FRAME, parsed.message])
   }
 
-  #handlePatch (session: Session, frame: PatchRequest, bufferItems: number, text: string): void {
+  #handlePatch (session: Session, frame: PatchRequest, bufferItems: number, chars: number): void {
     const docs = hasContent(frame.documentPatches) ? frame.documentPatches : undefined
     const ephs = hasContent(frame.ephemeralPatches) ? frame.ephemeralPatches : undefined
     if (docs === undefined && ephs === undefined) return
     if (session.permissions === 'readwrite') {
-      this.#applyWithinLimits(session, docs, ephs, bufferItems, text, frame.messageId)
+      this.#applyWithinLimits(session, docs, ephs, bufferItems, chars, frame.messageId)
       return
     }
     if (docs !== undefined) this.#refuse(session, frame.messageId, docs, READONLY)
     else this.#sendAck(session, frame.messageId)
   }
 
-  #handleReconnect (session: Session, frame: ReconnectRequest, bufferItems: number, text: string): void {
+  #handleReconnect (session: Session, frame: ReconnectRequest, bufferItems: number, chars: number): void {
     const since = this.#doc.timestamp
     const docs = hasContent(frame.documentPatches) ? frame.documentPatches : undefined
     const ephs = hasContent(frame.ephemeralPatches) ? frame.ephemeralPatches : undefined
@@ -520,7 +520,7 @@ export class Room {
     // The client saw a counter we never reached: we lost acked work (crash, restore).
     const resync = readwrite && frame.lastTimestamp > since
     if (readwrite) {
-      if (docs !== undefined || ephs !== undefined) this.#applyWithinLimits(session, docs, ephs, bufferItems, text, undefined)
+      if (docs !== undefined || ephs !== undefined) this.#applyWithinLimits(session, docs, ephs, bufferItems, chars, undefined)
     } else if (docs !== undefined) {
       this.#refuse(session, undefined, docs, READONLY)
     }
@@ -557,13 +557,13 @@ export class Room {
    * without it, are applied, then the error follows (presence has no
    * corrective). A `patch` (it has a messageId) is acked after the apply.
    */
-  #applyWithinLimits (session: Session, docs: Patch[] | undefined, ephs: Patch[] | undefined, bufferItems: number, text: string, messageId: string | undefined): void {
-    const violation = this.#checkLimits(session, docs, ephs, bufferItems, text.length)
+  #applyWithinLimits (session: Session, docs: Patch[] | undefined, ephs: Patch[] | undefined, bufferItems: number, chars: number, messageId: string | undefined): void {
+    const violation = this.#checkLimits(session, docs, ephs, bufferItems, chars)
     if (violation !== null && !(isPresenceOnly(violation) && docs !== undefined)) {
       this.#refuse(session, messageId, docs, violation)
       return
     }
-    this.#apply(session, docs, violation === null ? ephs : undefined, text)
+    this.#apply(session, docs, violation === null ? ephs : undefined)
     if (messageId !== undefined) this.#sendAck(session, messageId)
     if (violation !== null) this.#sendMessage(session, { type: 'error', code: violation[0], message: violation[1], ...(messageId === undefined ? {} : { messageId }) })
   }
@@ -618,8 +618,8 @@ export class Room {
     }
   }
 
-  /** Applies the patches of a readwrite session and forwards them to the other sessions. `text`: the frame they came in. */
-  #apply (session: Session, docs: Patch[] | undefined, ephs: Patch[] | undefined, text: string): void {
+  /** Applies the patches of a readwrite session and forwards them to the other sessions. */
+  #apply (session: Session, docs: Patch[] | undefined, ephs: Patch[] | undefined): void {
     let timestamp: number | undefined
     if (docs !== undefined) {
       const stored = this.#doc.applyFrame(docs)
@@ -642,7 +642,13 @@ export class Room {
     // Presence batched earlier in this turn leaves first, so that no older value overtakes a newer one.
     this.#flushPresence()
     if (this.#sessions.size > 1) {
-      const data = forwarded(session.clientId, docs, ephs, timestamp, text)
+      const broadcast: ServerMessage = { type: 'patch', clientId: session.clientId }
+      if (docs !== undefined) {
+        broadcast.documentPatches = docs
+        broadcast.timestamp = timestamp
+      }
+      if (ephs !== undefined) broadcast.ephemeralPatches = ephs
+      const data = JSON.stringify(broadcast)
       // Presence-only frames without deletions may be dropped for a slow session (it gets fresh presence later).
       const droppable = docs === undefined && this.#slow !== null && !ephs!.some((patch) => Object.keys(patch).some((key) => patch[key]._exists === false))
       this.#fanout(session, data, droppable)
@@ -1203,30 +1209,6 @@ function bufferCost (patches: Patch[] | undefined, stored: StoredRecords | undef
     }
   }
   return cost
-}
-
-/**
- * The broadcast of a frame's patches. Where patchTexts finds their text in
- * the frame, it is forwarded as the client wrote it (serializing the parsed
- * patches again was about a tenth of the work of a write); otherwise they
- * are serialized. Either way recipients read the values the room applied.
- */
-function forwarded (clientId: string, docs: Patch[] | undefined, ephs: Patch[] | undefined, timestamp: number | undefined, text: string): string {
-  const texts = patchTexts(text)
-  const docsText = docs === undefined ? '' : texts?.documentPatches
-  const ephsText = ephs === undefined ? '' : texts?.ephemeralPatches
-  if (docsText === undefined || ephsText === undefined) {
-    const broadcast: ServerMessage = { type: 'patch', clientId }
-    if (docs !== undefined) {
-      broadcast.documentPatches = docs
-      broadcast.timestamp = timestamp
-    }
-    if (ephs !== undefined) broadcast.ephemeralPatches = ephs
-    return JSON.stringify(broadcast)
-  }
-  const documentPart = docs === undefined ? '' : `,"documentPatches":${docsText},"timestamp":${timestamp!}`
-  const presencePart = ephs === undefined ? '' : `,"ephemeralPatches":${ephsText}`
-  return `{"type":"patch","clientId":${JSON.stringify(clientId)}${documentPart}${presencePart}}`
 }
 
 /** A session's count of frames refused for the rate starts again after this long without a refusal. */
