@@ -4,6 +4,7 @@
  * WebSocket protocol allows, and frames sent just before a close.
  */
 import rateLimit from '@fastify/rate-limit'
+import { createConnection } from 'node:net'
 import t from 'tap'
 import { build, connect, connectReal, listen } from './helper.js'
 
@@ -43,6 +44,35 @@ t.test('an app that registered @fastify/rate-limit globally: the upgrade route s
   t.equal(res.statusCode, 429)
   t.match(res.json(), { statusCode: 429, code: 'CANVAS_STORE_TOO_MANY_CONNECTIONS' })
 })
+
+for (const [name, headers, message] of [
+  ['an unknown WebSocket version', { 'sec-websocket-version': '12' }, /Sec-WebSocket-Version must be 13/],
+  ['a Sec-WebSocket-Key that is not 16 bytes', { 'sec-websocket-key': 'short' }, /Sec-WebSocket-Key/],
+  ['another protocol to upgrade to', { upgrade: 'h2c' }, /Upgrade header/]
+] as const) {
+  t.test(`an upgrade with ${name}: HTTP 400 with code CANVAS_STORE_INVALID_REQUEST, authorize not called`, async (t) => {
+    let calls = 0
+    const app = await build(t, { authorize: () => { calls++; return { permissions: 'readwrite' } } })
+    const base = (await listen(app)).replace('ws://', 'http://')
+    const { port } = new URL(base)
+    const socket = createConnection({ host: '127.0.0.1', port: Number(port) })
+    t.teardown(() => socket.destroy())
+    const valid: Record<string, string> = { connection: 'Upgrade', upgrade: 'websocket', 'sec-websocket-version': '13', 'sec-websocket-key': 'dGhlIHNhbXBsZSBub25jZQ==' }
+    const all = { ...valid, ...(headers as Record<string, string>) }
+    socket.write(`GET /sync?roomId=r&clientId=a HTTP/1.1\r\nHost: 127.0.0.1\r\n${Object.entries(all).map(([k, v]) => `${k}: ${v}\r\n`).join('')}\r\n`)
+    const answer = await new Promise<string>((resolve) => {
+      let text = ''
+      socket.on('data', (chunk) => {
+        text += String(chunk)
+        if (text.includes('}')) resolve(text)
+      })
+    })
+    t.match(answer, /^HTTP\/1\.1 400 /)
+    t.match(answer, /"code":"CANVAS_STORE_INVALID_REQUEST"/)
+    t.match(answer, message)
+    t.equal(calls, 0)
+  })
+}
 
 t.test('a close reason longer than 123 bytes of UTF-8 is cut to fit, on a character boundary', async (t) => {
   const message = 'é'.repeat(100) // 200 bytes

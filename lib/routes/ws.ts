@@ -83,6 +83,14 @@ export const wsRoutes: FastifyPluginAsync<WsRouteOptions> = async (fastify: Fast
     schema: { querystring: ConnectQuery, hide: true },
     // The route's own errorResponseBuilder too: an app that registered @fastify/rate-limit globally answers first.
     config: limit === false ? {} : { rateLimit: { max: limit.max, timeWindow: limit.timeWindow, allowList: limit.allowList, errorResponseBuilder: tooMany } },
+    // An upgrade that ws would refuse with a bare 400 of its own is refused here, with a code.
+    preValidation: async (request, reply) => {
+      if (request.headers.upgrade === undefined) return
+      const problem = handshakeProblem(request.headers)
+      if (problem === null) return
+      if (problem.startsWith('Sec-WebSocket-Version')) reply.header('sec-websocket-version', '13')
+      throw new errors.INVALID_REQUEST(problem)
+    },
     // A request without the upgrade (a browser tab, a health check pointed at the wrong path): 426, with its code.
     handler: async (_request, reply) => {
       reply.header('upgrade', 'websocket')
@@ -145,6 +153,16 @@ export const wsRoutes: FastifyPluginAsync<WsRouteOptions> = async (fastify: Fast
       })
     }
   })
+}
+
+/** What ws would refuse in an upgrade request's handshake headers (RFC 6455 4.2.1), or null. */
+function handshakeProblem (headers: Record<string, string | string[] | undefined>): string | null {
+  if (String(headers.upgrade).toLowerCase() !== 'websocket') return 'Upgrade header must be "websocket"'
+  const version = String(headers['sec-websocket-version'])
+  // ws accepts the final protocol's version and draft 8's, which differs only in its origin header.
+  if (version !== '13' && version !== '8') return 'Sec-WebSocket-Version must be 13'
+  if (!/^[+/0-9A-Za-z]{22}==$/.test(String(headers['sec-websocket-key']))) return 'Sec-WebSocket-Key must be 16 bytes in base64'
+  return null
 }
 
 /** Runs authorize, turning a synchronous throw into a rejection. */
