@@ -158,6 +158,7 @@ t.test('OpenAPI: the admin and health routes, with error codes', async (t) => {
   const patch = spec.paths['/admin/rooms/{roomId}/sessions/{sessionId}'].patch
   t.ok(patch.requestBody, 'the PATCH body is described')
   t.ok(patch.responses['404'].content['application/json'].schema.properties.code, 'error replies list code')
+  t.ok(patch.responses['400'].content['application/json'].schema.properties.code, 'and the 400 of a body or param that fails its schema')
   t.notOk(Object.keys(spec.paths).some((p) => p.startsWith('/sync')), 'the WebSocket route is hidden')
 })
 

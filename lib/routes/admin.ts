@@ -19,7 +19,8 @@ export interface AdminRouteOptions {
 }
 
 const tags = ['canvas-store admin']
-const notFound = { 404: ErrorReply }
+/** What a route with params answers besides 200: a param or body that fails its schema, an unknown room or session. */
+const refused = { 400: ErrorReply, 404: ErrorReply }
 
 /**
  * The admin REST routes. Every route runs the user's hooks first
@@ -54,7 +55,7 @@ export const adminRoutes: FastifyPluginAsync<AdminRouteOptions> = async (fastify
       tags,
       summary: 'Sessions of a room',
       params: RoomParams,
-      response: { 200: Type.Array(SessionInfo), ...notFound }
+      response: { 200: Type.Array(SessionInfo), ...refused }
     }
   }, async (request) => roomOf(request.params.roomId).getSessions())
 
@@ -64,7 +65,7 @@ export const adminRoutes: FastifyPluginAsync<AdminRouteOptions> = async (fastify
       summary: "Change a session's permissions; its next frame obeys them",
       params: SessionParams,
       body: PermissionsBody,
-      response: { 200: SessionInfo, ...notFound }
+      response: { 200: SessionInfo, ...refused }
     }
   }, async (request) => {
     const { roomId, sessionId } = request.params
@@ -79,7 +80,7 @@ export const adminRoutes: FastifyPluginAsync<AdminRouteOptions> = async (fastify
       tags,
       summary: 'Disconnect a session (close code 4000)',
       params: SessionParams,
-      response: { 204: Type.Null(), ...notFound }
+      response: { 204: Type.Null(), ...refused }
     }
   }, async (request, reply) => {
     const { roomId, sessionId } = request.params
@@ -116,7 +117,7 @@ export const adminRoutes: FastifyPluginAsync<AdminRouteOptions> = async (fastify
       tags,
       summary: "The room's document (state and field timestamps, tombstones included)",
       params: RoomParams,
-      response: { 200: Snapshot, ...notFound }
+      response: { 200: Snapshot, ...refused }
     }
   }, async (request) => roomOf(request.params.roomId).getSnapshot())
 }
