@@ -350,7 +350,9 @@ function feature<T extends object> (name: string, value: boolean | Partial<T> | 
   if (value === undefined || value === false) return undefined
   if (value === true) return { ...defaults }
   if (!isObject(value)) fail(name, 'must be a boolean or an object')
-  return { ...defaults, ...value }
+  // A setting given as undefined keeps its default, as an absent one does.
+  const given = Object.fromEntries(Object.entries(value).filter(([, v]) => v !== undefined))
+  return { ...defaults, ...given }
 }
 
 /** A route path: starts with "/", and holds nothing a request's path cannot (a query, a fragment, spaces). */

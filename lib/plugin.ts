@@ -9,7 +9,7 @@ import { resolveOptions, type CanvasStoreOptions, type ResolvedOptions } from '.
 import { catchUpAllowance } from './room/catch-up.js'
 import type { RoomOptions } from './room/room.js'
 import { RoomManager } from './room/room-manager.js'
-import { callAuthorize, checkResult, decideWithin } from './routes/ws.js'
+import { Bounds, callAuthorize, checkResult } from './routes/ws.js'
 import { adminRoutes } from './routes/admin.js'
 import { healthRoutes } from './routes/health.js'
 import { wsRoutes } from './routes/ws.js'
@@ -29,6 +29,7 @@ const canvasStore: FastifyPluginAsync<CanvasStoreOptions> = async (fastify, opts
   const manager = new RoomManager({ idleTimeout: options.idleTimeout, maxRooms: options.maxRooms, logger: log })
   const metrics = options.metrics === undefined ? undefined : new Metrics(manager)
   const sockets = new Set<WebSocket>()
+  const bounds = new Bounds()
   let draining = false
 
   if (options.authorize === undefined) {
@@ -51,7 +52,7 @@ const canvasStore: FastifyPluginAsync<CanvasStoreOptions> = async (fastify, opts
     logger: log,
     onTokenRefresh: options.authorize === undefined
       ? undefined
-      : async (_room, { clientId, token }) => checkResult(await decideWithin(callAuthorize(options.authorize!, { roomId, clientId, token, request: undefined }), options.authorizeTimeoutMs))
+      : async (_room, { clientId, token }) => checkResult(await bounds.decide(callAuthorize(options.authorize!, { roomId, clientId, token, request: undefined }), options.authorizeTimeoutMs))
   })
 
   // Turn new sockets away and close open ones with 1001 before the server stops listening.
@@ -78,13 +79,17 @@ const canvasStore: FastifyPluginAsync<CanvasStoreOptions> = async (fastify, opts
 
   fastify.decorate('canvasStore', { getter: () => manager })
   // Sessions are closed by now, so the snapshots taken here are final.
-  fastify.addHook('onClose', async () => manager.closeAll())
+  fastify.addHook('onClose', async () => {
+    // A hung authorize or load must not keep the process alive until its bound: its socket is closed already.
+    bounds.clear()
+    await manager.closeAll()
+  })
 
   // The routes in a scope of their own (the prefix and hooks of the app's context still apply): @fastify/swagger,
   // when the plugin registers it, then describes them alone, and its decorator stays out of the app's context.
   await fastify.register(async (scope) => {
     if (options.openapi !== undefined) await registerOpenapi(scope, options.openapi)
-    await scope.register(wsRoutes, { options, manager, roomOptions, sockets, draining: () => draining, metrics })
+    await scope.register(wsRoutes, { options, manager, roomOptions, sockets, draining: () => draining, metrics, bounds })
     if (options.health !== undefined) {
       await scope.register(healthRoutes, {
         ...options.health,

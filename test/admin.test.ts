@@ -236,6 +236,23 @@ t.test('an onRequest admin hook refusing: its own 401 on every route, before 404
   await a.close()
 })
 
+t.test('an admin hook\'s own 400 or 404 without a code is answered as it is, not as a 500', async (t) => {
+  const app = await build(t, {
+    admin: {
+      onRequest: async (request, reply) => {
+        if (request.headers['x-case'] === 'throw') throw Object.assign(new Error('bad tenant'), { statusCode: 400 })
+        if (request.headers['x-case'] === 'reply') return await reply.code(404).send({ statusCode: 404, error: 'Not Found', message: 'no tenant' })
+      }
+    }
+  })
+  const thrown = await app.inject({ url: '/rooms/r/sessions', headers: { 'x-case': 'throw' } })
+  t.equal(thrown.statusCode, 400)
+  t.match(thrown.json(), { statusCode: 400, message: 'bad tenant' })
+  const replied = await app.inject({ url: '/rooms/r/sessions', headers: { 'x-case': 'reply' } })
+  t.equal(replied.statusCode, 404)
+  t.match(replied.json(), { message: 'no tenant' })
+})
+
 t.test('a preHandler admin hook that throws a 403 error: 403 with its code', async (t) => {
   const app = await build(t, {
     admin: {

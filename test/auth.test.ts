@@ -1,3 +1,6 @@
+import { spawn } from 'node:child_process'
+import { once } from 'node:events'
+import { join } from 'node:path'
 import type { FastifyInstance } from 'fastify'
 import t, { type Test } from 'tap'
 import type { AuthorizeInfo, AuthorizeResult } from '../lib/index.js'
@@ -145,6 +148,17 @@ t.test('authorize that does not decide within authorizeTimeoutMs: the connection
   const a = await connect(app, { roomId: 'r', clientId: 'a' })
   t.strictSame(await a.closed, { code: 1013, reason: 'Authorization timed out after 20 ms: try again' })
   t.strictSame(app.canvasStore.getRoomIds(), [])
+})
+
+t.test('app.close() drops the bound of an authorize still pending: the process exits without waiting for it', async (t) => {
+  // A child process whose authorize never decides (bound: 10 minutes) connects a client, then closes its app.
+  const child = spawn(process.execPath, ['--import', 'tsx', join(import.meta.dirname, 'fixtures', 'pending-authorize.ts')], { stdio: ['ignore', 'pipe', 'inherit'] })
+  t.teardown(() => child.kill('SIGKILL'))
+  let out = ''
+  child.stdout.on('data', (chunk) => { out += String(chunk) })
+  const [code] = await once(child, 'exit') as [number | null]
+  t.equal(code, 0)
+  t.match(out, /closed\n/, 'the app closed while authorize was pending')
 })
 
 t.test('an auth-refresh that authorize does not decide in time closes its session with 1013; its held frames are not applied', async (t) => {

@@ -74,6 +74,13 @@ for (const [name, headers, message] of [
   })
 }
 
+t.test('a plain GET that carries an Upgrade header but asks for no upgrade gets the 426, not a handshake refusal', async (t) => {
+  const app = await build(t)
+  const res = await app.inject({ method: 'GET', url: '/sync?roomId=r&clientId=a', headers: { upgrade: 'websocket' } })
+  t.equal(res.statusCode, 426)
+  t.equal(res.json().code, 'CANVAS_STORE_UPGRADE_REQUIRED')
+})
+
 t.test('a close reason longer than 123 bytes of UTF-8 is cut to fit, on a character boundary', async (t) => {
   const message = 'é'.repeat(100) // 200 bytes
   const app = await build(t, { authorize: async () => { throw Object.assign(new Error(message), { statusCode: 403 }) } })

@@ -52,7 +52,8 @@ for (const [name, option, opts] of invalid) {
 }
 
 t.test('valid edge values register fine', async (t) => {
-  const app = await build(t, { path: '/x', saveThrottleMs: 0, idleTimeout: 0, maxPayload: 1024, maxQueuedFrames: 1, admin: { auth: false, prefix: '' } })
+  const app = await build(t, { path: '/x', saveThrottleMs: 0, idleTimeout: 0, maxPayload: 1024, maxQueuedFrames: 1, admin: { auth: false, prefix: '' }, openapi: { ui: undefined }, health: { readyPath: undefined } })
+  t.equal((await app.inject('/ready')).statusCode, 200, 'a setting given as undefined keeps its default')
   t.equal((await app.inject({ method: 'GET', url: '/rooms' })).statusCode, 200)
 })
 

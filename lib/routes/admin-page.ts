@@ -7,7 +7,7 @@
  * one, `Authorization: Bearer <token>` with a token taken from `?token=` (kept
  * in sessionStorage) or typed in when a route answers 401/403.
  */
-export function adminPage (prefix: string): string {
+export function adminPage (prefix: string, pagePath: string): string {
   return `<!doctype html>
 <html lang="en">
 <head>
@@ -35,7 +35,10 @@ export function adminPage (prefix: string): string {
 <table id="sessions"><thead><tr><th>Session</th><th>Client</th><th>Permissions</th><th>Metadata</th><th></th></tr></thead><tbody></tbody></table>
 <script>
 (() => {
-  const base = ${JSON.stringify(prefix).replace(/</g, '\\u003c')}
+  // The admin routes sit beside the page: read from the page's own address, which holds the values of any
+  // parameters in the app's prefix (such as /t/:tenant); the prefix as registered otherwise.
+  const page = ${JSON.stringify(pagePath).replace(/</g, '\\u003c')}
+  const base = location.pathname.endsWith(page) ? location.pathname.slice(0, -page.length) : ${JSON.stringify(prefix).replace(/</g, '\\u003c')}
   // A ?token= stays in the address bar: hooks that read it for the page itself keep working on reload.
   const params = new URLSearchParams(location.search)
   if (params.has('token')) sessionStorage.setItem('canvas-store-admin-token', params.get('token'))

@@ -102,7 +102,7 @@ export const adminRoutes: FastifyPluginAsync<AdminRouteOptions> = async (fastify
 
   if (admin.page !== undefined) {
     // The whole prefix, the app's own included (the plugin registered under a prefix), for the page's requests.
-    const html = adminPage(fastify.prefix)
+    const html = adminPage(fastify.prefix.replace(/\/+$/, ''), admin.page)
     app.get(admin.page, { schema: { hide: true } }, async (_request, reply) => {
       // Not to be framed: its buttons act with the administrator's cookies (clickjacking).
       reply.type('text/html; charset=utf-8')

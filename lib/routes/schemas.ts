@@ -55,7 +55,8 @@ export const Snapshot = Type.Object({
 
 export const ErrorReply = Type.Object({
   statusCode: Type.Integer(),
-  code: Type.String(),
+  // Optional: an admin hook's own error (a 400 or 404 without a code) must still be answered, not turned into a 500.
+  code: Type.Optional(Type.String()),
   error: Type.String(),
   message: Type.String()
 })

@@ -22,6 +22,8 @@ export interface WsRouteOptions {
   draining: () => boolean
   /** Counts closes by code, when metrics are on. */
   metrics?: { closed(code: number): void } | undefined
+  /** The plugin's pending time bounds (authorize, room loads). */
+  bounds: Bounds
 }
 
 /**
@@ -29,7 +31,7 @@ export interface WsRouteOptions {
  * authorizes and loads the room while queueing, in order and with a bound,
  * the frames the client sends meanwhile.
  */
-export const wsRoutes: FastifyPluginAsync<WsRouteOptions> = async (fastify: FastifyInstance, { options, manager, roomOptions, sockets, draining, metrics }) => {
+export const wsRoutes: FastifyPluginAsync<WsRouteOptions> = async (fastify: FastifyInstance, { options, manager, roomOptions, sockets, draining, metrics, bounds }) => {
   const app = fastify.withTypeProvider<TypeBoxTypeProvider>()
   app.setErrorHandler(replyError)
   // The admin routes' validator, so that ids are measured the same way (UTF-16 units) on both: with Fastify's
@@ -85,7 +87,8 @@ export const wsRoutes: FastifyPluginAsync<WsRouteOptions> = async (fastify: Fast
     config: limit === false ? {} : { rateLimit: { max: limit.max, timeWindow: limit.timeWindow, allowList: limit.allowList, errorResponseBuilder: tooMany } },
     // An upgrade that ws would refuse with a bare 400 of its own is refused here, with a code.
     preValidation: async (request, reply) => {
-      if (request.headers.upgrade === undefined) return
+      // request.ws: @fastify/websocket's mark of an upgrade request (a plain GET with an Upgrade header gets the 426).
+      if ((request as { ws?: boolean }).ws !== true) return
       const problem = handshakeProblem(request.headers)
       if (problem === null) return
       if (problem.startsWith('Sec-WebSocket-Version')) reply.header('sec-websocket-version', '13')
@@ -146,8 +149,8 @@ export const wsRoutes: FastifyPluginAsync<WsRouteOptions> = async (fastify: Fast
         if (conn.sessionId !== undefined) conn.room!.handleSocketError(conn.sessionId)
       })
 
-      const authorization = decideWithin(callAuthorize(authorize, { roomId, clientId, token, request }), options.authorizeTimeoutMs)
-      accept(conn, socket, authorization, { roomId, clientId, log, manager, roomOptions, loadTimeoutMs: options.storageFailureTimeoutMs }).catch((err: unknown) => {
+      const authorization = bounds.decide(callAuthorize(authorize, { roomId, clientId, token, request }), options.authorizeTimeoutMs)
+      accept(conn, socket, authorization, { roomId, clientId, log, manager, roomOptions, bounds, loadTimeoutMs: options.storageFailureTimeoutMs }).catch((err: unknown) => {
         log.error({ err }, 'accepting the connection failed')
         socket.close(CloseCode.INTERNAL_ERROR, 'Internal error')
       })
@@ -188,7 +191,7 @@ async function accept (
   conn: Connection,
   socket: WebSocket,
   authorization: Promise<AuthorizeResult>,
-  ctx: { roomId: string, clientId: string, log: FastifyBaseLogger, manager: RoomManager, roomOptions: (roomId: string) => RoomOptions, loadTimeoutMs: number }
+  ctx: { roomId: string, clientId: string, log: FastifyBaseLogger, manager: RoomManager, roomOptions: (roomId: string) => RoomOptions, bounds: Bounds, loadTimeoutMs: number }
 ): Promise<void> {
   const { roomId, clientId, log, manager } = ctx
   let result: AuthorizeResult
@@ -206,7 +209,7 @@ async function accept (
   let loaded: Room
   try {
     // A loaded room (the usual case) is taken as it is; only a load is given a bound.
-    loaded = manager.getExistingRoom(roomId) ?? await boundedLoad(manager.getOrCreateRoom(roomId, ctx.roomOptions(roomId)), ctx.loadTimeoutMs)
+    loaded = manager.getExistingRoom(roomId) ?? await boundedLoad(ctx.bounds, manager.getOrCreateRoom(roomId, ctx.roomOptions(roomId)), ctx.loadTimeoutMs)
   } catch (err) {
     if (err instanceof RoomLimitError) {
       log.warn('room refused: the server is at its maxRooms limit')
@@ -238,29 +241,47 @@ async function accept (
  * must not keep the client waiting for `synced` in silence. The load goes
  * on, and later connections to the room wait for the same one.
  */
-async function boundedLoad (load: Promise<Room>, ms: number): Promise<Room> {
-  return await within(load, ms, () => new Error(`storage has not answered the room's load for ${ms} ms`))
+async function boundedLoad (bounds: Bounds, load: Promise<Room>, ms: number): Promise<Room> {
+  return await bounds.within(load, ms, () => new Error(`storage has not answered the room's load for ${ms} ms`))
 }
 
-/** authorize's decision, or an AuthorizeTimeoutError once it has been pending for `ms` (0: no bound). */
-export async function decideWithin (decision: Promise<AuthorizeResult>, ms: number): Promise<AuthorizeResult> {
-  return await within(decision, ms, () => new AuthorizeTimeoutError(ms))
-}
+/**
+ * The time bounds the plugin has pending (authorize, auth-refresh, room
+ * loads). Each holds the process open while it runs, as the work it bounds
+ * does; clear() drops them when the app closes, so that a hung authorize
+ * does not keep a closing process alive until its bound.
+ */
+export class Bounds {
+  readonly #timers = new Set<NodeJS.Timeout>()
 
-/** `work`'s result, or the error `late` makes once it has been pending for `ms` (0: no bound; it goes on unwatched). */
-async function within<T> (work: Promise<T>, ms: number, late: () => Error): Promise<T> {
-  // 0: no bound (the options are checked to be a timer's delay, 0 to 2^31 - 1).
-  if (ms === 0) return await work
-  let timer: NodeJS.Timeout | undefined
-  const bound = new Promise<never>((_resolve, reject) => {
-    timer = setTimeout(() => reject(late()), ms)
-  })
-  // Settles unwatched when the bound won.
-  work.catch(() => {})
-  try {
-    return await Promise.race([work, bound])
-  } finally {
-    clearTimeout(timer)
+  /** authorize's decision, or an AuthorizeTimeoutError once it has been pending for `ms` (0: no bound). */
+  async decide (decision: Promise<AuthorizeResult>, ms: number): Promise<AuthorizeResult> {
+    return await this.within(decision, ms, () => new AuthorizeTimeoutError(ms))
+  }
+
+  /** `work`'s result, or the error `late` makes once it has been pending for `ms` (0: no bound; it goes on unwatched). */
+  async within<T> (work: Promise<T>, ms: number, late: () => Error): Promise<T> {
+    // 0: no bound (the options are checked to be a timer's delay, 0 to 2^31 - 1).
+    if (ms === 0) return await work
+    let timer: NodeJS.Timeout | undefined
+    const bound = new Promise<never>((_resolve, reject) => {
+      timer = setTimeout(() => reject(late()), ms)
+    })
+    this.#timers.add(timer!)
+    // Settles unwatched when the bound won.
+    work.catch(() => {})
+    try {
+      return await Promise.race([work, bound])
+    } finally {
+      clearTimeout(timer)
+      this.#timers.delete(timer!)
+    }
+  }
+
+  /** Drops every pending bound (the app is closing; its sockets are closed): what they bound may stay pending. */
+  clear (): void {
+    for (const timer of this.#timers) clearTimeout(timer)
+    this.#timers.clear()
   }
 }
 
