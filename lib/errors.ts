@@ -31,6 +31,28 @@ export class AuthorizeTimeoutError extends Error {
   }
 }
 
+/**
+ * A storage refused a room's write because another process has loaded the
+ * room since (SqliteStorage and PostgreSQL record which storage loaded each
+ * room last): two processes serving one room would hand out the same
+ * counters and overwrite each other's keys. The room closes its sessions
+ * with 1013 without writing anything more; their clients reconnect, to the
+ * process that has the room. A custom storage may throw any error with this
+ * `code`.
+ */
+export class RoomMovedError extends Error {
+  readonly code = 'CANVAS_STORE_ROOM_MOVED'
+  constructor (roomId: string) {
+    super(`room ${JSON.stringify(roomId)} was loaded by another process since this one loaded it: not written`)
+    this.name = 'RoomMovedError'
+  }
+}
+
+/** True for a RoomMovedError, or any error with its code (a custom storage's). */
+export function isRoomMoved (err: unknown): boolean {
+  return (err as { code?: unknown } | null)?.code === 'CANVAS_STORE_ROOM_MOVED'
+}
+
 /** Codes of the `{ type: 'error', code, message }` frames sent over the WebSocket. */
 export const frameErrorCodes = {
   /** A frame of a known type whose fields have the wrong shape; it was not applied. */

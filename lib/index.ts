@@ -1,7 +1,7 @@
 export { default, default as canvasStore } from './plugin.js'
 export type { CanvasStoreOptions, AdminOptions, Authorize, AuthorizeInfo, AuthorizeResult } from './options.js'
 export { DEFAULTS, DEFAULT_CONNECTION_RATE_LIMIT, resolveOptions } from './options.js'
-export { CloseCode, errors, frameErrorCodes, ERROR_PREFIX } from './errors.js'
+export { AuthorizeTimeoutError, CloseCode, errors, frameErrorCodes, ERROR_PREFIX, RoomMovedError } from './errors.js'
 export { Room } from './room/room.js'
 export type { RoomOptions, ConnectOptions, TokenRefreshResult } from './room/room.js'
 export { RoomManager, RoomLimitError } from './room/room-manager.js'

@@ -16,6 +16,7 @@ function persistenceOf (slots: SlotTimers, doc: Document, storage: PersistenceOp
     roomId: 'r',
     onCommit () {},
     onGiveUp () {},
+    onMoved () {},
     failureBoundMs: 60_000,
     slots,
     ...extra

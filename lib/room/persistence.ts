@@ -1,3 +1,4 @@
+import { isRoomMoved } from '../errors.js'
 import { isIncremental, type IncrementalStorage, type Storage, type StoredEntry } from '../storage/storage.js'
 import { sizeOf, type Document } from './document.js'
 import type { RoomLogger, RoomObserver } from './session.js'
@@ -26,6 +27,12 @@ export interface PersistenceOptions {
    * again each `failureBoundMs` it goes on hanging).
    */
   onGiveUp: (err: unknown) => void
+  /**
+   * Called once when the storage refused a write because another process
+   * loaded the room since (see RoomMovedError): nothing more is written,
+   * and flush() resolves at once.
+   */
+  onMoved: (err: unknown) => void
   failureBoundMs: number
   observer?: RoomObserver | undefined
   /** Where throttled writes wait (tests pass their own, on a fake clock). */
@@ -91,6 +98,8 @@ export class Persistence {
   #failures = 0
   #failingSince = 0
   #stopped = false
+  /** The storage said another process has the room: nothing more may be written. */
+  #moved = false
 
   constructor (options: PersistenceOptions) {
     this.#o = options
@@ -139,6 +148,7 @@ export class Persistence {
   async flush (): Promise<void> {
     this.#clearTimers()
     for (;;) {
+      if (this.#moved) return
       if (this.#inFlight !== null) {
         await this.#inFlight
         continue
@@ -235,6 +245,13 @@ export class Persistence {
       return undefined
     }, (err: unknown) => {
       this.#o.observer?.storageWrite((performance.now() - start) / 1000, false)
+      if (isRoomMoved(err)) {
+        // Not a failure to retry: what this process holds of the room is stale, and writing it would overwrite.
+        this.#moved = true
+        this.stop()
+        this.#o.onMoved(err)
+        return undefined
+      }
       // Keep the changes pending: the next write reads their current values.
       if (keys !== undefined) {
         for (const key of keys) this.#changed.add(key)
@@ -249,7 +266,7 @@ export class Persistence {
     }).finally(() => {
       this.#unwatch()
       this.#inFlight = null
-      if (this.#pending()) this.#schedule(this.#retryDelay())
+      if (this.#pending() && !this.#moved) this.#schedule(this.#retryDelay())
     })
     this.#inFlight = run
     return run

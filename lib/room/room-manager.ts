@@ -200,6 +200,13 @@ export class RoomManager {
       onSessionRemoved: (r, info) => {
         userOnRemoved?.(r, info)
         if (info.remaining === 0 && this.#rooms.get(roomId) === r) this.#scheduleIdleClose(roomId)
+      },
+      onMoved: (r) => {
+        options.onMoved?.(r)
+        // Closed already, nothing to save: the next connection loads the room afresh.
+        if (this.#rooms.get(roomId) !== r) return
+        this.#rooms.delete(roomId)
+        this.#clearIdleTimer(roomId)
       }
     })
     await room.load()

@@ -42,6 +42,12 @@ export interface RoomOptions {
   saveThrottleMs?: number
   /** Called after a session left, with how many remain. */
   onSessionRemoved?: (room: Room, info: { sessionId: string, remaining: number }) => void
+  /**
+   * Called once the room has closed itself because its storage said another
+   * process loaded the room since (see RoomMovedError): forget it (a
+   * RoomManager does), so that the next connection loads it afresh.
+   */
+  onMoved?: (room: Room) => void
   /** Called after document patches from a readwrite session were applied. Their values are the room's own stored values: read them, never change them. */
   onDocumentPatch?: (room: Room, patches: Patch[]) => void
   /**
@@ -185,6 +191,7 @@ export class Room {
       roomId: this.roomId,
       onCommit: () => this.#releaseOutbox(),
       onGiveUp: (err) => this.#storageUnavailable(err),
+      onMoved: (err) => this.#moved(err),
       observer: options.observer,
       failureBoundMs: failureBound,
       slots: clock === undefined ? undefined : new SlotTimers(clock)
@@ -1092,6 +1099,24 @@ export class Room {
   }
 
   /** Writes have failed for too long: tell the sessions and let their clients reconnect and re-send. */
+  /**
+   * The storage refused a write: another process has loaded the room since.
+   * What this one holds is stale, and its pending acks and broadcasts report
+   * writes that were not made: they are dropped, the room closes without
+   * writing anything more, and every session is closed with 1013 (its client
+   * reconnects, to the process that has the room, and re-sends what was not
+   * acked).
+   */
+  #moved (err: unknown): void {
+    if (this.#closed) return
+    this.#log.warn({ err, roomId: this.roomId }, 'another process loaded the room: closing it here')
+    this.#outbox = []
+    // Closed with 1013 first: close() below then finds them closing already.
+    for (const session of this.#sessions.values()) safeClose(session.socket, CloseCode.TRY_AGAIN_LATER, 'Room moved to another server: reconnect')
+    this.close({ flush: false }).catch(() => {})
+    this.#options.onMoved?.(this)
+  }
+
   #storageUnavailable (err: unknown): void {
     if (this.#sessions.size === 0) return
     this.#log.error({ err, roomId: this.roomId }, 'storage unavailable: closing the sessions of the room')

@@ -1,3 +1,4 @@
+import { randomUUID } from 'node:crypto'
 import { createRequire } from 'node:module'
 import type pg from 'pg'
 import type { RoomSnapshot } from '../protocol/types.js'
@@ -35,6 +36,12 @@ export class PostgresStorage implements RoomStore {
   /** Every write (append batch or whole-room save) runs after the previous one, in order of issue. */
   #tail: Promise<void> = Promise.resolve()
   #closed = false
+  /**
+   * This storage's mark in the rooms it loads and writes (see forRoom): a
+   * room loaded by another storage since (another process, on the same
+   * database) is not written by this one.
+   */
+  readonly #owner = randomUUID()
 
   constructor (options: PostgresStorageOptions) {
     const prefix = options.tablePrefix ?? 'canvas_store'
@@ -71,6 +78,7 @@ export class PostgresStorage implements RoomStore {
         room_id text PRIMARY KEY,
         timestamp bigint NOT NULL
       );
+      ALTER TABLE ${this.#rooms} ADD COLUMN IF NOT EXISTS owner text;
       CREATE TABLE IF NOT EXISTS ${this.#entries} (
         room_id text NOT NULL,
         key text NOT NULL,
@@ -85,11 +93,17 @@ export class PostgresStorage implements RoomStore {
     return this.#migrated
   }
 
-  /** The storage of one room, over this database. */
+  /**
+   * The storage of one room, over this database. Its `load` claims the room
+   * for this storage: from then on, appends to the room by another storage
+   * on the same database (another process) fail with a RoomMovedError
+   * instead of overwriting what this one writes, and the room that made
+   * them closes its sessions.
+   */
   forRoom (roomId: string): IncrementalStorage {
     checkRoomId(roomId, 'PostgresStorage', true)
     return {
-      load: () => this.load(roomId),
+      load: () => this.#claimAndLoad(roomId),
       save: (snapshot) => this.save(roomId, snapshot),
       // The id was checked above: not again at every write.
       append: (changes) => this.#enqueue(roomId, changes)
@@ -102,7 +116,24 @@ export class PostgresStorage implements RoomStore {
     await this.#pool.query('SELECT 1')
   }
 
-  /** Reads a room; null when it was never written. */
+  /**
+   * Claims the room and reads it, in one transaction. The claim locks the
+   * room's row: a commit of another storage's appends under way ends first,
+   * and is read; its later ones fail.
+   */
+  async #claimAndLoad (roomId: string): Promise<RoomSnapshot | null> {
+    this.#assertOpen()
+    await this.migrate()
+    let snapshot: RoomSnapshot | null = null
+    await this.#transaction(async (client) => {
+      const room = await client.query<{ timestamp: string }>(`UPDATE ${this.#rooms} SET owner = $2 WHERE room_id = $1 RETURNING timestamp`, [roomId, this.#owner])
+      const rows = await client.query<{ key: string, value: string, stamps: string }>(`SELECT key, value, stamps FROM ${this.#entries} WHERE room_id = $1`, [roomId])
+      if (room.rows.length > 0 || rows.rows.length > 0) snapshot = rowsToSnapshot(room.rows.length > 0 ? Number(room.rows[0].timestamp) : 0, rows.rows)
+    })
+    return snapshot
+  }
+
+  /** Reads a room (without claiming it, unlike `forRoom(roomId).load()`); null when it was never written. */
   async load (roomId: string): Promise<RoomSnapshot | null> {
     this.#assertOpen()
     checkRoomId(roomId, 'PostgresStorage', true)
@@ -130,8 +161,8 @@ export class PostgresStorage implements RoomStore {
     await this.#transaction(async (client) => {
       await client.query(`DELETE FROM ${this.#entries} WHERE room_id = $1`, [roomId])
       await this.#upsertEntries(client, rows.map((row) => ({ roomId, row })))
-      await client.query(`INSERT INTO ${this.#rooms} (room_id, timestamp) VALUES ($1, $2)
-        ON CONFLICT (room_id) DO UPDATE SET timestamp = EXCLUDED.timestamp`, [roomId, snapshot.timestamp])
+      await client.query(`INSERT INTO ${this.#rooms} (room_id, timestamp, owner) VALUES ($1, $2, $3)
+        ON CONFLICT (room_id) DO UPDATE SET timestamp = EXCLUDED.timestamp, owner = EXCLUDED.owner`, [roomId, snapshot.timestamp, this.#owner])
     })
   }
 
@@ -181,9 +212,10 @@ export class PostgresStorage implements RoomStore {
     const batch = this.#queue
     this.#queue = []
     if (batch.length === 0) return
+    let moved: Set<string>
     try {
       await this.migrate()
-      await this.#commit(batch)
+      moved = await this.#commit(batch)
     } catch (err) {
       const rooms = new Map<string, Pending[]>()
       for (const pending of batch) {
@@ -198,32 +230,45 @@ export class PostgresStorage implements RoomStore {
       // One room's rows must not fail the others': commit each room alone, and let only the failing ones fail.
       for (const own of rooms.values()) {
         try {
-          await this.#commit(own)
-          settle(own)
+          settle(own, undefined, await this.#commit(own))
         } catch (roomErr) {
           settle(own, roomErr)
         }
       }
       return
     }
-    settle(batch)
+    settle(batch, undefined, moved)
   }
 
-  /** Writes the appends in one transaction: the newest value of each (room, key), the highest counter of each room. */
-  async #commit (batch: readonly Pending[]): Promise<void> {
+  /**
+   * Writes the appends in one transaction: the newest value of each (room,
+   * key), the highest counter of each room. The counters go first: they say
+   * which rooms are still this storage's to write (their rows stay locked to
+   * the commit, so a claim waits for it).
+   * @returns the rooms not written: another storage has loaded them since
+   */
+  async #commit (batch: readonly Pending[]): Promise<Set<string>> {
     const latest = new Map<string, { roomId: string, row: EntryRow }>()
     const counters = new Map<string, number>()
     for (const { roomId, changes } of batch) {
       for (const row of entryRows(changes.entries)) latest.set(JSON.stringify([roomId, row.key]), { roomId, row })
       counters.set(roomId, Math.max(counters.get(roomId) ?? 0, changes.timestamp))
     }
+    // In one order, so that two processes' commits lock rooms' rows without deadlocking.
+    const roomIds = Array.from(counters.keys()).sort()
+    const moved = new Set<string>()
     await this.#transaction(async (client) => {
-      await this.#upsertEntries(client, Array.from(latest.values()))
-      await client.query(`INSERT INTO ${this.#rooms} (room_id, timestamp)
-        SELECT * FROM unnest($1::text[], $2::bigint[])
-        ON CONFLICT (room_id) DO UPDATE SET timestamp = GREATEST(${this.#rooms}.timestamp, EXCLUDED.timestamp)`,
-      [Array.from(counters.keys()), Array.from(counters.values())])
+      const written = await client.query<{ room_id: string }>(`INSERT INTO ${this.#rooms} (room_id, timestamp, owner)
+        SELECT u.room_id, u.timestamp, $3 FROM unnest($1::text[], $2::bigint[]) AS u(room_id, timestamp)
+        ON CONFLICT (room_id) DO UPDATE SET timestamp = GREATEST(${this.#rooms}.timestamp, EXCLUDED.timestamp), owner = EXCLUDED.owner
+        WHERE ${this.#rooms}.owner IS NULL OR ${this.#rooms}.owner = EXCLUDED.owner
+        RETURNING room_id`,
+      [roomIds, roomIds.map((roomId) => counters.get(roomId)!), this.#owner])
+      const owned = new Set(written.rows.map((row) => row.room_id))
+      for (const roomId of roomIds) if (!owned.has(roomId)) moved.add(roomId)
+      await this.#upsertEntries(client, moved.size === 0 ? Array.from(latest.values()) : Array.from(latest.values()).filter(({ roomId }) => !moved.has(roomId)))
     })
+    return moved
   }
 
   async #upsertEntries (client: pg.PoolClient, rows: Array<{ roomId: string, row: EntryRow }>): Promise<void> {

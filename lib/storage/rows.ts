@@ -1,4 +1,5 @@
 import type { ComponentData, FieldTimestamps, RoomSnapshot } from '../protocol/types.js'
+import { RoomMovedError } from '../errors.js'
 import type { PendingAppend, StoredEntry } from './storage.js'
 
 /** One document key as the SQL storages keep it: the JSON of its value and of its field timestamps. */
@@ -33,10 +34,15 @@ export function rowsToSnapshot (timestamp: number, rows: readonly EntryRow[]): R
   return { timestamp, state, timestamps }
 }
 
-/** Settles every append of a group commit: rejected with the commit's error, or resolved. */
-export function settle (batch: readonly PendingAppend[], err?: unknown): void {
+/**
+ * Settles every append of a group commit: rejected with the commit's error,
+ * or resolved; those of the rooms in `moved` (loaded by another storage
+ * since, so not written) rejected with a RoomMovedError.
+ */
+export function settle (batch: readonly PendingAppend[], err?: unknown, moved?: ReadonlySet<string>): void {
   for (const pending of batch) {
-    if (err === undefined) pending.resolve()
-    else pending.reject(err)
+    if (err !== undefined) pending.reject(err)
+    else if (moved?.has(pending.roomId) === true) pending.reject(new RoomMovedError(pending.roomId))
+    else pending.resolve()
   }
 }

@@ -1,3 +1,4 @@
+import { randomUUID } from 'node:crypto'
 import { mkdirSync, statSync } from 'node:fs'
 import { createRequire } from 'node:module'
 import { dirname, resolve } from 'node:path'
@@ -50,11 +51,21 @@ export class SqliteStorage implements RoomStore {
     getRoom: BetterSqlite3.Statement<[string], { timestamp: number }>
     getEntries: BetterSqlite3.Statement<[string], { key: string, value: string, stamps: string }>
     upsertEntry: BetterSqlite3.Statement<[string, string, string, string]>
-    upsertRoom: BetterSqlite3.Statement<[string, number]>
+    upsertRoom: BetterSqlite3.Statement<[string, number, string]>
+    claimRoom: BetterSqlite3.Statement<[string, string]>
+    replaceRoom: BetterSqlite3.Statement<[string, number, string]>
     deleteEntries: BetterSqlite3.Statement<[string]>
   }
 
-  readonly #writeBatch: (batch: Pending[]) => void
+  /**
+   * This storage's mark in the rooms it loads and writes (see forRoom): a
+   * room loaded by another storage since (another process, on the same
+   * database) is not written by this one.
+   */
+  readonly #owner = randomUUID()
+  /** @returns the rooms of the batch not written: another storage has loaded them since. */
+  readonly #writeBatch: (batch: Pending[]) => Set<string>
+  readonly #claim: (roomId: string) => RoomSnapshot | null
   readonly #replace: (roomId: string, snapshot: RoomSnapshot) => void
   #queue: Pending[] = []
   #scheduled: NodeJS.Immediate | null = null
@@ -95,8 +106,9 @@ export class SqliteStorage implements RoomStore {
       )`
     // SQLite's table names ignore case, as the lookup must.
     const layout = db.prepare('SELECT sql FROM sqlite_master WHERE type = \'table\' AND name = ? COLLATE NOCASE')
+    const hasOwner = (): boolean => (db.prepare(`PRAGMA table_info(${rooms})`).all() as Array<{ name: string }>).some((column) => column.name === 'owner')
     const current = (): boolean => {
-      if (layout.get(rooms) === undefined) return false
+      if (layout.get(rooms) === undefined || !hasOwner()) return false
       const found = layout.get(entries) as { sql: string } | undefined
       return found !== undefined && !/WITHOUT\s+ROWID/i.test(found.sql)
     }
@@ -105,8 +117,11 @@ export class SqliteStorage implements RoomStore {
       db.transaction(() => {
         db.exec(`CREATE TABLE IF NOT EXISTS ${rooms} (
           room_id TEXT PRIMARY KEY,
-          timestamp INTEGER NOT NULL
+          timestamp INTEGER NOT NULL,
+          owner TEXT
         )`)
+        // A database written by an earlier version: rooms without an owner, which any storage may write and claim.
+        if (!hasOwner()) db.exec(`ALTER TABLE ${rooms} ADD COLUMN owner TEXT`)
         const existing = layout.get(entries) as { sql: string } | undefined
         if (existing === undefined) {
           db.exec(createEntries(entries))
@@ -133,21 +148,38 @@ export class SqliteStorage implements RoomStore {
       getEntries: db.prepare(`SELECT key, value, stamps FROM ${entries} WHERE room_id = ?`),
       upsertEntry: db.prepare(`INSERT INTO ${entries} (room_id, key, value, stamps) VALUES (?, ?, ?, ?)
         ON CONFLICT (room_id, key) DO UPDATE SET value = excluded.value, stamps = excluded.stamps`),
-      upsertRoom: db.prepare(`INSERT INTO ${rooms} (room_id, timestamp) VALUES (?, ?)
-        ON CONFLICT (room_id) DO UPDATE SET timestamp = max(timestamp, excluded.timestamp)`),
+      // No change (0) when another storage has claimed the room since: then nothing of the append is written.
+      upsertRoom: db.prepare(`INSERT INTO ${rooms} (room_id, timestamp, owner) VALUES (?, ?, ?)
+        ON CONFLICT (room_id) DO UPDATE SET timestamp = max(timestamp, excluded.timestamp), owner = excluded.owner
+        WHERE owner IS NULL OR owner = excluded.owner`),
+      claimRoom: db.prepare(`UPDATE ${rooms} SET owner = ? WHERE room_id = ?`),
+      replaceRoom: db.prepare(`INSERT INTO ${rooms} (room_id, timestamp, owner) VALUES (?, ?, ?)
+        ON CONFLICT (room_id) DO UPDATE SET timestamp = max(timestamp, excluded.timestamp), owner = excluded.owner`),
       deleteEntries: db.prepare(`DELETE FROM ${entries} WHERE room_id = ?`)
     }
     this.#writeBatch = db.transaction((batch: Pending[]) => {
+      const moved = new Set<string>()
       for (const { roomId, changes } of batch) {
+        // The counter first: it says whether the room is still this storage's to write.
+        if (moved.has(roomId) || this.#stmt.upsertRoom.run(roomId, changes.timestamp, this.#owner).changes === 0) {
+          moved.add(roomId)
+          continue
+        }
         this.#upsertRows(roomId, entryRows(changes.entries))
-        this.#stmt.upsertRoom.run(roomId, changes.timestamp)
       }
+      return moved
     })
     this.#replace = db.transaction((roomId: string, snapshot: RoomSnapshot) => {
       this.#stmt.deleteEntries.run(roomId)
       this.#upsertRows(roomId, snapshotRows(snapshot))
-      this.#stmt.upsertRoom.run(roomId, snapshot.timestamp)
+      this.#stmt.replaceRoom.run(roomId, snapshot.timestamp, this.#owner)
     })
+    // Immediate: the write lock is taken first, so no other storage's commit falls between the claim and the read.
+    const claim = db.transaction((roomId: string) => {
+      this.#stmt.claimRoom.run(this.#owner, roomId)
+      return this.#read(roomId)
+    })
+    this.#claim = (roomId) => claim.immediate(roomId)
   }
 
   #upsertRows (roomId: string, rows: EntryRow[]): void {
@@ -157,11 +189,17 @@ export class SqliteStorage implements RoomStore {
     }
   }
 
-  /** The storage of one room, over this database. */
+  /**
+   * The storage of one room, over this database. Its `load` claims the room
+   * for this storage: from then on, appends to the room by another storage
+   * on the same database (another process) fail with a RoomMovedError
+   * instead of overwriting what this one writes, and the room that made
+   * them closes its sessions.
+   */
   forRoom (roomId: string): IncrementalStorage {
     checkRoomId(roomId, 'SqliteStorage')
     return {
-      load: async () => this.load(roomId),
+      load: async () => await this.#claimAndLoad(roomId),
       save: async (snapshot) => this.save(roomId, snapshot),
       // The id was checked above: not again at every write.
       append: (changes) => this.#enqueue(roomId, changes)
@@ -175,10 +213,31 @@ export class SqliteStorage implements RoomStore {
     this.#checkFiles()
   }
 
-  /** Reads a room; null when it was never written. */
+  /** Reads a room (without claiming it, unlike `forRoom(roomId).load()`); null when it was never written. */
   load (roomId: string): RoomSnapshot | null {
     this.#assertOpen()
     checkRoomId(roomId, 'SqliteStorage')
+    return this.#read(roomId)
+  }
+
+  /**
+   * Claims the room and reads it, in one transaction. Another process
+   * holding the write lock (SQLITE_BUSY: the storage does not wait inside a
+   * write) is waited for in short steps, up to about a second.
+   */
+  async #claimAndLoad (roomId: string): Promise<RoomSnapshot | null> {
+    for (let attempt = 1; ; attempt++) {
+      this.#assertOpen()
+      try {
+        return this.#claim(roomId)
+      } catch (err) {
+        if (!String((err as { code?: unknown }).code).startsWith('SQLITE_BUSY') || attempt >= CLAIM_ATTEMPTS) throw err
+      }
+      await new Promise((resolve) => setTimeout(resolve, CLAIM_RETRY_MS))
+    }
+  }
+
+  #read (roomId: string): RoomSnapshot | null {
     const room = this.#stmt.getRoom.get(roomId)
     const rows = this.#stmt.getEntries.all(roomId)
     if (room === undefined && rows.length === 0) return null
@@ -228,15 +287,16 @@ export class SqliteStorage implements RoomStore {
     const batch = this.#queue
     if (batch.length === 0) return
     this.#queue = []
+    let moved: Set<string>
     try {
-      this.#writeBatch(batch)
+      moved = this.#writeBatch(batch)
       // After the commit: one made to a file removed meanwhile is not acked.
       this.#checkFiles()
     } catch (err) {
       settle(batch, err)
       return
     }
-    settle(batch)
+    settle(batch, undefined, moved)
   }
 
   /**
@@ -261,6 +321,10 @@ export class SqliteStorage implements RoomStore {
     if (this.#closed) throw new Error('SqliteStorage is closed')
   }
 }
+
+/** How often, and how far apart, a room's claim is tried while another process holds the write lock. */
+const CLAIM_ATTEMPTS = 50
+const CLAIM_RETRY_MS = 20
 
 /** A file's device and inode, or null when it does not exist. */
 function identity (path: string): string | null {

@@ -1,0 +1,88 @@
+/**
+ * One room, two processes on one database: a rolling restart whose new
+ * process takes a room while the old one still serves it. Each process's
+ * storage claims the rooms it loads; the old one's writes to a room claimed
+ * since are refused, so it can neither overwrite the new one's keys nor ack
+ * what it did not write, and it closes that room's sessions with 1013.
+ * (Two storage objects on one database stand for the two processes.)
+ */
+import { join } from 'node:path'
+import Database from 'better-sqlite3'
+import pg from 'pg'
+import t, { type Test } from 'tap'
+import { PostgresStorage, SqliteStorage, type RoomStore } from '../lib/index.js'
+import { build, connect, write } from './helper.js'
+
+type Store = RoomStore & { close(): Promise<void>, load(roomId: string): unknown }
+
+async function handover (t: Test, open: () => Store): Promise<void> {
+  const oldStore = open()
+  const newStore = open()
+  t.teardown(async () => { await oldStore.close(); await newStore.close() })
+  const oldApp = await build(t, { storage: oldStore })
+  const newApp = await build(t, { storage: newStore })
+
+  const w1 = await connect(oldApp, { roomId: 'r', clientId: 'w1' })
+  await w1.join()
+  t.equal((await write(w1, 'a1', [{ 'shape/Pos': { _exists: true, x: 1 } }])).timestamp, 1)
+
+  // The new process loads the room: it reads what the old one committed.
+  const w2 = await connect(newApp, { roomId: 'r', clientId: 'w2' })
+  const diff = w2.nextOfType('patch')
+  t.equal((await w2.join()).timestamp, 1)
+  t.strictSame((await diff).documentPatches, [{ 'shape/Pos': { _exists: true, x: 1 } }])
+
+  // The old process's next write is refused by the storage: no ack, and the session is told to reconnect.
+  w1.send({ type: 'patch', messageId: 'a2', documentPatches: [{ 'shape/Pos': { x: 100 } }] })
+  t.strictSame(await w1.closed, { code: 1013, reason: 'Room moved to another server: reconnect' })
+  t.notOk(w1.frames.some((f) => f.type === 'ack' && f.messageId === 'a2'), 'the refused write was never acked')
+  t.equal(oldApp.canvasStore.getExistingRoom('r'), undefined, 'the old process forgot the room')
+
+  t.equal((await write(w2, 'b1', [{ 'shape/Pos': { y: 5 } }])).timestamp, 2)
+  // The client re-sends what was not acked, to the process that has the room.
+  const back = await connect(newApp, { roomId: 'r', clientId: 'w1' })
+  await back.join(1, { documentPatches: [{ 'shape/Pos': { x: 100 } }] })
+  await newApp.canvasStore.getExistingRoom('r')!.flush()
+  const stored = await newStore.load('r') as { state: unknown }
+  t.same(stored.state, { 'shape/Pos': { _exists: true, x: 100, y: 5 } }, 'both writes kept')
+  await w2.close()
+  await back.close()
+}
+
+t.test('SQLite: a room loaded by another process is not written by the old one', async (t) => {
+  const file = join(t.testdir({}), 'db.sqlite')
+  await handover(t, () => new SqliteStorage({ file }))
+})
+
+const pgUrl = process.env.CANVAS_STORE_TEST_PG
+if (pgUrl === undefined) {
+  t.test('PostgreSQL', { skip: 'PostgreSQL fencing test skipped: set CANVAS_STORE_TEST_PG (e.g. postgres://postgres@127.0.0.1:5432/test)' }, async () => {})
+} else {
+  t.test('PostgreSQL: a room loaded by another process is not written by the old one', async (t) => {
+    const pool = new pg.Pool({ connectionString: pgUrl })
+    const prefix = `cs_fence_${process.pid}_${Date.now()}`
+    t.teardown(async () => {
+      await pool.query(`DROP TABLE IF EXISTS ${prefix}_rooms, ${prefix}_entries`)
+      await pool.end()
+    })
+    await handover(t, () => new PostgresStorage({ connectionString: pgUrl, tablePrefix: prefix }) as unknown as Store)
+  })
+}
+
+t.test('SQLite: a database of an earlier version gets the owner column; its rooms load, are claimed and written', async (t) => {
+  const file = join(t.testdir({}), 'old.sqlite')
+  const old = new Database(file)
+  old.exec(`CREATE TABLE canvas_store_rooms (room_id TEXT PRIMARY KEY, timestamp INTEGER NOT NULL);
+    CREATE TABLE canvas_store_entries (room_id TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL, stamps TEXT NOT NULL, UNIQUE (room_id, key));
+    INSERT INTO canvas_store_rooms VALUES ('r', 3);
+    INSERT INTO canvas_store_entries VALUES ('r', 'a/Pos', '{"_exists":true,"x":1}', '{"_exists":3,"x":3}');`)
+  old.close()
+  const storage = new SqliteStorage({ file })
+  t.teardown(() => storage.close())
+  const room = storage.forRoom('r')
+  t.same((await room.load())?.state, { 'a/Pos': { _exists: true, x: 1 } })
+  await room.append({ timestamp: 4, entries: [] })
+  const check = new Database(file, { readonly: true })
+  t.teardown(() => check.close())
+  t.match(check.prepare('SELECT timestamp, owner FROM canvas_store_rooms WHERE room_id = ?').get('r'), { timestamp: 4, owner: /^[0-9a-f-]{36}$/ })
+})
