@@ -96,6 +96,15 @@ t.test('metrics: frames and bytes counted between scrapes add up exactly', async
   t.equal(await value(/canvas_store_frame_apply_seconds_count (\d+)/), 4)
 })
 
+/** The metrics text, once it matches `ready` (closes are counted when the server sees them, after the client's). */
+async function metricsOnce (app: { inject: (url: string) => Promise<{ body: string }> }, ready: RegExp): Promise<string> {
+  for (;;) {
+    const text = (await app.inject('/metrics')).body
+    if (ready.test(text)) return text
+    await new Promise((resolve) => setImmediate(resolve))
+  }
+}
+
 t.test('metrics: storage writes and failures, closes by code', async (t) => {
   let fail = true
   const storage: IncrementalStorage = {
@@ -111,14 +120,7 @@ t.test('metrics: storage writes and failures, closes by code', async (t) => {
   a.send({ type: 'patch', messageId: 'm1', documentPatches: [{ k: { _exists: true } }] })
   await ack
   await a.close()
-  const body = await new Promise<string>((resolve) => {
-    const poll = async (): Promise<void> => {
-      const text = (await app.inject('/metrics')).body
-      if (/canvas_store_closes_total\{code="1005"\} 1/.test(text)) resolve(text)
-      else setImmediate(poll)
-    }
-    poll()
-  })
+  const body = await metricsOnce(app, /canvas_store_closes_total\{code="1005"\} 1/)
   t.match(body, /canvas_store_storage_write_failures_total 1\n/, 'the failed write is counted')
   t.match(body, /canvas_store_storage_write_seconds_count 2\n/, 'both writes are timed')
 })
@@ -132,14 +134,7 @@ t.test('metrics: a close code the client picks is counted as other', async (t) =
     a.ws.close(code)
     await a.closed
   }
-  const body = await new Promise<string>((resolve) => {
-    const poll = async (): Promise<void> => {
-      const text = (await app.inject('/metrics')).body
-      if (/canvas_store_closes_total\{code="1000"\} 1/.test(text)) resolve(text)
-      else setImmediate(poll)
-    }
-    poll()
-  })
+  const body = await metricsOnce(app, /canvas_store_closes_total\{code="1000"\} 1/)
   t.match(body, /canvas_store_closes_total\{code="other"\} 2\n/)
   t.notMatch(body, /code="3001"|code="4999"/)
 })
