@@ -86,3 +86,23 @@ t.test('SQLite: a database of an earlier version gets the owner column; its room
   t.teardown(() => check.close())
   t.match(check.prepare('SELECT timestamp, owner FROM canvas_store_rooms WHERE room_id = ?').get('r'), { timestamp: 4, owner: /^[0-9a-f-]{36}$/ })
 })
+
+if (pgUrl !== undefined) {
+  t.test('PostgreSQL: a table of an earlier version gets the owner column; its rooms load, are claimed and written', async (t) => {
+    const pool = new pg.Pool({ connectionString: pgUrl })
+    const prefix = `cs_fence_old_${process.pid}_${Date.now()}`
+    t.teardown(async () => {
+      await pool.query(`DROP TABLE IF EXISTS ${prefix}_rooms, ${prefix}_entries`)
+      await pool.end()
+    })
+    await pool.query(`CREATE TABLE ${prefix}_rooms (room_id text PRIMARY KEY, timestamp bigint NOT NULL);
+      CREATE TABLE ${prefix}_entries (room_id text NOT NULL, key text NOT NULL, value text NOT NULL, stamps text NOT NULL, PRIMARY KEY (room_id, key));
+      INSERT INTO ${prefix}_rooms VALUES ('r', 3);
+      INSERT INTO ${prefix}_entries VALUES ('r', 'a/Pos', '{"_exists":true,"x":1}', '{"_exists":3,"x":3}');`)
+    const storage = new PostgresStorage({ pool, tablePrefix: prefix })
+    const room = storage.forRoom('r')
+    t.same((await room.load())?.state, { 'a/Pos': { _exists: true, x: 1 } })
+    await room.append({ timestamp: 4, entries: [] })
+    t.match((await pool.query(`SELECT timestamp, owner FROM ${prefix}_rooms WHERE room_id = 'r'`)).rows[0], { timestamp: '4', owner: /^[0-9a-f-]{36}$/ })
+  })
+}

@@ -1098,7 +1098,6 @@ export class Room {
     if (i > 0) this.#outbox = this.#outbox.slice(i)
   }
 
-  /** Writes have failed for too long: tell the sessions and let their clients reconnect and re-send. */
   /**
    * The storage refused a write: another process has loaded the room since.
    * What this one holds is stale, and its pending acks and broadcasts report
@@ -1117,6 +1116,7 @@ export class Room {
     this.#options.onMoved?.(this)
   }
 
+  /** Writes have failed for too long: tell the sessions and let their clients reconnect and re-send. */
   #storageUnavailable (err: unknown): void {
     if (this.#sessions.size === 0) return
     this.#log.error({ err, roomId: this.roomId }, 'storage unavailable: closing the sessions of the room')

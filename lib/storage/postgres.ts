@@ -76,9 +76,9 @@ export class PostgresStorage implements RoomStore {
     }).then(() => this.#pool.query(`
       CREATE TABLE IF NOT EXISTS ${this.#rooms} (
         room_id text PRIMARY KEY,
-        timestamp bigint NOT NULL
+        timestamp bigint NOT NULL,
+        owner text
       );
-      ALTER TABLE ${this.#rooms} ADD COLUMN IF NOT EXISTS owner text;
       CREATE TABLE IF NOT EXISTS ${this.#entries} (
         room_id text NOT NULL,
         key text NOT NULL,
@@ -86,7 +86,13 @@ export class PostgresStorage implements RoomStore {
         stamps text NOT NULL,
         PRIMARY KEY (room_id, key)
       );
-    `)).then(() => undefined, (err: unknown) => {
+    `)).then(async () => {
+      // A table of an earlier version has no owner column. Looked up first: ALTER TABLE locks the table
+      // against every other process's writes, even when the column is there already.
+      const column = await this.#pool.query(`SELECT 1 FROM information_schema.columns
+        WHERE table_schema = current_schema() AND table_name = $1 AND column_name = 'owner'`, [this.#rooms.toLowerCase()])
+      if (column.rows.length === 0) await this.#pool.query(`ALTER TABLE ${this.#rooms} ADD COLUMN IF NOT EXISTS owner text`)
+    }).then(() => undefined, (err: unknown) => {
       this.#migrated = null
       throw err
     })
