@@ -106,3 +106,40 @@ if (pgUrl !== undefined) {
     t.match((await pool.query(`SELECT timestamp, owner FROM ${prefix}_rooms WHERE room_id = 'r'`)).rows[0], { timestamp: '4', owner: /^[0-9a-f-]{36}$/ })
   })
 }
+
+t.test('SQLite: a stale process does not ask a client that saw newer counters elsewhere for a resync', async (t) => {
+  const file = join(t.testdir({}), 'db.sqlite')
+  const oldStore = new SqliteStorage({ file })
+  const newStore = new SqliteStorage({ file })
+  t.teardown(async () => { await oldStore.close(); await newStore.close() })
+  const oldApp = await build(t, { storage: oldStore })
+  const newApp = await build(t, { storage: newStore })
+  const w = await connect(oldApp, { roomId: 'r', clientId: 'w' })
+  await w.join()
+  await write(w, 'a1', [{ 'shape/Pos': { _exists: true, x: 1 } }])
+  await w.close()
+  // The old process keeps the room loaded (idle); the new one claims it and writes counters 2 and 3.
+  const c = await connect(newApp, { roomId: 'r', clientId: 'c' })
+  await c.join()
+  await write(c, 'c1', [{ 'shape/Pos': { x: 5 } }])
+  t.equal((await write(c, 'c2', [{ 'shape/Pos': { x: 7 } }])).timestamp, 3)
+  // The client's reconnect lands on the old process, whose counter is 1: not lost work, only stale.
+  const back = await connect(oldApp, { roomId: 'r', clientId: 'c' })
+  back.send({ type: 'reconnect', lastTimestamp: 3, protocolVersion: 2 })
+  t.strictSame(await back.closed, { code: 1013, reason: 'Room moved to another server: reconnect' })
+  t.notOk(back.frames.some((f) => f.type === 'resync'), 'no resync asked')
+  t.same((await newStore.load('r'))?.state, { 'shape/Pos': { _exists: true, x: 7 } })
+  await c.close()
+})
+
+t.test('SQLite: a process that lost acked work (the counter it has is lower) still asks for the resync', async (t) => {
+  const file = join(t.testdir({}), 'db.sqlite')
+  const store = new SqliteStorage({ file })
+  t.teardown(() => store.close())
+  const app = await build(t, { storage: store })
+  const c = await connect(app, { roomId: 'r', clientId: 'c' })
+  const resync = c.nextOfType('resync')
+  await c.join(5)
+  t.strictSame(await resync, { type: 'resync', since: 0 })
+  await c.close()
+})

@@ -130,6 +130,15 @@ export class Persistence {
     this.#schedule(this.holding ? 0 : this.#o.throttleMs)
   }
 
+  /**
+   * Writes the counter as it is (incremental path): with durable acks what
+   * the room sends next waits for that write, so it leaves only if the
+   * storage still takes the room's writes (no RoomMovedError).
+   */
+  confirm (): void {
+    if (this.#incremental !== undefined) this.noteChanges([])
+  }
+
   /** How long the durable write about to be cut waits to gather changes: 0 unless its keys are large. */
   #holdMs (): number {
     const doc = this.#o.document()

@@ -531,7 +531,14 @@ export class Room {
     } else if (docs !== undefined) {
       this.#refuse(session, undefined, docs, READONLY)
     }
-    if (resync) this.#sendMessage(session, { type: 'resync', since })
+    if (resync) {
+      // The counter here may be stale rather than lost: another process may have loaded the room and written
+      // past it. A resync would then have the client write old values over newer acked ones. With durable acks
+      // it waits for a write of the counter, which such a storage refuses (RoomMovedError: the session is closed
+      // with 1013 and reconnects where the room is).
+      this.#persistence.confirm()
+      this.#sendMessage(session, { type: 'resync', since })
+    }
 
     const timestamp = this.#doc.timestamp
     const diff = this.#diffJson(frame.lastTimestamp)
