@@ -55,16 +55,22 @@ t.test('SQLite: a room loaded by another process is not written by the old one',
 })
 
 const pgUrl = process.env.CANVAS_STORE_TEST_PG
+
+/** A pool and a table prefix of this test's own; the tables are dropped when it ends. */
+function pgTables (t: Test, url: string, name: string): { pool: pg.Pool, prefix: string } {
+  const pool = new pg.Pool({ connectionString: url })
+  const prefix = `${name}_${process.pid}_${Date.now()}`
+  t.teardown(async () => {
+    await pool.query(`DROP TABLE IF EXISTS ${prefix}_rooms, ${prefix}_entries`)
+    await pool.end()
+  })
+  return { pool, prefix }
+}
 if (pgUrl === undefined) {
   t.test('PostgreSQL', { skip: 'PostgreSQL fencing test skipped: set CANVAS_STORE_TEST_PG (e.g. postgres://postgres@127.0.0.1:5432/test)' }, async () => {})
 } else {
   t.test('PostgreSQL: a room loaded by another process is not written by the old one', async (t) => {
-    const pool = new pg.Pool({ connectionString: pgUrl })
-    const prefix = `cs_fence_${process.pid}_${Date.now()}`
-    t.teardown(async () => {
-      await pool.query(`DROP TABLE IF EXISTS ${prefix}_rooms, ${prefix}_entries`)
-      await pool.end()
-    })
+    const { prefix } = pgTables(t, pgUrl, 'cs_fence')
     await handover(t, () => new PostgresStorage({ connectionString: pgUrl, tablePrefix: prefix }) as unknown as Store)
   })
 }
@@ -89,12 +95,7 @@ t.test('SQLite: a database of an earlier version gets the owner column; its room
 
 if (pgUrl !== undefined) {
   t.test('PostgreSQL: a table of an earlier version gets the owner column; its rooms load, are claimed and written', async (t) => {
-    const pool = new pg.Pool({ connectionString: pgUrl })
-    const prefix = `cs_fence_old_${process.pid}_${Date.now()}`
-    t.teardown(async () => {
-      await pool.query(`DROP TABLE IF EXISTS ${prefix}_rooms, ${prefix}_entries`)
-      await pool.end()
-    })
+    const { pool, prefix } = pgTables(t, pgUrl, 'cs_fence_old')
     await pool.query(`CREATE TABLE ${prefix}_rooms (room_id text PRIMARY KEY, timestamp bigint NOT NULL);
       CREATE TABLE ${prefix}_entries (room_id text NOT NULL, key text NOT NULL, value text NOT NULL, stamps text NOT NULL, PRIMARY KEY (room_id, key));
       INSERT INTO ${prefix}_rooms VALUES ('r', 3);
