@@ -69,6 +69,9 @@ export class SqliteStorage implements RoomStore {
   readonly #replace: (roomId: string, snapshot: RoomSnapshot) => void
   #queue: Pending[] = []
   #scheduled: NodeJS.Immediate | null = null
+  /** The next try of a group commit that found another process holding the write lock, and how many in a row. */
+  #busyRetry: NodeJS.Timeout | null = null
+  #busyTries = 0
   /** The database file and its WAL as opened (device and inode), to find out when they are removed or replaced; null for a database in memory. */
   readonly #files: { path: string, db: string, wal: string | null } | null
   #closed = false
@@ -231,7 +234,7 @@ export class SqliteStorage implements RoomStore {
       try {
         return this.#claim(roomId)
       } catch (err) {
-        if (!String((err as { code?: unknown }).code).startsWith('SQLITE_BUSY') || attempt >= CLAIM_ATTEMPTS) throw err
+        if (!isBusy(err) || attempt >= CLAIM_ATTEMPTS) throw err
       }
       await new Promise((resolve) => setTimeout(resolve, CLAIM_RETRY_MS))
     }
@@ -248,7 +251,7 @@ export class SqliteStorage implements RoomStore {
   save (roomId: string, snapshot: RoomSnapshot): void {
     this.#assertOpen()
     checkRoomId(roomId, 'SqliteStorage')
-    this.#drain()
+    this.#drain(false)
     this.#replace(roomId, snapshot)
     this.#checkFiles()
   }
@@ -267,22 +270,35 @@ export class SqliteStorage implements RoomStore {
     if (this.#closed) return Promise.reject(new Error('SqliteStorage is closed'))
     return new Promise((resolve, reject) => {
       this.#queue.push({ roomId, changes, resolve, reject })
-      this.#scheduled ??= setImmediate(() => this.#drain())
+      // While a commit waits out another process's lock, these join it.
+      if (this.#busyRetry === null) this.#scheduled ??= setImmediate(() => this.#drain())
     })
   }
 
   /** Writes what is queued, then closes the database if this object opened it. Idempotent. */
   async close (): Promise<void> {
     if (this.#closed) return
-    this.#drain()
+    this.#drain(false)
     this.#closed = true
     if (this.#owned) this.#db.close()
   }
 
-  #drain (): void {
+  /**
+   * Commits what is queued. `waitForLock`: when another process holds the
+   * write lock (SQLITE_BUSY; the storage does not wait inside a write, on the
+   * event loop), try again a few milliseconds later, up to about a second,
+   * rather than fail the appends (which rooms would retry after 200 ms, and
+   * log as storage failures): another process loading rooms takes the lock
+   * for a moment each time (see forRoom).
+   */
+  #drain (waitForLock = true): void {
     if (this.#scheduled !== null) {
       clearImmediate(this.#scheduled)
       this.#scheduled = null
+    }
+    if (this.#busyRetry !== null) {
+      clearTimeout(this.#busyRetry)
+      this.#busyRetry = null
     }
     const batch = this.#queue
     if (batch.length === 0) return
@@ -293,9 +309,16 @@ export class SqliteStorage implements RoomStore {
       // After the commit: one made to a file removed meanwhile is not acked.
       this.#checkFiles()
     } catch (err) {
+      if (waitForLock && isBusy(err) && ++this.#busyTries < BUSY_TRIES) {
+        this.#queue = batch.concat(this.#queue)
+        this.#busyRetry = setTimeout(() => this.#drain(), BUSY_RETRY_MS)
+        return
+      }
+      this.#busyTries = 0
       settle(batch, err)
       return
     }
+    this.#busyTries = 0
     settle(batch, undefined, moved)
   }
 
@@ -325,6 +348,14 @@ export class SqliteStorage implements RoomStore {
 /** How often, and how far apart, a room's claim is tried while another process holds the write lock. */
 const CLAIM_ATTEMPTS = 50
 const CLAIM_RETRY_MS = 20
+/** The same for a group commit: every 5 ms, up to about a second. */
+const BUSY_TRIES = 200
+const BUSY_RETRY_MS = 5
+
+/** SQLITE_BUSY (or one of its extended codes): another connection holds the lock. */
+function isBusy (err: unknown): boolean {
+  return String((err as { code?: unknown } | null)?.code).startsWith('SQLITE_BUSY')
+}
 
 /** A file's device and inode, or null when it does not exist. */
 function identity (path: string): string | null {
