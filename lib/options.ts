@@ -1,6 +1,7 @@
 import type { FastifyRequest, onRequestHookHandler, preHandlerHookHandler } from 'fastify'
 import { errors } from './errors.js'
 import type { SessionPermission } from './protocol/types.js'
+import { isRecord } from './protocol/frames.js'
 import { DEFAULT_LIMITS, DEFAULT_RATE_LIMIT, DEFAULT_SLOW_CLIENT, type RateLimit, type RoomLimits, type SlowClientPolicy } from './room/limits.js'
 import type { Durability } from './room/persistence.js'
 import type { CreateStorage, RoomStore } from './storage/storage.js'
@@ -274,7 +275,7 @@ export function resolveOptions (opts: CanvasStoreOptions = {}): ResolvedOptions 
   }
   let admin: ResolvedOptions['admin']
   if (opts.admin !== undefined) {
-    if (!isObject(opts.admin)) fail('admin', 'must be an object')
+    if (!isRecord(opts.admin as unknown)) fail('admin', 'must be an object')
     const onRequest = hooks('admin.onRequest', opts.admin.onRequest, fail)
     const preHandler = hooks('admin.preHandler', opts.admin.preHandler, fail)
     const prefix = opts.admin.prefix ?? ''
@@ -336,7 +337,7 @@ export function resolveOptions (opts: CanvasStoreOptions = {}): ResolvedOptions 
  */
 function numbers<T extends object> (name: string, value: Partial<T> | undefined, defaults: T, integers: readonly string[], fail: (name: string, why: string) => never): Partial<T> | undefined {
   if (value === undefined) return undefined
-  if (!isObject(value)) fail(name, 'must be an object')
+  if (!isRecord(value)) fail(name, 'must be an object')
   for (const [key, v] of Object.entries(value)) {
     if (!Object.hasOwn(defaults, key)) fail(`${name}.${key}`, `is not an option (known: ${Object.keys(defaults).join(', ')})`)
     if (typeof v !== 'number' || !Number.isFinite(v) || v <= 0) fail(`${name}.${key}`, 'must be a number > 0')
@@ -349,7 +350,7 @@ function numbers<T extends object> (name: string, value: Partial<T> | undefined,
 function feature<T extends object> (name: string, value: boolean | Partial<T> | undefined, defaults: T, fail: (name: string, why: string) => never): T | undefined {
   if (value === undefined || value === false) return undefined
   if (value === true) return { ...defaults }
-  if (!isObject(value)) fail(name, 'must be a boolean or an object')
+  if (!isRecord(value)) fail(name, 'must be a boolean or an object')
   // A setting given as undefined keeps its default, as an absent one does.
   const given = Object.fromEntries(Object.entries(value).filter(([, v]) => v !== undefined))
   return { ...defaults, ...given }
@@ -361,13 +362,9 @@ function checkPath (name: string, value: unknown, fail: (name: string, why: stri
   if (/[?#\s]/.test(value as string)) fail(name, 'must be a path without "?", "#" or spaces')
 }
 
-function isObject (value: unknown): value is object {
-  return typeof value === 'object' && value !== null && !Array.isArray(value)
-}
-
 function connectionRateLimit (value: CanvasStoreOptions['connectionRateLimit'], fail: (name: string, why: string) => never): ResolvedOptions['connectionRateLimit'] {
   if (value === false) return false
-  if (value !== undefined && !isObject(value)) fail('connectionRateLimit', 'must be an object or false')
+  if (value !== undefined && !isRecord(value)) fail('connectionRateLimit', 'must be an object or false')
   const merged = { ...DEFAULT_CONNECTION_RATE_LIMIT, ...value }
   if (!Number.isInteger(merged.max) || merged.max < 1) fail('connectionRateLimit.max', 'must be an integer >= 1')
   if (typeof merged.timeWindow !== 'number' || !(merged.timeWindow > 0)) fail('connectionRateLimit.timeWindow', 'must be a number of ms > 0')

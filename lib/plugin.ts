@@ -9,7 +9,7 @@ import { resolveOptions, type CanvasStoreOptions, type ResolvedOptions } from '.
 import { catchUpAllowance } from './room/catch-up.js'
 import type { RoomOptions } from './room/room.js'
 import { RoomManager } from './room/room-manager.js'
-import { Bounds, callAuthorize, checkResult } from './routes/ws.js'
+import { Bounds } from './routes/ws.js'
 import { adminRoutes } from './routes/admin.js'
 import { healthRoutes } from './routes/health.js'
 import { wsRoutes } from './routes/ws.js'
@@ -52,7 +52,7 @@ const canvasStore: FastifyPluginAsync<CanvasStoreOptions> = async (fastify, opts
     logger: log,
     onTokenRefresh: options.authorize === undefined
       ? undefined
-      : async (_room, { clientId, token }) => checkResult(await bounds.decide(callAuthorize(options.authorize!, { roomId, clientId, token, request: undefined }), options.authorizeTimeoutMs))
+      : async (_room, { clientId, token }) => await bounds.authorize(options.authorize!, { roomId, clientId, token, request: undefined }, options.authorizeTimeoutMs)
   })
 
   // Turn new sockets away and close open ones with 1001 before the server stops listening.

@@ -144,3 +144,20 @@ t.test('SQLite: a process that lost acked work (the counter it has is lower) sti
   t.strictSame(await resync, { type: 'resync', since: 0 })
   await c.close()
 })
+
+t.test('SQLite: a room\'s claim waits for another process\'s write lock (between event-loop turns), then loads', async (t) => {
+  const file = join(t.testdir({}), 'db.sqlite')
+  const storage = new SqliteStorage({ file })
+  t.teardown(() => storage.close())
+  await storage.forRoom('r').append({ timestamp: 1, entries: [{ key: 'k', value: { _exists: true }, stamps: { _exists: 1 } }] })
+  const other = new Database(file)
+  t.teardown(() => other.close())
+  other.exec('BEGIN IMMEDIATE')
+  let loaded = false
+  const load = storage.forRoom('r').load().then((snapshot) => { loaded = true; return snapshot })
+  // Two retries of the claim pass while the lock is held.
+  await new Promise((resolve) => setTimeout(resolve, 50))
+  t.notOk(loaded, 'the claim waits while the lock is held')
+  other.exec('COMMIT')
+  t.same((await load)?.state, { k: { _exists: true } })
+})

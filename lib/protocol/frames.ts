@@ -169,7 +169,8 @@ function isStoredKey (key: string): boolean {
   return key.length <= MAX_KEY_LENGTH && !key.includes('\u0000') && (key as string & { isWellFormed(): boolean }).isWellFormed()
 }
 
-function isRecord (value: unknown): value is Record<string, unknown> {
+/** An object that is not an array (nor null): a JSON object, a record. */
+export function isRecord (value: unknown): value is Record<string, unknown> {
   return typeof value === 'object' && value !== null && !Array.isArray(value)
 }
 

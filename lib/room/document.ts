@@ -1,5 +1,6 @@
 import type { BufferDelta, ComponentData, FieldTimestamps, Patch, RoomSnapshot } from '../protocol/types.js'
 import { ZERO_ITEM_SIZE, fieldSize, itemSize, jsonSize, keyOverhead, knownArraySize, rememberArraySize } from './size.js'
+import { isRecord } from '../protocol/frames.js'
 
 /**
  * A record whose prototype chain does not reach `Object.prototype`: a key
@@ -459,17 +460,17 @@ export class Document {
     // Every stored field has a stamp of at least 1, so that a diff since 0 holds it.
     const fallback = Math.max(counter, 1)
     const loaded: Array<[string, Fields, number]> = []
-    const state = isObject(snapshot.state) ? snapshot.state : {}
-    const allStamps = isObject(snapshot.timestamps) ? snapshot.timestamps : {}
+    const state = isRecord(snapshot.state) ? snapshot.state : {}
+    const allStamps = isRecord(snapshot.timestamps) ? snapshot.timestamps : {}
     for (const key of Object.keys(state)) {
       const raw = state[key]
-      if (!isObject(raw)) continue
+      if (!isRecord(raw)) continue
       const fields = Object.keys(raw)
       // A value without fields stores nothing (every stored key has at least `_exists`).
       if (fields.length === 0) continue
       const value = emptyRecord()
       for (const field of fields) value[field] = raw[field]
-      const rawStamps = Object.hasOwn(allStamps, key) && isObject(allStamps[key]) ? allStamps[key] : {}
+      const rawStamps = Object.hasOwn(allStamps, key) && isRecord(allStamps[key]) ? allStamps[key] : {}
       const stamps = emptyRecord<number>()
       for (const field of fields) {
         const s = rawStamps[field]
@@ -547,8 +548,4 @@ function isNonEmpty (patch: object): boolean {
     if (Object.hasOwn(patch, key)) return true
   }
   return false
-}
-
-function isObject (value: unknown): value is Record<string, any> {
-  return typeof value === 'object' && value !== null && !Array.isArray(value)
 }

@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto'
 import { AuthorizeTimeoutError, CloseCode, closeReason, frameErrorCodes } from '../errors.js'
-import { parseClientFrame, type InvalidFrame } from '../protocol/frames.js'
+import { isRecord, parseClientFrame, type InvalidFrame } from '../protocol/frames.js'
 import { PROTOCOL_VERSION } from '../protocol/types.js'
 import type {
   ClientMessage,
@@ -1137,17 +1137,13 @@ export class Room {
 
 /** A snapshot has at least its shape: an object whose `state` is an object of objects (the values' fields are checked when loaded). */
 function isSnapshotShaped (snapshot: unknown): boolean {
-  if (!isPlainObject(snapshot)) return false
+  if (!isRecord(snapshot)) return false
   const state = (snapshot as { state?: unknown }).state
-  if (!isPlainObject(state)) return false
+  if (!isRecord(state)) return false
   for (const key in state) {
-    if (Object.hasOwn(state, key) && !isPlainObject(state[key])) return false
+    if (Object.hasOwn(state, key) && !isRecord(state[key])) return false
   }
   return true
-}
-
-function isPlainObject (value: unknown): value is Record<string, unknown> {
-  return typeof value === 'object' && value !== null && !Array.isArray(value)
 }
 
 function describe (session: Session): SessionInfo {

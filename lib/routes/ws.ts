@@ -149,7 +149,7 @@ export const wsRoutes: FastifyPluginAsync<WsRouteOptions> = async (fastify: Fast
         if (conn.sessionId !== undefined) conn.room!.handleSocketError(conn.sessionId)
       })
 
-      const authorization = bounds.decide(callAuthorize(authorize, { roomId, clientId, token, request }), options.authorizeTimeoutMs)
+      const authorization = bounds.authorize(authorize, { roomId, clientId, token, request }, options.authorizeTimeoutMs)
       accept(conn, socket, authorization, { roomId, clientId, log, manager, roomOptions, bounds, loadTimeoutMs: options.storageFailureTimeoutMs }).catch((err: unknown) => {
         log.error({ err }, 'accepting the connection failed')
         socket.close(CloseCode.INTERNAL_ERROR, 'Internal error')
@@ -169,7 +169,7 @@ function handshakeProblem (headers: Record<string, string | string[] | undefined
 }
 
 /** Runs authorize, turning a synchronous throw into a rejection. */
-export function callAuthorize (authorize: Authorize, info: AuthorizeInfo): Promise<AuthorizeResult> {
+function callAuthorize (authorize: Authorize, info: AuthorizeInfo): Promise<AuthorizeResult> {
   try {
     return Promise.resolve(authorize(info))
   } catch (err) {
@@ -196,7 +196,7 @@ async function accept (
   const { roomId, clientId, log, manager } = ctx
   let result: AuthorizeResult
   try {
-    result = checkResult(await authorization)
+    result = await authorization
   } catch (err) {
     const [code, reason] = refusal(err)
     if (err instanceof AuthorizeTimeoutError) log.warn('authorize did not decide in time: connection closed')
@@ -254,9 +254,13 @@ async function boundedLoad (bounds: Bounds, load: Promise<Room>, ms: number): Pr
 export class Bounds {
   readonly #timers = new Set<NodeJS.Timeout>()
 
-  /** authorize's decision, or an AuthorizeTimeoutError once it has been pending for `ms` (0: no bound). */
-  async decide (decision: Promise<AuthorizeResult>, ms: number): Promise<AuthorizeResult> {
-    return await this.within(decision, ms, () => new AuthorizeTimeoutError(ms))
+  /**
+   * authorize's decision for a connection or an auth-refresh, checked (see
+   * checkResult), or an AuthorizeTimeoutError once it has been pending for
+   * `ms` (0: no bound).
+   */
+  async authorize (authorize: Authorize, info: AuthorizeInfo, ms: number): Promise<AuthorizeResult> {
+    return checkResult(await this.within(callAuthorize(authorize, info), ms, () => new AuthorizeTimeoutError(ms)))
   }
 
   /** `work`'s result, or the error `late` makes once it has been pending for `ms` (0: no bound; it goes on unwatched). */
@@ -291,7 +295,7 @@ export class Bounds {
  * (what the admin routes show is what was decided, and later changes to the
  * app's object do not leak in).
  */
-export function checkResult (result: AuthorizeResult | null | undefined): AuthorizeResult {
+function checkResult (result: AuthorizeResult | null | undefined): AuthorizeResult {
   const permissions = result?.permissions
   if (permissions !== 'readwrite' && permissions !== 'readonly') {
     throw new Error('authorize returned no valid permissions')
