@@ -108,29 +108,104 @@ if (pgUrl !== undefined) {
   })
 }
 
-t.test('SQLite: a stale process does not ask a client that saw newer counters elsewhere for a resync', async (t) => {
-  const file = join(t.testdir({}), 'db.sqlite')
-  const oldStore = new SqliteStorage({ file })
-  const newStore = new SqliteStorage({ file })
+/**
+ * The old process still has the room loaded, with a session in it, when the new one claims it and writes. A
+ * client joining the old process is not served the stale document (nor asked for a resync by a counter that is
+ * only stale): the join finds the claim moved, the old sessions get 1013, and the room is loaded afresh.
+ */
+async function staleJoin (t: Test, open: () => Store): Promise<void> {
+  const oldStore = open()
+  const newStore = open()
   t.teardown(async () => { await oldStore.close(); await newStore.close() })
   const oldApp = await build(t, { storage: oldStore })
   const newApp = await build(t, { storage: newStore })
   const w = await connect(oldApp, { roomId: 'r', clientId: 'w' })
   await w.join()
   await write(w, 'a1', [{ 'shape/Pos': { _exists: true, x: 1 } }])
-  await w.close()
-  // The old process keeps the room loaded (idle); the new one claims it and writes counters 2 and 3.
+  const idle = await connect(oldApp, { roomId: 'idle', clientId: 'i' })
+  await idle.join()
+  // The new process claims the room and writes counters 2 and 3; the old one has not written since.
   const c = await connect(newApp, { roomId: 'r', clientId: 'c' })
   await c.join()
   await write(c, 'c1', [{ 'shape/Pos': { x: 5 } }])
   t.equal((await write(c, 'c2', [{ 'shape/Pos': { x: 7 } }])).timestamp, 3)
-  // The client's reconnect lands on the old process, whose counter is 1: not lost work, only stale.
+  const stale = oldApp.canvasStore.getExistingRoom('r')
+  t.equal(stale?.timestamp, 1, 'the old process still holds counter 1')
+
+  // A new client on the old process: served the current document.
+  const fresh = await connect(oldApp, { roomId: 'r', clientId: 'f' })
+  const diff = fresh.nextOfType('patch')
+  t.equal((await fresh.join()).timestamp, 3)
+  t.strictSame((await diff).documentPatches, [{ 'shape/Pos': { _exists: true, x: 7 } }])
+  t.strictSame(await w.closed, { code: 1013, reason: 'Room moved to another server: reconnect' }, 'the stale room\'s session is told to reconnect')
+  t.not(oldApp.canvasStore.getExistingRoom('r'), stale, 'loaded afresh')
+  t.equal(oldApp.canvasStore.getExistingRoom('r')?.timestamp, 3)
+
+  // A client that saw counter 3 elsewhere and lands on the old process: synced at 3, no resync asked.
   const back = await connect(oldApp, { roomId: 'r', clientId: 'c' })
-  back.send({ type: 'reconnect', lastTimestamp: 3, protocolVersion: 2 })
-  t.strictSame(await back.closed, { code: 1013, reason: 'Room moved to another server: reconnect' })
+  t.equal((await back.join(3)).timestamp, 3)
   t.notOk(back.frames.some((f) => f.type === 'resync'), 'no resync asked')
-  t.same((await newStore.load('r'))?.state, { 'shape/Pos': { _exists: true, x: 7 } })
-  await c.close()
+  // The old process now holds the claim: the new one's write is refused, and the value is kept once.
+  t.equal((await write(back, 'b1', [{ 'shape/Pos': { y: 1 } }])).timestamp, 4)
+  await oldApp.canvasStore.getExistingRoom('r')!.flush()
+  t.same((await oldStore.load('r') as { state: unknown }).state, { 'shape/Pos': { _exists: true, x: 7, y: 1 } })
+  t.equal(idle.ws.readyState, idle.ws.OPEN, 'another room of the old process is untouched')
+  await Promise.all([fresh.close(), back.close(), idle.close(), c.close()])
+}
+
+t.test('SQLite: a client joining a room that another process has loaded since gets the current document', async (t) => {
+  const file = join(t.testdir({}), 'db.sqlite')
+  await staleJoin(t, () => new SqliteStorage({ file }))
+})
+
+if (pgUrl !== undefined) {
+  t.test('PostgreSQL: a client joining a room that another process has loaded since gets the current document', async (t) => {
+    const { prefix } = pgTables(t, pgUrl, 'cs_stale')
+    await staleJoin(t, () => new PostgresStorage({ connectionString: pgUrl, tablePrefix: prefix }) as unknown as Store)
+  })
+}
+
+t.test('joins at the same moment share one check of the claim', async (t) => {
+  const file = join(t.testdir({}), 'db.sqlite')
+  const store = new SqliteStorage({ file })
+  t.teardown(() => store.close())
+  let checks = 0
+  const counting: RoomStore = {
+    forRoom (roomId) {
+      const storage = store.forRoom(roomId)
+      const check = storage.checkClaim!
+      return Object.assign(storage, { checkClaim: async () => { checks++; await check() } })
+    }
+  }
+  const app = await build(t, { storage: counting })
+  const first = await connect(app, { roomId: 'r', clientId: 'first' })
+  await first.join()
+  t.equal(checks, 0, 'the join that loads the room does not check it')
+  const peers = await Promise.all(['a', 'b', 'c', 'd'].map(async (clientId) => await connect(app, { roomId: 'r', clientId })))
+  await Promise.all(peers.map(async (p) => await p.join()))
+  t.ok(checks >= 1 && checks < 4, `4 joins, ${checks} checks`)
+  await Promise.all([first, ...peers].map(async (p) => await p.close()))
+})
+
+t.test('a storage that cannot answer the check is logged and the session joins the room as it is', async (t) => {
+  const file = join(t.testdir({}), 'db.sqlite')
+  const store = new SqliteStorage({ file })
+  t.teardown(() => store.close())
+  const failing: RoomStore = {
+    forRoom (roomId) {
+      return Object.assign(store.forRoom(roomId), { checkClaim: async () => { throw new Error('connection reset') } })
+    }
+  }
+  const app = await build(t, { storage: failing })
+  const a = await connect(app, { roomId: 'r', clientId: 'a' })
+  await a.join()
+  await write(a, 'a1', [{ 'shape/Pos': { _exists: true, x: 1 } }])
+  const room = app.canvasStore.getExistingRoom('r')
+  const b = await connect(app, { roomId: 'r', clientId: 'b' })
+  t.equal((await b.join()).timestamp, 1)
+  t.equal(app.canvasStore.getExistingRoom('r'), room, 'the same room')
+  t.equal(a.ws.readyState, a.ws.OPEN)
+  await Promise.all([a.close(), b.close()])
 })
 
 t.test('SQLite: a process that lost acked work (the counter it has is lower) still asks for the resync', async (t) => {

@@ -168,6 +168,12 @@ export class Persistence {
     }
   }
 
+  /** Another process has loaded the room (found before a write): nothing more is written, flush included. */
+  markMoved (): void {
+    this.#moved = true
+    this.stop()
+  }
+
   /** No more scheduled writes (flush still works), and no more reports of a write that hangs: the room is closed. */
   stop (): void {
     this.#stopped = true
@@ -256,8 +262,7 @@ export class Persistence {
       this.#o.observer?.storageWrite((performance.now() - start) / 1000, false)
       if (isRoomMoved(err)) {
         // Not a failure to retry: what this process holds of the room is stale, and writing it would overwrite.
-        this.#moved = true
-        this.stop()
+        this.markMoved()
         this.#o.onMoved(err)
         return undefined
       }

@@ -66,7 +66,9 @@ export class RoomManager {
 
   /**
    * Returns the loaded room, or creates and loads it. Options only apply to
-   * the call that creates the room.
+   * the call that creates the room. A loaded room whose storage can check its
+   * claim (Storage.checkClaim) is checked first: one that another process
+   * has loaded since is closed (its sessions get 1013) and loaded afresh.
    * @throws when storage fails to load the room (nothing is overwritten), or after closeAll()
    */
   async getOrCreateRoom (roomId: string, options: RoomOptions = {}): Promise<Room> {
@@ -74,7 +76,12 @@ export class RoomManager {
       if (this.#closed) throw new Error('RoomManager is closed')
       // An idle timer left armed is harmless: it unloads only a room that is still empty when it fires.
       const existing = this.#rooms.get(roomId)
-      if (existing !== undefined) return existing
+      if (existing !== undefined) {
+        // Another process may have loaded the room since (a shared storage's claim): then it is loaded afresh.
+        if (!existing.checksClaim) return existing
+        if (await existing.checkClaim() && this.#rooms.get(roomId) === existing) return existing
+        continue
+      }
       const loading = this.#loading.get(roomId)
       if (loading !== undefined) return await loading
       const unloading = this.#unloading.get(roomId)

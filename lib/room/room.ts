@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto'
-import { AuthorizeTimeoutError, CloseCode, closeReason, frameErrorCodes } from '../errors.js'
+import { AuthorizeTimeoutError, CloseCode, closeReason, frameErrorCodes, isRoomMoved } from '../errors.js'
 import { isRecord, parseClientFrame, type InvalidFrame } from '../protocol/frames.js'
 import { PROTOCOL_VERSION } from '../protocol/types.js'
 import type {
@@ -141,6 +141,8 @@ export class Room {
   readonly #ephemeral = new Map<string, Presence>()
   readonly #sessions = new Map<string, Session>()
   readonly #storage: Storage | undefined
+  /** A checkClaim under way, shared by the sessions joining meanwhile. */
+  #claimCheck: Promise<boolean> | null = null
   readonly #persistence: Persistence
   readonly #log: RoomLogger
   readonly #observer: RoomObserver | undefined
@@ -212,6 +214,33 @@ export class Room {
     }
     this.#doc = Document.fromSnapshot(snapshot)
     this.#fullDiff = null
+  }
+
+  /** True when the room's storage can tell whether another process has loaded the room since (see checkClaim). */
+  get checksClaim (): boolean { return this.#storage?.checkClaim !== undefined }
+
+  /**
+   * Before a session joins the room while it is loaded: asks the storage
+   * whether another process has loaded (claimed) the room since this one
+   * did. If it has, what this process holds is stale: the room closes as
+   * when a write is refused (sessions get 1013) and false is returned, so
+   * that the caller loads the room afresh. Checks made at the same time
+   * share one question. A storage that fails to answer is logged and the
+   * room kept (true): its writes would find the claim.
+   */
+  checkClaim (): Promise<boolean> {
+    const storage = this.#storage
+    if (storage?.checkClaim === undefined || this.#closed) return Promise.resolve(!this.#closed)
+    this.#claimCheck ??= storage.checkClaim().then(() => !this.#closed, (err: unknown) => {
+      if (isRoomMoved(err)) {
+        this.#persistence.markMoved()
+        this.#moved(err)
+        return false
+      }
+      this.#log.warn({ err, roomId: this.roomId }, 'could not check whether another process has loaded the room; kept')
+      return !this.#closed
+    }).finally(() => { this.#claimCheck = null })
+    return this.#claimCheck
   }
 
   /** The room counter. */

@@ -208,8 +208,12 @@ async function accept (
   if (socket.readyState !== socket.OPEN) return
   let loaded: Room
   try {
-    // A loaded room (the usual case) is taken as it is; only a load is given a bound.
-    loaded = manager.getExistingRoom(roomId) ?? await boundedLoad(ctx.bounds, manager.getOrCreateRoom(roomId, ctx.roomOptions(roomId)), ctx.loadTimeoutMs)
+    // A loaded room (the usual case) is taken as it is, unless its storage can say whether another process
+    // loaded it since; only a load or that check is given a bound.
+    const existing = manager.getExistingRoom(roomId)
+    loaded = existing !== undefined && !existing.checksClaim
+      ? existing
+      : await boundedLoad(ctx.bounds, manager.getOrCreateRoom(roomId, ctx.roomOptions(roomId)), ctx.loadTimeoutMs)
   } catch (err) {
     if (err instanceof RoomLimitError) {
       log.warn('room refused: the server is at its maxRooms limit')

@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto'
 import { createRequire } from 'node:module'
 import type pg from 'pg'
 import type { RoomSnapshot } from '../protocol/types.js'
-import { entryRows, rowsToSnapshot, settle, snapshotRows, type EntryRow } from './rows.js'
+import { checkOwner, entryRows, rowsToSnapshot, settle, snapshotRows, type EntryRow } from './rows.js'
 import { checkRoomId, type IncrementalStorage, type PendingAppend as Pending, type RoomChanges, type RoomStore } from './storage.js'
 
 /** Options of {@link PostgresStorage}: give `pool` or `connectionString`. */
@@ -112,7 +112,12 @@ export class PostgresStorage implements RoomStore {
       load: () => this.#claimAndLoad(roomId),
       save: (snapshot) => this.save(roomId, snapshot),
       // The id was checked above: not again at every write.
-      append: (changes) => this.#enqueue(roomId, changes)
+      append: (changes) => this.#enqueue(roomId, changes),
+      checkClaim: async () => {
+        this.#assertOpen()
+        const room = await this.#pool.query<{ owner: string | null }>(`SELECT owner FROM ${this.#rooms} WHERE room_id = $1`, [roomId])
+        checkOwner(roomId, room.rows[0]?.owner, this.#owner)
+      }
     }
   }
 

@@ -46,3 +46,13 @@ export function settle (batch: readonly PendingAppend[], err?: unknown, moved?: 
     else pending.resolve()
   }
 }
+
+/**
+ * Rejects with a RoomMovedError when the room's row names another owner
+ * than `mine`: another storage loaded (claimed) the room since this one did.
+ * A room without a row (never written) or without an owner (written by an
+ * earlier version) is nobody's yet.
+ */
+export function checkOwner (roomId: string, owner: string | null | undefined, mine: string): void {
+  if (owner !== null && owner !== undefined && owner !== mine) throw new RoomMovedError(roomId)
+}

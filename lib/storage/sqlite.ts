@@ -4,7 +4,7 @@ import { createRequire } from 'node:module'
 import { dirname, resolve } from 'node:path'
 import type BetterSqlite3 from 'better-sqlite3'
 import type { RoomSnapshot } from '../protocol/types.js'
-import { entryRows, rowsToSnapshot, settle, snapshotRows, type EntryRow } from './rows.js'
+import { checkOwner, entryRows, rowsToSnapshot, settle, snapshotRows, type EntryRow } from './rows.js'
 import { checkRoomId, type IncrementalStorage, type PendingAppend as Pending, type RoomChanges, type RoomStore } from './storage.js'
 
 /** Options of {@link SqliteStorage}. */
@@ -53,6 +53,7 @@ export class SqliteStorage implements RoomStore {
     upsertEntry: BetterSqlite3.Statement<[string, string, string, string]>
     upsertRoom: BetterSqlite3.Statement<[string, number, string]>
     claimRoom: BetterSqlite3.Statement<[string, string]>
+    getOwner: BetterSqlite3.Statement<[string], { owner: string | null }>
     replaceRoom: BetterSqlite3.Statement<[string, number, string]>
     deleteEntries: BetterSqlite3.Statement<[string]>
   }
@@ -156,6 +157,7 @@ export class SqliteStorage implements RoomStore {
         ON CONFLICT (room_id) DO UPDATE SET timestamp = max(timestamp, excluded.timestamp), owner = excluded.owner
         WHERE owner IS NULL OR owner = excluded.owner`),
       claimRoom: db.prepare(`UPDATE ${rooms} SET owner = ? WHERE room_id = ?`),
+      getOwner: db.prepare(`SELECT owner FROM ${rooms} WHERE room_id = ?`),
       replaceRoom: db.prepare(`INSERT INTO ${rooms} (room_id, timestamp, owner) VALUES (?, ?, ?)
         ON CONFLICT (room_id) DO UPDATE SET timestamp = max(timestamp, excluded.timestamp), owner = excluded.owner`),
       deleteEntries: db.prepare(`DELETE FROM ${entries} WHERE room_id = ?`)
@@ -205,7 +207,11 @@ export class SqliteStorage implements RoomStore {
       load: async () => await this.#claimAndLoad(roomId),
       save: async (snapshot) => this.save(roomId, snapshot),
       // The id was checked above: not again at every write.
-      append: (changes) => this.#enqueue(roomId, changes)
+      append: (changes) => this.#enqueue(roomId, changes),
+      checkClaim: async () => {
+        this.#assertOpen()
+        checkOwner(roomId, this.#stmt.getOwner.get(roomId)?.owner, this.#owner)
+      }
     }
   }
 

@@ -18,6 +18,17 @@ export interface Storage {
    * room (they are replaced, never changed): keep them without copying.
    */
   save(snapshot: RoomSnapshot): Promise<void>
+  /**
+   * Optional, for storages shared by several processes that claim a room at
+   * load (as SqliteStorage and PostgresStorage do): rejects with an error
+   * whose `code` is `CANVAS_STORE_ROOM_MOVED` (such as a RoomMovedError)
+   * when another process has loaded the room since this storage did. The
+   * room calls it before a session joins it while loaded, so that the
+   * client is not served a stale document: a moved room closes its
+   * sessions with 1013 and the joining one loads it afresh. Any other
+   * rejection is logged and the session joins as usual.
+   */
+  checkClaim?(): Promise<void>
 }
 
 /** One document key as stored: its whole current value and field timestamps. */
