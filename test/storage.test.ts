@@ -1,5 +1,6 @@
 import t, { type Test } from 'tap'
 import Database from 'better-sqlite3'
+import { existsSync } from 'node:fs'
 import { readdir, readFile, rm, utimes, writeFile } from 'node:fs/promises'
 import { join, resolve } from 'node:path'
 import pg from 'pg'
@@ -96,6 +97,35 @@ t.test('FileStorage keeps every room file inside its folder', async (t) => {
   }
   t.equal(roomFileName('../../x'), '%2E%2E%2F%2E%2E%2Fx.json')
   t.not(roomFileName('a/b'), roomFileName('a%2Fb'), 'encoding is injective')
+})
+
+t.test('FileStorage reads a folder written by the reference server\'s FileStorage, and never another room\'s file', async (t) => {
+  const { FileStorage: ReferenceFileStorage } = await import('@woven-ecs/canvas-store-server')
+  const base = t.testdir({})
+  const ids = ['room-1', 'board.v2', 'team:alpha', 'doc 7', 'a@b.c', 'émoji 🎨']
+  for (const [i, roomId] of ids.entries()) {
+    await new ReferenceFileStorage({ dir: base, roomId }).save({ timestamp: i + 1, state: { 'e/Pos': { _exists: true, x: i } }, timestamps: { 'e/Pos': { _exists: 1, x: i + 1 } } })
+  }
+  for (const [i, roomId] of ids.entries()) {
+    const store = new FileStorage({ dir: base, roomId })
+    t.same(await store.load(), { timestamp: i + 1, state: { 'e/Pos': { _exists: true, x: i } }, timestamps: { 'e/Pos': { _exists: 1, x: i + 1 } } }, roomId)
+    // The next save writes this storage's own file, which is read from then on; the reference's is left alone.
+    await store.save({ timestamp: 50, state: {}, timestamps: {} })
+    t.equal((await new FileStorage({ dir: base, roomId }).load())?.timestamp, 50)
+  }
+  t.ok(existsSync(join(base, 'board.v2.json')), 'the reference\'s file is left in place')
+  // A room whose id, as a file name, is another room's own file (a.b is written to a%2Eb.json): never read for it.
+  await new FileStorage({ dir: base, roomId: 'a.b' }).save({ timestamp: 7, state: { 'secret/S': { _exists: true } }, timestamps: { 'secret/S': { _exists: 7 } } })
+  t.equal(await new FileStorage({ dir: base, roomId: 'a%2Eb' }).load(), null)
+  await writeFile(join(base, 'x~1.json'), '{"timestamp":3,"state":{},"timestamps":{}}')
+  t.equal(await new FileStorage({ dir: base, roomId: 'x~1' }).load(), null, 'ids of this storage\'s own name characters are not looked up')
+  // Nor a path out of the folder, or a name too long to be a file.
+  await writeFile(join(base, 'outside.json'), '{"timestamp":9,"state":{},"timestamps":{}}')
+  t.equal(await new FileStorage({ dir: join(base, 'rooms'), roomId: '../outside' }).load(), null)
+  t.equal(await new FileStorage({ dir: base, roomId: 'é'.repeat(200) }).load(), null, 'too long: no ENAMETOOLONG, just no file')
+  // A damaged reference file refuses the load, as a damaged own file does.
+  await writeFile(join(base, 'torn.v1.json'), '{"timestamp":')
+  await t.rejects(new FileStorage({ dir: base, roomId: 'torn.v1' }).load())
 })
 
 t.test('FileStorage leaves no temp files and makes the folder', async (t) => {

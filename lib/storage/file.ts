@@ -29,6 +29,20 @@ export function roomFileName (roomId: string): string {
   return name + '.json'
 }
 
+/**
+ * The file name the reference server's FileStorage gives a room (its id as
+ * it is, then `.json`), when only that room can have it; otherwise null, and
+ * it is never read:
+ * - ids made of `[A-Za-z0-9_%~-]` alone: the name is this storage's own for
+ *   the room, or could be another room's (`a%2Eb.json` is the file of `a.b`);
+ * - names of a path elsewhere (a separator, NUL), or too long for a file.
+ */
+function referenceFileName (roomId: string): string | null {
+  const name = roomId + '.json'
+  if (/^[A-Za-z0-9_%~-]*$/.test(roomId) || /[/\\]/.test(roomId) || roomId.includes('\u0000') || Buffer.byteLength(name) > 255) return null
+  return name
+}
+
 /** A temp file of a save (see FileStorage#write): the room's file name, a UUID, `.tmp`. */
 const TEMP_FILE = /\.json\.[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\.tmp$/
 /** A temp file older than this is a leftover, not a save in progress. */
@@ -70,6 +84,8 @@ async function sweepTempFiles (dir: string): Promise<void> {
 export class FileStorage implements Storage {
   readonly #dir: string
   readonly #file: string
+  /** Where a folder written by the reference server keeps this room, read when #file does not exist yet. */
+  readonly #referenceFile: string | null
   #chain: Promise<void> = Promise.resolve()
 
   constructor (options: FileStorageOptions) {
@@ -77,12 +93,19 @@ export class FileStorage implements Storage {
     checkRoomId(options.roomId, 'FileStorage')
     this.#dir = options.dir
     this.#file = join(options.dir, roomFileName(options.roomId))
+    const reference = referenceFileName(options.roomId)
+    this.#referenceFile = reference === null ? null : join(options.dir, reference)
   }
 
   /** Path of this room's file. */
   get file (): string { return this.#file }
 
   /**
+   * Reads the room's file. A room that has none yet, in a folder written by
+   * the reference server's FileStorage (which names the file after the room
+   * id as it is: `board.v2.json` where this one writes `board%2Ev2.json`), is
+   * read from that file instead; the next save writes this storage's own
+   * file, and the old one is left as it is.
    * @returns the saved snapshot, or null when the room has no file yet
    * @throws when the file exists but cannot be read or parsed
    */
@@ -93,19 +116,8 @@ export class FileStorage implements Storage {
       swept.set(this.#dir, sweep)
     }
     await sweep
-    let text: string
-    try {
-      text = await readFile(this.#file, 'utf8')
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null
-      throw err
-    }
-    const snapshot: unknown = JSON.parse(text)
-    // `null` means "never saved" to a room: a file holding it (or another non-object) is damaged, not empty.
-    if (typeof snapshot !== 'object' || snapshot === null || Array.isArray(snapshot)) {
-      throw new Error(`FileStorage: ${this.#file} does not hold a snapshot object`)
-    }
-    return snapshot as RoomSnapshot
+    return await readSnapshot(this.#file) ??
+      (this.#referenceFile === null ? null : await readSnapshot(this.#referenceFile))
   }
 
   save (snapshot: RoomSnapshot): Promise<void> {
@@ -132,4 +144,24 @@ export class FileStorage implements Storage {
       throw err
     }
   }
+}
+
+/**
+ * A snapshot file's content, or null when there is no such file.
+ * @throws when the file exists but cannot be read, parsed, or holds no object
+ */
+async function readSnapshot (file: string): Promise<RoomSnapshot | null> {
+  let text: string
+  try {
+    text = await readFile(file, 'utf8')
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null
+    throw err
+  }
+  const snapshot: unknown = JSON.parse(text)
+  // `null` means "never saved" to a room: a file holding it (or another non-object) is damaged, not empty.
+  if (typeof snapshot !== 'object' || snapshot === null || Array.isArray(snapshot)) {
+    throw new Error(`FileStorage: ${file} does not hold a snapshot object`)
+  }
+  return snapshot as RoomSnapshot
 }
