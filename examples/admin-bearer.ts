@@ -5,12 +5,15 @@
  *   curl -H 'authorization: Bearer secret' http://127.0.0.1:8088/admin/rooms
  */
 import bearerAuth from '@fastify/bearer-auth'
+import { randomBytes } from 'node:crypto'
+import type { AddressInfo } from 'node:net'
 import Fastify from 'fastify'
 import canvasStore, { MemoryStorage } from '../lib/index.js'
 
 const port = Number(process.env.PORT ?? 8088)
 const host = process.env.HOST ?? '127.0.0.1'
-const adminToken = process.env.ADMIN_TOKEN ?? 'change-me'
+// No guessable default: without ADMIN_TOKEN a random one is made and printed below.
+const adminToken = process.env.ADMIN_TOKEN !== undefined && process.env.ADMIN_TOKEN !== '' ? process.env.ADMIN_TOKEN : randomBytes(16).toString('hex')
 
 const app = Fastify({ logger: true })
 
@@ -25,4 +28,5 @@ await app.register(canvasStore, {
 })
 
 await app.listen({ port, host })
-console.log(`admin routes: curl -H 'authorization: Bearer ${adminToken}' http://${host}:${port}/admin/rooms`)
+const { port: listening } = app.server.address() as AddressInfo
+console.log(`admin routes: curl -H 'authorization: Bearer ${adminToken}' http://${host}:${listening}/admin/rooms`)

@@ -319,8 +319,9 @@ export function resolveOptions (opts: CanvasStoreOptions = {}): ResolvedOptions 
     heartbeatInterval: number('heartbeatInterval', 0, MAX_TIMER_MS),
     // Every limit is a count or a size in bytes.
     limits: numbers('limits', opts.limits, DEFAULT_LIMITS, Object.keys(DEFAULT_LIMITS), fail),
-    rateLimit: opts.rateLimit === false ? false : numbers('rateLimit', opts.rateLimit, DEFAULT_RATE_LIMIT, ['closeAfter'], fail),
-    slowClient: opts.slowClient === false ? false : numbers('slowClient', opts.slowClient, DEFAULT_SLOW_CLIENT, [], fail),
+    // Rates may be fractions (one frame every two seconds); bursts, counts and sizes are whole.
+    rateLimit: opts.rateLimit === false ? false : numbers('rateLimit', opts.rateLimit, DEFAULT_RATE_LIMIT, ['burstFrames', 'burstBytes', 'closeAfter'], fail),
+    slowClient: opts.slowClient === false ? false : numbers('slowClient', opts.slowClient, DEFAULT_SLOW_CLIENT, ['softBytes', 'hardBytes', 'catchUpBytes'], fail),
     connectionRateLimit: connectionRateLimit(opts.connectionRateLimit, fail),
     presenceBatching: opts.presenceBatching ?? true,
     health,

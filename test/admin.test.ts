@@ -1,6 +1,8 @@
 import fastifyAuth from '@fastify/auth'
 import type { FastifyInstance, FastifyReply, FastifyRequest, onRequestHookHandler } from 'fastify'
+import Fastify from 'fastify'
 import t from 'tap'
+import canvasStore from '../lib/index.js'
 import type { AuthorizeInfo, CanvasStoreOptions } from '../lib/index.js'
 import { ACK, CLIENT_COUNT, Peer, build, connect, write } from './helper.js'
 
@@ -367,6 +369,24 @@ t.test('without admin.prefix an unknown path gets the app\'s own 404 handler', a
   const res = await app.inject({ method: 'GET', url: '/roomz' })
   t.equal(res.statusCode, 404)
   t.same(res.json(), { mine: true })
+})
+
+t.test('the longest room ids reach the admin routes with routerOptions.maxParamLength 2304, as the README says; 414 without', async (t) => {
+  const roomId = '界'.repeat(256)
+  for (const [name, fastifyOptions, status] of [['default', {}, 414], ['routerOptions', { routerOptions: { maxParamLength: 2304 } }, 200]] as const) {
+    const app = Fastify({ logger: false, ...fastifyOptions })
+    await app.register(canvasStore, open)
+    await app.ready()
+    t.teardown(async () => {
+      await app.close()
+      for (const client of app.websocketServer.clients) client.terminate()
+    })
+    const peer = await joined(app, roomId, 'a')
+    const res = await app.inject({ method: 'GET', url: `/rooms/${encodeURIComponent(roomId)}/sessions` })
+    t.equal(res.statusCode, status, name)
+    if (status === 200) t.equal(res.json()[0].clientId, 'a')
+    await peer.close()
+  }
 })
 
 t.test('a roomId with an encoded slash or .. reaches only the room with exactly that id', async (t) => {

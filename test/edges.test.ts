@@ -47,6 +47,7 @@ t.test('an app that registered @fastify/rate-limit globally: the upgrade route s
 
 for (const [name, headers, message] of [
   ['an unknown WebSocket version', { 'sec-websocket-version': '12' }, /Sec-WebSocket-Version must be 13/],
+  ['the draft-8 WebSocket version ws also takes', { 'sec-websocket-version': '8' }, /Sec-WebSocket-Version must be 13/],
   ['a Sec-WebSocket-Key that is not 16 bytes', { 'sec-websocket-key': 'short' }, /Sec-WebSocket-Key/],
   ['another protocol to upgrade to', { upgrade: 'h2c' }, /Upgrade header/]
 ] as const) {

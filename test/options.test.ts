@@ -29,6 +29,11 @@ const invalid: Array<[string, string, unknown]> = [
   ['a fractional limit', 'limits.maxSessions', { limits: { maxSessions: 0.5 } }],
   ['a misspelt rate limit', 'rateLimit.framesPerSec', { rateLimit: { framesPerSec: 5 } }],
   ['a fractional closeAfter', 'rateLimit.closeAfter', { rateLimit: { closeAfter: 1.5 } }],
+  ['a fractional burstFrames', 'rateLimit.burstFrames', { rateLimit: { burstFrames: 1.5 } }],
+  ['a fractional burstBytes', 'rateLimit.burstBytes', { rateLimit: { burstBytes: 1024.5 } }],
+  ['a fractional softBytes', 'slowClient.softBytes', { slowClient: { softBytes: 1.5 } }],
+  ['a fractional hardBytes', 'slowClient.hardBytes', { slowClient: { hardBytes: 1.5 } }],
+  ['a fractional catchUpBytes', 'slowClient.catchUpBytes', { slowClient: { catchUpBytes: 1.5 } }],
   ['a misspelt slow-client setting', 'slowClient.soft', { slowClient: { soft: 5 } }],
   ['a fractional maxRooms', 'maxRooms', { maxRooms: 1.5 }],
   ['negative authorizeTimeoutMs', 'authorizeTimeoutMs', { authorizeTimeoutMs: -1 }],
@@ -55,6 +60,11 @@ t.test('valid edge values register fine', async (t) => {
   const app = await build(t, { path: '/x', saveThrottleMs: 0, idleTimeout: 0, maxPayload: 1024, maxQueuedFrames: 1, admin: { auth: false, prefix: '' }, openapi: { ui: undefined }, health: { readyPath: undefined } })
   t.equal((await app.inject('/ready')).statusCode, 200, 'a setting given as undefined keeps its default')
   t.equal((await app.inject({ method: 'GET', url: '/rooms' })).statusCode, 200)
+})
+
+t.test('rates and times may be fractions', async (t) => {
+  const app = await build(t, { rateLimit: { framesPerSecond: 0.5, bytesPerSecond: 1024.5 }, slowClient: { maxSlowMs: 1.5 } })
+  t.ok(app.canvasStore)
 })
 
 t.test('the path option moves the WebSocket route', async (t) => {

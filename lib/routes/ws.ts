@@ -162,8 +162,8 @@ export const wsRoutes: FastifyPluginAsync<WsRouteOptions> = async (fastify: Fast
 function handshakeProblem (headers: Record<string, string | string[] | undefined>): string | null {
   if (String(headers.upgrade).toLowerCase() !== 'websocket') return 'Upgrade header must be "websocket"'
   const version = String(headers['sec-websocket-version'])
-  // ws accepts the final protocol's version and draft 8's, which differs only in its origin header.
-  if (version !== '13' && version !== '8') return 'Sec-WebSocket-Version must be 13'
+  // ws would also take draft 8 (hybi-08, from 2011 browsers); the plugin speaks RFC 6455 alone.
+  if (version !== '13') return 'Sec-WebSocket-Version must be 13'
   if (!/^[+/0-9A-Za-z]{22}==$/.test(String(headers['sec-websocket-key']))) return 'Sec-WebSocket-Key must be 16 bytes in base64'
   return null
 }
