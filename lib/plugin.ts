@@ -26,7 +26,8 @@ declare module 'fastify' {
 const canvasStore: FastifyPluginAsync<CanvasStoreOptions> = async (fastify, opts) => {
   const options = resolveOptions(opts)
   const log = fastify.log.child({ plugin: 'fastify-canvas-store' })
-  const manager = new RoomManager({ idleTimeout: options.idleTimeout, maxRooms: options.maxRooms, logger: log })
+  // Shutdown waits for a storage that does not answer as long as a room waits for one write.
+  const manager = new RoomManager({ idleTimeout: options.idleTimeout, maxRooms: options.maxRooms, logger: log, closeTimeoutMs: options.storageFailureTimeoutMs })
   const metrics = options.metrics === undefined ? undefined : new Metrics(manager)
   const sockets = new Set<WebSocket>()
   const bounds = new Bounds()

@@ -1,5 +1,6 @@
 import { CloseCode } from '../errors.js'
 import { Room, type RoomOptions } from './room.js'
+import { MAX_TIMER_MS } from './slots.js'
 import { silentLogger, type RoomLogger } from './session.js'
 
 /** Options of {@link RoomManager}. */
@@ -16,6 +17,13 @@ export interface RoomManagerOptions {
   maxRooms?: number
   /** Where the manager and its rooms log (pino-like). Silent by default. */
   logger?: RoomLogger
+  /**
+   * How long {@link RoomManager.closeAll} waits for loads and final saves
+   * still pending (a storage that does not answer) before it gives up on
+   * them, logs which rooms, and resolves (ms); `0`: as long as they take.
+   * @default 10000
+   */
+  closeTimeoutMs?: number
 }
 
 /** Thrown by `getOrCreateRoom` when `maxRooms` rooms are loaded. */
@@ -37,6 +45,7 @@ export interface RoomInfo {
 }
 
 const DEFAULT_IDLE_TIMEOUT = 30_000
+const DEFAULT_CLOSE_TIMEOUT = 10_000
 
 /**
  * Owns the rooms of one process: exactly one room per id even when the first
@@ -53,6 +62,7 @@ export class RoomManager {
   readonly #idleTimeout: number
   readonly #maxRooms: number
   readonly #log: RoomLogger
+  readonly #closeTimeoutMs: number
   #closed = false
   #drain: Promise<void> | null = null
 
@@ -62,6 +72,9 @@ export class RoomManager {
     this.#idleTimeout = idle
     this.#maxRooms = options.maxRooms ?? 100_000
     this.#log = options.logger ?? silentLogger
+    const closeTimeout = options.closeTimeoutMs ?? DEFAULT_CLOSE_TIMEOUT
+    if (!(closeTimeout >= 0 && closeTimeout <= MAX_TIMER_MS)) throw new RangeError(`closeTimeoutMs must be a number from 0 to ${MAX_TIMER_MS}`)
+    this.#closeTimeoutMs = closeTimeout
   }
 
   /**
@@ -179,22 +192,52 @@ export class RoomManager {
   /**
    * Closes every session of every room first, then awaits a final save of
    * each room, so no patch is acked after the last snapshot is taken.
-   * Failures of one room do not stop the others. Idempotent.
+   * Failures of one room do not stop the others. Loads and saves still
+   * pending after `closeTimeoutMs` (a storage that does not answer) are
+   * logged and no longer waited for: shutdown is bounded. Idempotent.
    */
   async closeAll (): Promise<void> {
     this.#closed = true
     for (const timer of this.#idleTimers.values()) clearTimeout(timer)
     this.#idleTimers.clear()
-    await Promise.allSettled(this.#loading.values())
+    const deadline = this.#closeTimeoutMs === 0 ? Infinity : performance.now() + this.#closeTimeoutMs
+    // A load that fails (or ends after the close: 'RoomManager is closed') was reported to its connection.
+    await this.#settleBy(deadline, Array.from(this.#loading, ([roomId, load]) => [roomId, load.catch(() => {})]), 'load')
     const rooms = Array.from(this.#rooms)
     for (const [, room] of rooms) await room.close({ flush: false })
-    const results = await Promise.allSettled([
-      ...rooms.map(([, room]) => room.flush()),
-      ...this.#unloading.values()
-    ])
+    await this.#settleBy(deadline, [
+      ...rooms.map(([roomId, room]): [string, Promise<unknown>] => [roomId, room.flush()]),
+      ...this.#unloading
+    ], 'final save')
     this.#rooms.clear()
-    for (const result of results) {
-      if (result.status === 'rejected') this.#log.error({ err: result.reason }, 'final save failed at shutdown')
+  }
+
+  /**
+   * Waits for the rooms' work to settle, until the deadline: failures are
+   * logged (`<what> failed at shutdown`), and so are the rooms whose work is
+   * still pending then, which is not waited for any longer.
+   */
+  async #settleBy (deadline: number, work: Array<[string, Promise<unknown>]>, what: string): Promise<void> {
+    if (work.length === 0) return
+    const pending = new Set(work.map(([roomId]) => roomId))
+    const settled = Promise.all(work.map(async ([roomId, promise]) => {
+      try {
+        await promise
+      } catch (err) {
+        this.#log.error({ err, roomId }, `${what} failed at shutdown`)
+      }
+      pending.delete(roomId)
+    }))
+    let timer: NodeJS.Timeout | undefined
+    const ms = deadline - performance.now()
+    const late = ms === Infinity ? null : new Promise<void>((resolve) => { timer = setTimeout(resolve, Math.max(0, ms)) })
+    try {
+      await (late === null ? settled : Promise.race([settled, late]))
+    } finally {
+      clearTimeout(timer)
+    }
+    if (pending.size > 0) {
+      this.#log.error({ roomIds: Array.from(pending), closeTimeoutMs: this.#closeTimeoutMs }, `${what} still pending at shutdown after closeTimeoutMs: not waited for`)
     }
   }
 

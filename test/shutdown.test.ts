@@ -1,0 +1,92 @@
+/**
+ * Shutdown is bounded: a storage that never answers (a load, a durable
+ * write) is waited for `storageFailureTimeoutMs` at most, then logged, and
+ * `app.close()` resolves, so a process that exits after it does exit.
+ */
+import Fastify, { type FastifyInstance } from 'fastify'
+import { Writable } from 'node:stream'
+import t, { type Test } from 'tap'
+import canvasStore, { RoomManager, type CanvasStoreOptions, type IncrementalStorage, type WebSocketLike } from '../lib/index.js'
+import { connectReal, listen } from './helper.js'
+
+/** An app whose error logs are kept as parsed lines. */
+async function appWithLogs (t: Test, opts: CanvasStoreOptions): Promise<{ app: FastifyInstance, logs: any[], base: string }> {
+  const logs: any[] = []
+  const stream = new Writable({
+    write (chunk, _encoding, done) {
+      for (const line of String(chunk).split('\n')) if (line !== '') logs.push(JSON.parse(line))
+      done()
+    }
+  })
+  const app = Fastify({ logger: { level: 'error', stream } })
+  await app.register(canvasStore, opts)
+  t.teardown(() => app.close())
+  // A real server: it holds the event loop open while the plugin's (unref'd) timers run out.
+  const base = await listen(app)
+  return { app, logs, base }
+}
+
+const never = new Promise<never>(() => {})
+
+t.test('a load that never settles: the connection gets 1011, and app.close() resolves after the bound, naming the room', async (t) => {
+  let loads = 0
+  const { app, logs, base } = await appWithLogs(t, {
+    storageFailureTimeoutMs: 100,
+    createStorage: () => ({ load: async () => { loads++; return await never }, save: async () => {} })
+  })
+  const peer = await connectReal(base, { roomId: 'stuck', clientId: 'a' })
+  t.strictSame(await peer.closed, { code: 1011, reason: 'Could not load the room' })
+  t.equal(loads, 1)
+  await app.close()
+  t.ok(logs.some((l) => l.msg === 'load still pending at shutdown after closeTimeoutMs: not waited for' && l.roomIds.includes('stuck')), 'the hung load is logged')
+})
+
+t.test('a durable write that never settles: not acked, and app.close() resolves after the bound, naming the room', async (t) => {
+  const storage: IncrementalStorage = {
+    load: async () => null,
+    save: async () => {},
+    append: async () => await never
+  }
+  const { app, logs, base } = await appWithLogs(t, { storageFailureTimeoutMs: 100, createStorage: () => storage })
+  const ok = await connectReal(base, { roomId: 'fine', clientId: 'b' })
+  await ok.join()
+  const peer = await connectReal(base, { roomId: 'stuck', clientId: 'a' })
+  await peer.join()
+  peer.send({ type: 'patch', messageId: 'm1', documentPatches: [{ 'e/Pos': { _exists: true, x: 1 } }] })
+  t.equal((await peer.closed).code, 1011, 'the write stayed pending past the bound: storage unavailable')
+  t.notOk(peer.frames.some((f) => f.type === 'ack'), 'never acked')
+  await app.close()
+  const pending = logs.find((l) => l.msg === 'final save still pending at shutdown after closeTimeoutMs: not waited for')
+  t.strictSame(pending?.roomIds, ['stuck'], 'only the room whose write hangs')
+})
+
+t.test('RoomManager: closeTimeoutMs 0 waits for the final save as long as it takes; a negative one is refused', async (t) => {
+  t.throws(() => new RoomManager({ closeTimeoutMs: -1 }), RangeError)
+  let release = (): void => {}
+  const saved = new Promise<void>((resolve) => { release = resolve })
+  let saves = 0
+  const manager = new RoomManager({ closeTimeoutMs: 0 })
+  const room = await manager.getOrCreateRoom('r', {
+    durability: 'throttled',
+    saveThrottleMs: 60_000,
+    createStorage: () => ({ load: async () => null, save: async () => { saves++; await saved } })
+  })
+  const { socket, sent } = fakeSocket()
+  const sessionId = room.handleSocketConnect({ socket, clientId: 'a', permissions: 'readwrite' })
+  room.handleSocketMessage(sessionId, JSON.stringify({ type: 'patch', messageId: 'm1', documentPatches: [{ k: { _exists: true } }] }))
+  t.equal(sent.at(-1)?.type, 'ack')
+  let closed = false
+  const closing = manager.closeAll().then(() => { closed = true })
+  // The save has started; closeAll is still waiting for it (no bound to give up at).
+  await new Promise((resolve) => setImmediate(resolve))
+  t.equal(saves, 1)
+  t.notOk(closed)
+  release()
+  await closing
+  t.ok(closed)
+})
+
+function fakeSocket (): { socket: WebSocketLike, sent: any[] } {
+  const sent: any[] = []
+  return { sent, socket: { send: (data: string) => { sent.push(JSON.parse(data)) }, close () {} } }
+}
