@@ -203,6 +203,27 @@ for (const [name, body] of badBodies) {
   })
 }
 
+t.test('bodies that do not parse: 400 CANVAS_STORE_INVALID_REQUEST; an empty body labelled JSON is no body', async (t) => {
+  const app = await build(t, open)
+  const a = await joined(app, 'r1', 'a')
+  const sessionId = sessionIdOf(app, 'r1', 'a')
+  const json = { 'content-type': 'application/json' }
+  for (const payload of ['{"permissions":', '{"__proto__":{"permissions":"readonly"}}', '{"constructor":{"prototype":{}}}']) {
+    const res = await app.inject({ method: 'PATCH', url: `/rooms/r1/sessions/${sessionId}`, payload, headers: json })
+    t.equal(res.statusCode, 400, payload)
+    t.equal(res.json().code, 'CANVAS_STORE_INVALID_REQUEST')
+  }
+  const empty = await app.inject({ method: 'PATCH', url: `/rooms/r1/sessions/${sessionId}`, payload: '', headers: json })
+  t.equal(empty.statusCode, 400, 'PATCH needs its body')
+  t.equal(empty.json().code, 'CANVAS_STORE_INVALID_REQUEST')
+  t.equal(app.canvasStore.getExistingRoom('r1')!.getSessionPermissions(sessionId), 'readwrite', 'unchanged')
+  t.equal((await app.inject({ method: 'GET', url: '/rooms', headers: json })).statusCode, 200)
+  const closed = a.closed
+  const del = await app.inject({ method: 'DELETE', url: `/rooms/r1/sessions/${sessionId}`, headers: json })
+  t.equal(del.statusCode, 204, 'a DELETE labelled JSON without a body')
+  t.equal((await closed).code, 4000)
+})
+
 const bearer: onRequestHookHandler = async (request: FastifyRequest, reply: FastifyReply) => {
   if (request.headers.authorization !== 'Bearer s3cret') {
     await reply.code(401).send({ statusCode: 401, code: 'ADMIN_UNAUTHORIZED', error: 'Unauthorized', message: 'bearer token required' })

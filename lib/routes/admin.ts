@@ -40,6 +40,14 @@ export const adminRoutes: FastifyPluginAsync<AdminRouteOptions> = async (fastify
   // TypeBox's own checker: unlike Fastify's default Ajv setup it refuses extra
   // body properties instead of quietly removing them.
   app.setValidatorCompiler(TypeBoxValidatorCompiler)
+  // An empty body sent as JSON (some HTTP clients label every request so, a DELETE included) is no body,
+  // not Fastify's 400: the routes' schemas decide. Any other body goes to Fastify's own JSON parser.
+  const json = app.getDefaultJsonParser('error', 'error')
+  app.removeContentTypeParser('application/json')
+  app.addContentTypeParser('application/json', { parseAs: 'string' }, (request, body, done) => {
+    if (body === '') done(null, undefined)
+    else json(request, body as string, done)
+  })
   for (const hook of admin.onRequest) app.addHook('onRequest', hook)
   for (const hook of admin.preHandler) app.addHook('preHandler', hook)
 

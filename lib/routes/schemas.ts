@@ -62,12 +62,13 @@ export const ErrorReply = Type.Object({
 })
 
 /**
- * Error handler of the plugin's routes: schema failures get the stable
- * `CANVAS_STORE_INVALID_REQUEST` code; other errors (auth hooks' 401/403,
+ * Error handler of the plugin's routes: schema failures and bodies that do
+ * not parse get the stable `CANVAS_STORE_INVALID_REQUEST` code; other errors (auth hooks' 401/403,
  * our 404s) keep their own status and code.
  */
 export function replyError (error: FastifyError, request: FastifyRequest, reply: FastifyReply): void {
-  if (error.validation !== undefined) {
+  // A body Fastify's parser refused (JSON that does not parse, or a poisoned `__proto__`) is a bad request too.
+  if (error.validation !== undefined || (error.statusCode === 400 && error.code?.startsWith('FST_ERR_CTP_') === true)) {
     reply.code(400).send(new errors.INVALID_REQUEST(error.message))
     return
   }
