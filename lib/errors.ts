@@ -9,8 +9,6 @@ export const errors = {
   ROOM_NOT_FOUND: createError('CANVAS_STORE_ROOM_NOT_FOUND', 'Room %s is not loaded', 404),
   /** No session with that id in the room. */
   SESSION_NOT_FOUND: createError('CANVAS_STORE_SESSION_NOT_FOUND', 'Session %s not found in room %s', 404),
-  /** No admin route at this path (under a non-empty `admin.prefix`). */
-  ADMIN_ROUTE_NOT_FOUND: createError('CANVAS_STORE_ADMIN_ROUTE_NOT_FOUND', 'No admin route %s %s', 404),
   /** A request's params, query or body failed its schema. */
   INVALID_REQUEST: createError('CANVAS_STORE_INVALID_REQUEST', '%s', 400),
   /** A plain HTTP request (no WebSocket upgrade) to the WebSocket route. */

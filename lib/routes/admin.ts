@@ -28,13 +28,6 @@ const refused = { 400: ErrorReply, 404: ErrorReply }
  * reaches a handler.
  */
 export const adminRoutes: FastifyPluginAsync<AdminRouteOptions> = async (fastify: FastifyInstance, { admin, manager, metrics, metricsPath }) => {
-  if (admin.prefix !== '') {
-    // A path under the prefix that names no route: 404 with a code, after the hooks (an unauthenticated caller
-    // learns nothing of which paths exist). Without a prefix the app's own 404 handler answers, as for any path.
-    fastify.setNotFoundHandler({ preHandler: admin.preHandler }, async (request) => {
-      throw new errors.ADMIN_ROUTE_NOT_FOUND(request.method, request.url.split('?')[0])
-    })
-  }
   const app = fastify.withTypeProvider<TypeBoxTypeProvider>()
   app.setErrorHandler(replyError)
   // TypeBox's own checker: unlike Fastify's default Ajv setup it refuses extra
