@@ -208,6 +208,63 @@ t.test('a storage that cannot answer the check is logged and the session joins t
   await Promise.all([a.close(), b.close()])
 })
 
+t.test('a join to a room the app closed by hand answers 1001 at once (the claim check does not loop on it)', async (t) => {
+  const store = new SqliteStorage({ file: join(t.testdir({}), 'db.sqlite') })
+  t.teardown(() => store.close())
+  const app = await build(t, { storage: store })
+  const a = await connect(app, { roomId: 'r', clientId: 'a' })
+  await a.join()
+  await app.canvasStore.getExistingRoom('r')!.close()
+  const b = await connect(app, { roomId: 'r', clientId: 'b' })
+  t.equal((await b.closed).code, 1001)
+})
+
+t.test('a claim check the storage does not answer: logged, and the session joins the room as it is', async (t) => {
+  const store = new SqliteStorage({ file: join(t.testdir({}), 'db.sqlite') })
+  t.teardown(() => store.close())
+  let checks = 0
+  const hanging: RoomStore = {
+    forRoom (roomId) {
+      return Object.assign(store.forRoom(roomId), { checkClaim: async () => { checks++; await new Promise(() => {}) } })
+    }
+  }
+  // Loads are bounded at 400 ms: the check gives up at half of it, so the join is not refused as a load that hung.
+  const app = await build(t, { storage: hanging, storageFailureTimeoutMs: 400 })
+  const a = await connect(app, { roomId: 'r', clientId: 'a' })
+  await a.join()
+  await write(a, 'a1', [{ 'shape/Pos': { _exists: true, x: 1 } }])
+  const b = await connect(app, { roomId: 'r', clientId: 'b' })
+  const c = await connect(app, { roomId: 'r', clientId: 'c' })
+  const [sb, sc] = await Promise.all([b.join(), c.join()])
+  t.equal(sb.timestamp, 1)
+  t.equal(sc.timestamp, 1)
+  t.equal(checks, 1, 'the two joins shared one check')
+  t.equal(a.ws.readyState, a.ws.OPEN)
+  await Promise.all([a.close(), b.close(), c.close()])
+})
+
+t.test('a connection authorized after drain() began loads nothing (no claim taken from the process replacing this one): 1013', async (t) => {
+  const store = new SqliteStorage({ file: join(t.testdir({}), 'db.sqlite') })
+  t.teardown(() => store.close())
+  let loads = 0
+  let decide = (): void => {}
+  const decided = new Promise<void>((resolve) => { decide = resolve })
+  const counting: RoomStore = {
+    forRoom (roomId) {
+      const storage = store.forRoom(roomId)
+      return Object.assign(storage, { load: async () => { loads++; return await store.forRoom(roomId).load() } })
+    }
+  }
+  const app = await build(t, { storage: counting, authorize: async () => { await decided; return { permissions: 'readwrite' } } })
+  const a = await connect(app, { roomId: 'r', clientId: 'a' })
+  const draining = app.canvasStore.drain({ graceMs: 0, jitterMs: 0 })
+  decide()
+  t.strictSame(await a.closed, { code: 1013, reason: 'Server restarting: try again' })
+  await draining
+  t.equal(loads, 0, 'the room was never loaded')
+  await t.rejects(app.canvasStore.getOrCreateRoom('other'), /closed|draining/)
+})
+
 t.test('SQLite: a process that lost acked work (the counter it has is lower) still asks for the resync', async (t) => {
   const file = join(t.testdir({}), 'db.sqlite')
   const store = new SqliteStorage({ file })

@@ -60,6 +60,31 @@ t.test('a durable write that never settles: not acked, and app.close() resolves 
   t.strictSame(pending?.roomIds, ['stuck'], 'only the room whose write hangs')
 })
 
+t.test('a hung load does not use up the final saves\' time: another room\'s save that takes a while is still made', async (t) => {
+  let saved = false
+  const { app, base } = await appWithLogs(t, {
+    storageFailureTimeoutMs: 400,
+    durability: 'throttled',
+    saveThrottleMs: 60_000,
+    createStorage: (roomId) => roomId === 'stuck'
+      ? { load: async () => await never, save: async () => {} }
+      : {
+          load: async () => null,
+          // A slow disk: within the bound, but not at once.
+          save: async () => { await new Promise((resolve) => setTimeout(resolve, 150)); saved = true }
+        }
+  })
+  const a = await connectReal(base, { roomId: 'a', clientId: 'a' })
+  await a.join()
+  a.send({ type: 'patch', messageId: 'm1', documentPatches: [{ 'e/Pos': { _exists: true, x: 1 } }] })
+  await a.next((f) => f.type === 'ack')
+  const stuck = await connectReal(base, { roomId: 'stuck', clientId: 's' })
+  await stuck.closed
+  // The stuck load is still pending (its connection gave up at the bound), and so is room a's throttled save.
+  await app.close()
+  t.ok(saved, 'the acked write of room a was saved before close resolved')
+})
+
 t.test('RoomManager: closeTimeoutMs 0 waits for the final save as long as it takes; a negative one is refused', async (t) => {
   t.throws(() => new RoomManager({ closeTimeoutMs: -1 }), RangeError)
   let release = (): void => {}

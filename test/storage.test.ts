@@ -117,8 +117,13 @@ t.test('FileStorage reads a folder written by the reference server\'s FileStorag
   // A room whose id, as a file name, is another room's own file (a.b is written to a%2Eb.json): never read for it.
   await new FileStorage({ dir: base, roomId: 'a.b' }).save({ timestamp: 7, state: { 'secret/S': { _exists: true } }, timestamps: { 'secret/S': { _exists: 7 } } })
   t.equal(await new FileStorage({ dir: base, roomId: 'a%2Eb' }).load(), null)
-  await writeFile(join(base, 'x~1.json'), '{"timestamp":3,"state":{},"timestamps":{}}')
-  t.equal(await new FileStorage({ dir: base, roomId: 'x~1' }).load(), null, 'ids of this storage\'s own name characters are not looked up')
+  const hashed = 'x~' + 'a'.repeat(40)
+  await writeFile(join(base, `${hashed}.json`), '{"timestamp":3,"state":{},"timestamps":{}}')
+  t.equal(await new FileStorage({ dir: base, roomId: hashed }).load(), null, 'nor a name a long id is cut to')
+  for (const roomId of ['x~1', '50%', '%zz']) {
+    await new ReferenceFileStorage({ dir: base, roomId }).save({ timestamp: 4, state: {}, timestamps: {} })
+    t.equal((await new FileStorage({ dir: base, roomId }).load())?.timestamp, 4, `${roomId}: no room's own name, so read`)
+  }
   // Nor a path out of the folder, or a name too long to be a file.
   await writeFile(join(base, 'outside.json'), '{"timestamp":9,"state":{},"timestamps":{}}')
   t.equal(await new FileStorage({ dir: join(base, 'rooms'), roomId: '../outside' }).load(), null)

@@ -90,9 +90,11 @@ export class RoomManager {
       // An idle timer left armed is harmless: it unloads only a room that is still empty when it fires.
       const existing = this.#rooms.get(roomId)
       if (existing !== undefined) {
-        // Another process may have loaded the room since (a shared storage's claim): then it is loaded afresh.
-        if (!existing.checksClaim) return existing
-        if (await existing.checkClaim() && this.#rooms.get(roomId) === existing) return existing
+        if (!existing.checksClaim || existing.closed) return existing
+        // Another process may have loaded the room since (a shared storage's claim): the check then closes this
+        // copy, which is forgotten, and the room is loaded afresh below. A room still here is returned as it is.
+        await existing.checkClaim()
+        if (this.#rooms.get(roomId) === existing) return existing
         continue
       }
       const loading = this.#loading.get(roomId)
@@ -102,6 +104,8 @@ export class RoomManager {
       // A failed unload keeps the room loaded: look again rather than fail.
       await unloading.catch(() => {})
     }
+    // Loading claims the room in a shared storage: a draining process would take it from the one replacing it.
+    if (this.#drain !== null) throw new Error('RoomManager is draining')
     // A room being unloaded holds its place: a failed final save puts it back.
     if (this.#rooms.size + this.#loading.size + this.#unloading.size >= this.#maxRooms) throw new RoomLimitError(this.#maxRooms)
     const load = this.#load(roomId, options)
@@ -200,12 +204,12 @@ export class RoomManager {
     this.#closed = true
     for (const timer of this.#idleTimers.values()) clearTimeout(timer)
     this.#idleTimers.clear()
-    const deadline = this.#closeTimeoutMs === 0 ? Infinity : performance.now() + this.#closeTimeoutMs
     // A load that fails (or ends after the close: 'RoomManager is closed') was reported to its connection.
-    await this.#settleBy(deadline, Array.from(this.#loading, ([roomId, load]) => [roomId, load.catch(() => {})]), 'load')
+    await this.#settleBy(Array.from(this.#loading, ([roomId, load]) => [roomId, load.catch(() => {})]), 'load')
     const rooms = Array.from(this.#rooms)
     for (const [, room] of rooms) await room.close({ flush: false })
-    await this.#settleBy(deadline, [
+    // A bound of their own: a hung load must not use up the time of the final saves.
+    await this.#settleBy([
       ...rooms.map(([roomId, room]): [string, Promise<unknown>] => [roomId, room.flush()]),
       ...this.#unloading
     ], 'final save')
@@ -213,11 +217,11 @@ export class RoomManager {
   }
 
   /**
-   * Waits for the rooms' work to settle, until the deadline: failures are
-   * logged (`<what> failed at shutdown`), and so are the rooms whose work is
-   * still pending then, which is not waited for any longer.
+   * Waits for the rooms' work to settle, for closeTimeoutMs at most:
+   * failures are logged (`<what> failed at shutdown`), and so are the rooms
+   * whose work is still pending then, which is not waited for any longer.
    */
-  async #settleBy (deadline: number, work: Array<[string, Promise<unknown>]>, what: string): Promise<void> {
+  async #settleBy (work: Array<[string, Promise<unknown>]>, what: string): Promise<void> {
     if (work.length === 0) return
     const pending = new Set(work.map(([roomId]) => roomId))
     const settled = Promise.all(work.map(async ([roomId, promise]) => {
@@ -229,8 +233,7 @@ export class RoomManager {
       pending.delete(roomId)
     }))
     let timer: NodeJS.Timeout | undefined
-    const ms = deadline - performance.now()
-    const late = ms === Infinity ? null : new Promise<void>((resolve) => { timer = setTimeout(resolve, Math.max(0, ms)) })
+    const late = this.#closeTimeoutMs === 0 ? null : new Promise<void>((resolve) => { timer = setTimeout(resolve, this.#closeTimeoutMs) })
     try {
       await (late === null ? settled : Promise.race([settled, late]))
     } finally {

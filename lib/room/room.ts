@@ -114,6 +114,8 @@ export interface ConnectOptions {
 
 const DEFAULT_SAVE_THROTTLE_MS = 1000
 const DEFAULT_STORAGE_FAILURE_TIMEOUT_MS = 10_000
+/** The longest a join waits for the storage's answer to checkClaim. */
+const MAX_CLAIM_CHECK_MS = 1000
 const OPEN = 1
 /**
  * With presence batching, in a room of at least PACED_SESSIONS sessions, the
@@ -143,6 +145,8 @@ export class Room {
   readonly #storage: Storage | undefined
   /** A checkClaim under way, shared by the sessions joining meanwhile. */
   #claimCheck: Promise<boolean> | null = null
+  /** How long a checkClaim waits for the storage: half the bound on loads, at most a second. */
+  readonly #claimCheckMs: number
   readonly #persistence: Persistence
   readonly #log: RoomLogger
   readonly #observer: RoomObserver | undefined
@@ -173,6 +177,7 @@ export class Room {
     const failureBound = options.storageFailureTimeoutMs ?? DEFAULT_STORAGE_FAILURE_TIMEOUT_MS
     if (!(failureBound >= 0 && failureBound <= MAX_TIMER_MS)) throw new RangeError(`storageFailureTimeoutMs must be a number from 0 to ${MAX_TIMER_MS}`)
     this.#log = options.logger ?? silentLogger
+    this.#claimCheckMs = failureBound > 0 ? Math.min(MAX_CLAIM_CHECK_MS, failureBound / 2) : MAX_CLAIM_CHECK_MS
     this.#observer = options.observer
     this.#batchPresence = options.presenceBatching === true
     this.#limits = { ...DEFAULT_LIMITS, ...options.limits }
@@ -231,7 +236,15 @@ export class Room {
   checkClaim (): Promise<boolean> {
     const storage = this.#storage
     if (storage?.checkClaim === undefined || this.#closed) return Promise.resolve(!this.#closed)
-    this.#claimCheck ??= storage.checkClaim().then(() => !this.#closed, (err: unknown) => {
+    if (this.#claimCheck !== null) return this.#claimCheck
+    let timer: NodeJS.Timeout | undefined
+    // A check the storage does not answer soon (a lock, an exhausted pool) must not hold the joins: before the
+    // bound on loads, it counts as one that failed.
+    const late = new Promise<never>((_resolve, reject) => {
+      timer = setTimeout(() => reject(new Error(`no answer within ${this.#claimCheckMs} ms`)), this.#claimCheckMs)
+      timer.unref()
+    })
+    this.#claimCheck = Promise.race([storage.checkClaim(), late]).then(() => !this.#closed, (err: unknown) => {
       if (isRoomMoved(err)) {
         this.#persistence.markMoved()
         this.#moved(err)
@@ -239,7 +252,10 @@ export class Room {
       }
       this.#log.warn({ err, roomId: this.roomId }, 'could not check whether another process has loaded the room; kept')
       return !this.#closed
-    }).finally(() => { this.#claimCheck = null })
+    }).finally(() => {
+      clearTimeout(timer)
+      this.#claimCheck = null
+    })
     return this.#claimCheck
   }
 

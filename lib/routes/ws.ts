@@ -206,6 +206,12 @@ async function accept (
   }
   // Closed or closing (by the peer, or by us for a frame flood): no room to load.
   if (socket.readyState !== socket.OPEN) return
+  // Draining since the upgrade (authorize took a while): no room is loaded, which would claim it from the
+  // process taking over.
+  if (manager.draining) {
+    socket.close(CloseCode.TRY_AGAIN_LATER, 'Server restarting: try again')
+    return
+  }
   let loaded: Room
   try {
     // A loaded room (the usual case) is taken as it is, unless its storage can say whether another process
@@ -218,6 +224,11 @@ async function accept (
     if (err instanceof RoomLimitError) {
       log.warn('room refused: the server is at its maxRooms limit')
       socket.close(CloseCode.TRY_AGAIN_LATER, 'Server at capacity')
+      return
+    }
+    if (manager.draining) {
+      // Shut down or drained meanwhile: not a storage failure.
+      socket.close(CloseCode.TRY_AGAIN_LATER, 'Server restarting: try again')
       return
     }
     log.error({ err }, 'could not load the room')

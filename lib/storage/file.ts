@@ -29,17 +29,19 @@ export function roomFileName (roomId: string): string {
   return name + '.json'
 }
 
+/** A name roomFileName can make (before `.json`): whole, or cut and suffixed with a hash. */
+const OWN_NAME = /^(?:[A-Za-z0-9_-]|%[0-9A-F]{2})*$|^[A-Za-z0-9_%-]{0,120}~[0-9a-f]{40}$/
+
 /**
  * The file name the reference server's FileStorage gives a room (its id as
- * it is, then `.json`), when only that room can have it; otherwise null, and
- * it is never read:
- * - ids made of `[A-Za-z0-9_%~-]` alone: the name is this storage's own for
- *   the room, or could be another room's (`a%2Eb.json` is the file of `a.b`);
+ * it is, then `.json`), when it cannot be this storage's own file of any
+ * room; otherwise null, and it is never read:
+ * - ids roomFileName could have made (`a%2Eb` is the name of room `a.b`);
  * - names of a path elsewhere (a separator, NUL), or too long for a file.
  */
 function referenceFileName (roomId: string): string | null {
   const name = roomId + '.json'
-  if (/^[A-Za-z0-9_%~-]*$/.test(roomId) || /[/\\]/.test(roomId) || roomId.includes('\u0000') || Buffer.byteLength(name) > 255) return null
+  if (OWN_NAME.test(roomId) || /[/\\]/.test(roomId) || roomId.includes('\u0000') || Buffer.byteLength(name) > 255) return null
   return name
 }
 
