@@ -1,7 +1,7 @@
 import t from 'tap'
 import { once } from 'node:events'
 import { createServer } from 'node:http'
-import type { AddressInfo } from 'node:net'
+import type { AddressInfo, Socket } from 'node:net'
 import { WebSocket, WebSocketServer } from 'ws'
 import { CorkedSocket } from '../lib/routes/cork.js'
 
@@ -115,6 +115,48 @@ for (const deflate of [false, true]) {
   })
 }
 
+t.test('a peer that stops reading: frames wait here behind the unfinished write, not as a stream write per turn; all arrive, in order, once it reads again', async (t) => {
+  const { server, client } = await pair(t, false)
+  const socket = new CorkedSocket(server)
+  const peer = (client as unknown as { _socket: Socket })._socket
+  const raw = (server as unknown as { _socket: Socket })._socket
+  peer.pause()
+  const count = 20_000
+  const payload = 'z'.repeat(1000)
+  const got = receive(client, count)
+  let mostQueued = 0
+  for (let i = 0; i < count; i++) {
+    socket.send(`${i}:${payload}`)
+    await new Promise((resolve) => setImmediate(resolve))
+    mostQueued = Math.max(mostQueued, (raw as unknown as { writableBuffer: unknown[] }).writableBuffer.length)
+  }
+  t.ok(raw.writableLength > 0, 'the kernel\'s buffers are full: the stream holds a write')
+  t.ok(mostQueued <= 1, `the stream never held more than one write (${mostQueued})`)
+  t.ok(socket.bufferedAmount >= raw.writableLength + 1_000_000, 'the frames held here count as buffered')
+  peer.resume()
+  const frames = await got
+  t.ok(frames.every((f, i) => f.text === `${i}:${payload}`), 'every frame, in order')
+  t.equal(socket.bufferedAmount, 0)
+})
+
+t.test('a close while frames are held back: they leave ahead of the close frame', async (t) => {
+  const { server, client } = await pair(t, false)
+  const socket = new CorkedSocket(server)
+  const peer = (client as unknown as { _socket: Socket })._socket
+  peer.pause()
+  const count = 8000
+  const got = receive(client, count)
+  for (let i = 0; i < count; i++) {
+    socket.send(`${i}:${'q'.repeat(1000)}`)
+    await new Promise((resolve) => setImmediate(resolve))
+  }
+  socket.close(4000, 'kicked')
+  const closed = once(client, 'close')
+  peer.resume()
+  t.equal((await got).length, count)
+  t.equal((await closed)[0], 4000)
+})
+
 t.test('terminate drops the frames held for the turn', async (t) => {
   const { server, client } = await pair(t, false)
   const socket = new CorkedSocket(server)
@@ -172,10 +214,10 @@ t.test('a large frame is written as the same bytes in a later turn while a socke
   const two = await pair(t, false)
   const written: Buffer[] = []
   for (const { server } of [one, two]) {
-    const raw = (server as unknown as { _socket: { write: (chunk: Buffer) => boolean } })._socket
+    const raw = (server as unknown as { _socket: { write: (chunk: Buffer, cb?: () => void) => boolean } })._socket
     const write = raw.write.bind(raw)
     // The spy keeps every written buffer alive, as a socket that has not sent it yet would.
-    raw.write = (chunk: Buffer) => { written.push(chunk); return write(chunk) }
+    raw.write = (chunk: Buffer, cb?: () => void) => { written.push(chunk); return write(chunk, cb) }
   }
   const a = new CorkedSocket(one.server)
   const b = new CorkedSocket(two.server)
@@ -189,11 +231,11 @@ t.test('a large frame is written as the same bytes in a later turn while a socke
   await new Promise((resolve) => setImmediate(resolve))
   b.send(big('y'))
   await new Promise((resolve) => setImmediate(resolve))
+  t.same((await gotA).map((f) => f.text.length), [100_000])
+  t.same((await gotB).map((f) => f.text), [big('x'), big('y')])
   t.equal(written.length, 3)
   t.equal(written[1], written[0], 'the second joiner\'s frame is the first one\'s buffer')
   t.not(written[2], written[0], 'a different text is framed anew')
-  t.same((await gotA).map((f) => f.text.length), [100_000])
-  t.same((await gotB).map((f) => f.text), [big('x'), big('y')])
 })
 
 t.test('a large frame reused in a later turn, in a turn that also encodes other texts for a permessage-deflate socket: each socket gets its own text', async (t) => {

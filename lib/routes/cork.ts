@@ -169,6 +169,23 @@ export class CorkedSocket implements WebSocketLike {
   /** and every frame of the turn once there are several. */
   #several: Buffer[] | null = null
   #pendingBytes = 0
+  /**
+   * Frames of earlier turns held back while a write to the stream has not
+   * finished (the peer reads slowly, or not at all): written together once
+   * it has. The stream so holds one queued write per socket, not one per
+   * turn: a stalled socket that is then destroyed does not make Node build
+   * an error for each of thousands of writes (seconds of a blocked event
+   * loop when many stalled clients are cut at once), and the frames held
+   * are the shared broadcast buffers, not a copy per socket.
+   */
+  #backlog: Buffer[] | null = null
+  #backlogBytes = 0
+  /** Writes handed to the stream whose callback has not come yet. */
+  #unfinished = 0
+  /** The callback of every write (one function per socket, which Node batches). */
+  readonly #written = (): void => {
+    if (--this.#unfinished === 0 && this.#backlog !== null) this.#writeBacklog()
+  }
 
   constructor (ws: WebSocket) {
     this.ws = ws
@@ -179,7 +196,7 @@ export class CorkedSocket implements WebSocketLike {
       // Every close goes through the socket's own close method (ws calls it on itself too): write what is held first.
       const close = ws.close
       ws.close = (code?: number, data?: string | Buffer): void => {
-        this.flush()
+        this.flush(true)
         close.call(ws, code, data)
       }
     }
@@ -214,8 +231,12 @@ export class CorkedSocket implements WebSocketLike {
     }
   }
 
-  /** Writes what this turn sent the socket: at the end of the turn, and before a close. */
-  flush (): void {
+  /**
+   * Writes what this turn sent the socket: at the end of the turn, and
+   * before a close (`all`: the frames held back too, whatever the stream
+   * holds, so that they leave ahead of the close frame).
+   */
+  flush (all = false): void {
     const raw = this.raw!
     if (!this.#direct) {
       raw.uncork()
@@ -223,21 +244,60 @@ export class CorkedSocket implements WebSocketLike {
     }
     const first = this.#first
     const frames = this.#several
-    if (first === null) return
+    if (first === null && !(all && this.#backlog !== null)) return
     const bytes = this.#pendingBytes
     this.#clear()
     // Closed or closing without passing through close() (the socket ended, was destroyed): nothing more to write.
-    if (this.ws.readyState !== OPEN) return
-    if (frames === null) {
-      raw.write(first)
+    if (this.ws.readyState !== OPEN) {
+      this.#dropBacklog()
+      return
+    }
+    if (this.#unfinished > 0 || this.#backlog !== null) {
+      // The stream has not taken the last write yet: these wait behind it, here.
+      if (first !== null) {
+        const backlog = this.#backlog ??= []
+        if (frames === null) backlog.push(first)
+        else for (let i = 0; i < frames.length; i++) backlog.push(frames[i])
+        this.#backlogBytes += bytes
+      }
+      if (all) this.#writeBacklog()
+      return
+    }
+    this.#write(frames ?? first!, bytes)
+  }
+
+  /** Hands frames to the stream as one write where they are small, else corked (one system call either way). */
+  #write (frames: Buffer | Buffer[], bytes: number): void {
+    const raw = this.raw!
+    if (!Array.isArray(frames)) {
+      this.#unfinished++
+      raw.write(frames, this.#written)
     } else if (bytes <= CONCAT_BYTES) {
-      raw.write(Buffer.concat(frames, bytes))
+      this.#unfinished++
+      raw.write(Buffer.concat(frames, bytes), this.#written)
     } else {
       // A big frame (a whole document, shared by every joiner) is not copied: written as it is, corked.
       raw.cork()
-      for (let i = 0; i < frames.length; i++) raw.write(frames[i])
+      for (let i = 0; i < frames.length; i++) {
+        this.#unfinished++
+        raw.write(frames[i], this.#written)
+      }
       raw.uncork()
     }
+  }
+
+  #writeBacklog (): void {
+    const backlog = this.#backlog!
+    const bytes = this.#backlogBytes
+    this.#backlog = null
+    this.#backlogBytes = 0
+    if (this.ws.readyState !== OPEN) return
+    this.#write(backlog.length === 1 ? backlog[0] : backlog, bytes)
+  }
+
+  #dropBacklog (): void {
+    this.#backlog = null
+    this.#backlogBytes = 0
   }
 
   close (code?: number, reason?: string): void {
@@ -247,6 +307,7 @@ export class CorkedSocket implements WebSocketLike {
 
   terminate (): void {
     this.#clear()
+    this.#dropBacklog()
     this.ws.terminate()
   }
 
@@ -258,6 +319,6 @@ export class CorkedSocket implements WebSocketLike {
 
   get readyState (): number { return this.ws.readyState }
 
-  /** Bytes not yet sent: ws's and the stream's, and this turn's frames still held here. */
-  get bufferedAmount (): number { return this.ws.bufferedAmount + this.#pendingBytes }
+  /** Bytes not yet sent: ws's and the stream's, and the frames still held here (this turn's, and those held back). */
+  get bufferedAmount (): number { return this.ws.bufferedAmount + this.#pendingBytes + this.#backlogBytes }
 }
