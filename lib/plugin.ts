@@ -1,6 +1,6 @@
 import websocket from '@fastify/websocket'
 import swagger from '@fastify/swagger'
-import type { FastifyInstance, FastifyPluginAsync } from 'fastify'
+import type { FastifyInstance, FastifyPluginAsync, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
 import type { WebSocket } from 'ws'
 import { CloseCode } from './errors.js'
@@ -9,6 +9,7 @@ import { resolveOptions, type CanvasStoreOptions, type ResolvedOptions } from '.
 import { catchUpAllowance } from './room/catch-up.js'
 import type { RoomOptions } from './room/room.js'
 import { RoomManager } from './room/room-manager.js'
+import { stopReading } from './routes/cork.js'
 import { Bounds } from './routes/ws.js'
 import { adminRoutes } from './routes/admin.js'
 import { healthRoutes } from './routes/health.js'
@@ -67,6 +68,7 @@ const canvasStore: FastifyPluginAsync<CanvasStoreOptions> = async (fastify, opts
   } else {
     await fastify.register(websocket, {
       options: { maxPayload: options.maxPayload },
+      errorHandler: socketError,
       preClose (done) {
         closeSockets()
         const server = this.websocketServer
@@ -106,6 +108,24 @@ const canvasStore: FastifyPluginAsync<CanvasStoreOptions> = async (fastify, opts
       log.warn('admin routes not registered: give admin.onRequest (or preHandler) hooks, or admin.auth: false')
     }
   })
+}
+
+/**
+ * An error on an open WebSocket, from @fastify/websocket (when the plugin
+ * registers it): a frame that breaks RFC 6455 (ws has sent its close frame:
+ * 1002, 1007, 1009, 1008), or the connection lost. The client causes both:
+ * logged at info and debug, not as server errors, and the connection is
+ * cut, after a second for the close frame to leave (see stopReading).
+ */
+function socketError (this: FastifyInstance, error: Error, socket: WebSocket, request: FastifyRequest): void {
+  const code = (error as { code?: unknown }).code
+  if (typeof code === 'string' && code.startsWith('WS_ERR_')) {
+    request.log.info({ err: { code, message: error.message } }, 'WebSocket frame refused (protocol error): connection closed')
+    stopReading(socket)
+  } else {
+    request.log.debug({ err: error }, 'WebSocket connection error')
+    socket.terminate()
+  }
 }
 
 /** Registers @fastify/swagger (unless the app has it) and serves the spec; optionally the UI. */

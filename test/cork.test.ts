@@ -3,7 +3,7 @@ import { once } from 'node:events'
 import { createServer } from 'node:http'
 import type { AddressInfo, Socket } from 'node:net'
 import { WebSocket, WebSocketServer } from 'ws'
-import { CorkedSocket } from '../lib/routes/cork.js'
+import { CorkedSocket, closeAbusive } from '../lib/routes/cork.js'
 
 /** A ws server on 127.0.0.1:0 and one client connected to it; both closed at teardown. */
 async function pair (t: { teardown: (fn: () => unknown) => void }, perMessageDeflate: boolean): Promise<{ server: WebSocket, client: WebSocket }> {
@@ -155,6 +155,23 @@ t.test('a close while frames are held back: they leave ahead of the close frame'
   peer.resume()
   t.equal((await got).length, count)
   t.equal((await closed)[0], 4000)
+})
+
+t.test('closeAbusive: the close frame leaves, nothing more is read, and the connection is cut when the peer does not answer', async (t) => {
+  const { server, client } = await pair(t, false)
+  const peer = (client as unknown as { _socket: Socket })._socket
+  const raw = (server as unknown as { _socket: Socket })._socket
+  let code = 0
+  client.on('close', (c) => { code = c })
+  // The peer floods frames and never reads the close frame, so never answers it.
+  peer.pause()
+  for (let i = 0; i < 1000; i++) client.send('flood')
+  closeAbusive(server, 4429, 'Rate limit exceeded')
+  t.ok(raw.isPaused(), 'reading stopped')
+  await once(server, 'close')
+  peer.resume()
+  await once(client, 'close')
+  t.equal(code, 4429, 'the close frame had left')
 })
 
 t.test('terminate drops the frames held for the turn', async (t) => {

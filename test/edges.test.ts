@@ -5,8 +5,11 @@
  */
 import rateLimit from '@fastify/rate-limit'
 import { createConnection } from 'node:net'
+import { Writable } from 'node:stream'
+import Fastify from 'fastify'
 import t from 'tap'
-import { build, connect, connectReal, listen } from './helper.js'
+import canvasStore from '../lib/index.js'
+import { build, connect, connectReal, listen, write } from './helper.js'
 
 const tooLong = 'r'.repeat(257)
 
@@ -105,4 +108,29 @@ t.test('a frame the room sends in the turn the server shuts down arrives before 
   await closing
   t.equal(code, 1001)
   t.match(peer.frames.at(-1), { type: 'permissions', permissions: 'readonly' })
+})
+
+t.test('a frame that breaks RFC 6455: ws\'s close code with a reason, logged at info (the client\'s fault), the room unharmed', async (t) => {
+  const lines: any[] = []
+  const stream = new Writable({
+    write (chunk, _encoding, done) {
+      for (const line of String(chunk).split('\n')) if (line !== '') lines.push(JSON.parse(line))
+      done()
+    }
+  })
+  const app = Fastify({ logger: { level: 'debug', stream } })
+  await app.register(canvasStore)
+  t.teardown(() => app.close())
+  const base = await listen(app)
+  const calm = await connectReal(base, { roomId: 'r', clientId: 'calm' })
+  await calm.join()
+  const bad = await connectReal(base, { roomId: 'r', clientId: 'bad' })
+  await bad.join()
+  // A text frame whose bytes are not UTF-8.
+  bad.ws.send(Buffer.from([0x7b, 0xff, 0xfe, 0x7d]), { binary: false })
+  t.strictSame(await bad.closed, { code: 1007, reason: 'Invalid UTF-8 in a text frame' })
+  t.equal((await write(calm, 'm1', [{ 'e/A': { _exists: true } }])).timestamp, 1)
+  t.ok(lines.some((l) => l.level === 30 && l.msg === 'WebSocket frame refused (protocol error): connection closed'), 'logged at info')
+  t.notOk(lines.some((l) => l.level >= 50), 'nothing at error level')
+  await calm.close()
 })

@@ -145,6 +145,17 @@ t.test('a client that answers pings stays connected across many intervals', asyn
   await a.close()
 })
 
+t.test('a flood of pong frames closes the connection with 4429, and the rest of the room stays', async (t) => {
+  const { base } = await app(t, { heartbeatInterval: 60_000 })
+  const calm = await open(base, 'calm', 1)
+  const flood = await open(base, 'flood', 2)
+  for (let i = 0; i < 200; i++) flood.ws.pong()
+  t.strictSame(await flood.closed, { code: 4429, reason: 'Too many pong frames' })
+  await calm.next(CLIENT_COUNT(1))
+  t.equal((await write(calm, 'm1', [{ 'e/A': { _exists: true } }])).timestamp, 1, 'the room goes on')
+  await calm.close()
+})
+
 t.test('heartbeatInterval: 0 sends no pings', async (t) => {
   const { created } = spyIntervals(t)
   const off = await app(t, { heartbeatInterval: 0 })

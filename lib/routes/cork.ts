@@ -46,6 +46,33 @@ const stickyCollected = new FinalizationRegistry<WeakRef<Buffer>>((frame) => {
   if (sticky !== null && sticky.frame === frame) sticky = null
 })
 
+/** Close codes that refuse a peer for what it sends (rate limits, floods, oversized frames): see closeAbusive. */
+const ABUSE_CODES = new Set([1008, 1009, 4429])
+/** How long a peer closed by closeAbusive has to end the connection before it is cut. */
+const ABUSE_CLOSE_MS = 1000
+
+/**
+ * Closes a socket whose peer is refused for what it sends, and stops
+ * reading from it: ws would otherwise go on reading and parsing whatever
+ * the peer floods until the close handshake ends (30 s), at the cost of
+ * every other room. The close frame still leaves; the connection is cut a
+ * second later, or at once if the peer ends it first.
+ */
+export function closeAbusive (ws: WebSocket, code: number, reason: string): void {
+  ws.close(code, reason)
+  stopReading(ws)
+}
+
+/** After a close frame was sent (see closeAbusive): reads nothing more, and cuts the connection a second later. */
+export function stopReading (ws: WebSocket): void {
+  const raw = (ws as unknown as { _socket?: Socket | null })._socket
+  if (raw === undefined || raw === null || ws.readyState === ws.CLOSED) return
+  raw.pause()
+  const timer = setTimeout(() => ws.terminate(), ABUSE_CLOSE_MS)
+  timer.unref()
+  ws.once('close', () => clearTimeout(timer))
+}
+
 /** The string as UTF-8 bytes, for sockets whose frames ws builds itself (an extension such as permessage-deflate). */
 function encoded (data: string): Buffer {
   if (data !== lastText) {
@@ -302,7 +329,8 @@ export class CorkedSocket implements WebSocketLike {
 
   close (code?: number, reason?: string): void {
     // The frames held leave first (see the constructor).
-    this.ws.close(code, reason)
+    if (code !== undefined && ABUSE_CODES.has(code) && this.raw !== null) closeAbusive(this.ws, code, reason ?? '')
+    else this.ws.close(code, reason)
   }
 
   terminate (): void {

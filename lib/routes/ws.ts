@@ -7,8 +7,23 @@ import { AuthorizeTimeoutError, CloseCode, closeReason, errors } from '../errors
 import type { Authorize, AuthorizeInfo, AuthorizeResult, ResolvedOptions } from '../options.js'
 import { refusal, type Room, type RoomOptions } from '../room/room.js'
 import { RoomLimitError, type RoomManager } from '../room/room-manager.js'
-import { CorkedSocket } from './cork.js'
+import { CorkedSocket, closeAbusive } from './cork.js'
 import { ConnectQuery, replyError } from './schemas.js'
+
+/**
+ * Pongs a peer may send in a second (an answer to each heartbeat ping, and
+ * unsolicited ones as a one-way heartbeat, RFC 6455 5.5.3, are a few a
+ * minute); more closes the connection with 4429.
+ */
+const MAX_PONGS_PER_SECOND = 20
+
+/** Reasons of the closes ws makes for a frame it refuses (with no reason of its own). */
+const PROTOCOL_CLOSE_REASONS: Partial<Record<number, string>> = {
+  1002: 'Protocol error: a frame that breaks RFC 6455',
+  1007: 'Invalid UTF-8 in a text frame',
+  1008: 'Too many message fragments',
+  1009: 'Frame too big'
+}
 
 /** What the WebSocket route needs from the plugin. */
 export interface WsRouteOptions {
@@ -109,7 +124,27 @@ export const wsRoutes: FastifyPluginAsync<WsRouteOptions> = async (fastify: Fast
       }
       sockets.add(socket)
       alive.set(socket, true)
+      // ws closes a connection whose frame breaks RFC 6455 with a code alone: the client is told why.
+      const close = socket.close
+      socket.close = (code?: number, reason?: string | Buffer): void => {
+        close.call(socket, code, reason ?? (code === undefined ? undefined : PROTOCOL_CLOSE_REASONS[code]))
+      }
+      // Pongs cost ws a frame each and are not frames the room counts: a peer that floods them is cut.
+      let pongs = 0
+      let pongWindow = 0
       socket.on('pong', (data: Buffer) => {
+        const now = performance.now()
+        if (now - pongWindow > 1000) {
+          pongWindow = now
+          pongs = 0
+        }
+        if (++pongs > MAX_PONGS_PER_SECOND) {
+          if (pongs === MAX_PONGS_PER_SECOND + 1) {
+            log.warn('connection closed for a flood of pong frames')
+            closeAbusive(socket, CloseCode.RATE_LIMITED, 'Too many pong frames')
+          }
+          return
+        }
         const sent = pings.get(socket)
         if (sent !== undefined && (data.equals(sent.current) || (sent.previous !== null && data.equals(sent.previous)))) alive.set(socket, true)
       })
@@ -121,7 +156,7 @@ export const wsRoutes: FastifyPluginAsync<WsRouteOptions> = async (fastify: Fast
         // ws enforces maxPayload itself unless the application registered @fastify/websocket with its own.
         const bytes = byteLength(data)
         if (bytes > options.maxPayload) {
-          socket.close(CloseCode.MESSAGE_TOO_BIG, 'Frame too big')
+          closeAbusive(socket, CloseCode.MESSAGE_TOO_BIG, 'Frame too big')
           return
         }
         if (conn.sessionId !== undefined) {
@@ -133,7 +168,7 @@ export const wsRoutes: FastifyPluginAsync<WsRouteOptions> = async (fastify: Fast
         if (conn.queue.length >= options.maxQueuedFrames || conn.queuedBytes > options.maxQueuedBytes) {
           log.warn('too many frames before the room was ready')
           conn.queue = null
-          socket.close(CloseCode.POLICY_VIOLATION, 'Too many frames before the room was ready')
+          closeAbusive(socket, CloseCode.POLICY_VIOLATION, 'Too many frames before the room was ready')
           return
         }
         conn.queue.push(data)
