@@ -5,11 +5,10 @@
  */
 import rateLimit from '@fastify/rate-limit'
 import { createConnection } from 'node:net'
-import { Writable } from 'node:stream'
 import Fastify from 'fastify'
 import t from 'tap'
 import canvasStore from '../lib/index.js'
-import { build, connect, connectReal, listen, write } from './helper.js'
+import { build, connect, connectReal, listen, logLines, write } from './helper.js'
 
 const tooLong = 'r'.repeat(257)
 
@@ -111,13 +110,7 @@ t.test('a frame the room sends in the turn the server shuts down arrives before 
 })
 
 t.test('a frame that breaks RFC 6455: ws\'s close code with a reason, logged at info (the client\'s fault), the room unharmed', async (t) => {
-  const lines: any[] = []
-  const stream = new Writable({
-    write (chunk, _encoding, done) {
-      for (const line of String(chunk).split('\n')) if (line !== '') lines.push(JSON.parse(line))
-      done()
-    }
-  })
+  const { stream, lines } = logLines()
   const app = Fastify({ logger: { level: 'debug', stream } })
   await app.register(canvasStore)
   t.teardown(() => app.close())

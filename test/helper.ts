@@ -1,5 +1,6 @@
 import Fastify, { type FastifyInstance } from 'fastify'
 import type { AddressInfo } from 'node:net'
+import { Writable } from 'node:stream'
 import WebSocket from 'ws'
 import canvasStore, { type CanvasStoreOptions, type Room } from '../lib/index.js'
 import { Document } from '../lib/room/document.js'
@@ -18,6 +19,18 @@ export async function build (t: Test, opts: CanvasStoreOptions = {}, setup?: (ap
     for (const client of app.websocketServer.clients) client.terminate()
   })
   return app
+}
+
+/** A pino destination that keeps every log line, parsed, in `lines`. */
+export function logLines (): { stream: Writable, lines: any[] } {
+  const lines: any[] = []
+  const stream = new Writable({
+    write (chunk, _encoding, done) {
+      for (const line of String(chunk).split('\n')) if (line !== '') lines.push(JSON.parse(line))
+      done()
+    }
+  })
+  return { stream, lines }
 }
 
 /** Starts the app on 127.0.0.1, port 0, and returns its ws:// base URL. */

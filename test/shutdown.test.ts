@@ -4,20 +4,13 @@
  * `app.close()` resolves, so a process that exits after it does exit.
  */
 import Fastify, { type FastifyInstance } from 'fastify'
-import { Writable } from 'node:stream'
 import t, { type Test } from 'tap'
 import canvasStore, { RoomManager, type CanvasStoreOptions, type IncrementalStorage, type WebSocketLike } from '../lib/index.js'
-import { connectReal, listen } from './helper.js'
+import { connectReal, listen, logLines } from './helper.js'
 
 /** An app whose error logs are kept as parsed lines. */
 async function appWithLogs (t: Test, opts: CanvasStoreOptions): Promise<{ app: FastifyInstance, logs: any[], base: string }> {
-  const logs: any[] = []
-  const stream = new Writable({
-    write (chunk, _encoding, done) {
-      for (const line of String(chunk).split('\n')) if (line !== '') logs.push(JSON.parse(line))
-      done()
-    }
-  })
+  const { stream, lines: logs } = logLines()
   const app = Fastify({ logger: { level: 'error', stream } })
   await app.register(canvasStore, opts)
   t.teardown(() => app.close())
