@@ -1,4 +1,4 @@
-import t from 'tap'
+import t, { type Test } from 'tap'
 import { once } from 'node:events'
 import { createServer } from 'node:http'
 import type { AddressInfo, Socket } from 'node:net'
@@ -139,22 +139,82 @@ t.test('a peer that stops reading: frames wait here behind the unfinished write,
   t.equal(socket.bufferedAmount, 0)
 })
 
-t.test('a close while frames are held back: they leave ahead of the close frame', async (t) => {
+/** A pair whose peer has stopped reading, with a write of `inFlight` bytes the stream cannot finish. */
+async function stalled (t: Test, inFlight: number): Promise<{ socket: CorkedSocket, client: WebSocket, peer: Socket, raw: Socket, writes: () => number }> {
   const { server, client } = await pair(t, false)
   const socket = new CorkedSocket(server)
   const peer = (client as unknown as { _socket: Socket })._socket
+  const raw = (server as unknown as { _socket: Socket })._socket
+  let count = 0
+  const write = raw.write.bind(raw) as (chunk: Buffer, cb?: () => void) => boolean
+  raw.write = ((chunk: Buffer, cb?: () => void) => { count++; return write(chunk, cb) }) as typeof raw.write
   peer.pause()
-  const count = 8000
-  const got = receive(client, count)
+  socket.send('x'.repeat(inFlight))
+  await new Promise((resolve) => setImmediate(resolve))
+  t.ok(raw.writableLength > 0, 'a write the stream has not finished')
+  return { socket, client, peer, raw, writes: () => count }
+}
+
+const queued = (raw: Socket): number => (raw as unknown as { writableBuffer: unknown[] }).writableBuffer.length
+
+t.test('frames held back leave in a few writes of up to 1 MiB once the stream takes them, in order', async (t) => {
+  const { socket, client, peer, writes } = await stalled(t, 32 * 1024 * 1024)
+  const count = 3000
+  const got = receive(client, count + 1)
+  for (let i = 0; i < count; i++) {
+    socket.send(`${i}:${'b'.repeat(1000)}`)
+    if (i % 10 === 9) await new Promise((resolve) => setImmediate(resolve))
+  }
+  await new Promise((resolve) => setImmediate(resolve))
+  const before = writes()
+  peer.resume()
+  const frames = await got
+  t.ok(frames.slice(1).every((f, i) => f.text === `${i}:${'b'.repeat(1000)}`), 'every frame, in order')
+  t.ok(writes() - before <= 4, `3 MB held back left in ${writes() - before} writes`)
+})
+
+t.test('a close with a little held back: it leaves ahead of the close frame', async (t) => {
+  const { socket, client, peer, raw } = await stalled(t, 32 * 1024 * 1024)
+  const count = 500
+  const got = receive(client, count + 1)
   for (let i = 0; i < count; i++) {
     socket.send(`${i}:${'q'.repeat(1000)}`)
     await new Promise((resolve) => setImmediate(resolve))
   }
   socket.close(4000, 'kicked')
+  t.ok(queued(raw) <= 3, `the stream holds a few writes (${queued(raw)})`)
   const closed = once(client, 'close')
   peer.resume()
-  t.equal((await got).length, count)
+  t.equal((await got).length, count + 1)
   t.equal((await closed)[0], 4000)
+})
+
+t.test('a close with much held back behind a stalled write: dropped, the stream holds a few writes, the close frame follows the write in flight', async (t) => {
+  const { socket, client, peer, raw } = await stalled(t, 32 * 1024 * 1024)
+  const texts: string[] = []
+  client.on('message', (data) => texts.push(String(data).slice(0, 10)))
+  for (let i = 0; i < 3000; i++) {
+    socket.send(`${i}:${'d'.repeat(1000)}`)
+    if (i % 10 === 9) await new Promise((resolve) => setImmediate(resolve))
+  }
+  t.ok(socket.bufferedAmount > 3_000_000)
+  socket.close(1001, 'bye')
+  t.ok(queued(raw) <= 2, `the stream holds the write in flight and the close frame (${queued(raw)})`)
+  const closed = once(client, 'close')
+  peer.resume()
+  t.equal((await closed)[0], 1001)
+  t.same(texts, ['x'.repeat(10)], 'the frame in flight, then the close')
+})
+
+t.test('CorkedSocket.close stops reading for 4429 and 1009, not for 1008 (a refused auth-refresh) nor ordinary closes', async (t) => {
+  for (const [code, paused] of [[4429, true], [1009, true], [1008, false], [1001, false], [4000, false]] as const) {
+    const { server, client } = await pair(t, false)
+    const raw = (server as unknown as { _socket: Socket })._socket
+    const closed = once(client, 'close')
+    new CorkedSocket(server).close(code, 'reason')
+    t.equal(raw.isPaused(), paused, `${code}`)
+    t.equal((await closed)[0], code)
+  }
 })
 
 t.test('closeAbusive: the close frame leaves, nothing more is read, and the connection is cut when the peer does not answer', async (t) => {

@@ -156,6 +156,14 @@ t.test('a flood of pong frames closes the connection with 4429, and the rest of 
   await calm.close()
 })
 
+t.test('a heartbeat faster than the pong bound allows: healthy clients answering every ping stay', async (t) => {
+  const { base } = await app(t, { heartbeatInterval: 40 })
+  const peer = await open(base, 'fast', 1)
+  await pings(peer.ws, 40)
+  t.equal(peer.ws.readyState, WebSocket.OPEN)
+  await peer.close()
+})
+
 t.test('heartbeatInterval: 0 sends no pings', async (t) => {
   const { created } = spyIntervals(t)
   const off = await app(t, { heartbeatInterval: 0 })

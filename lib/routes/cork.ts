@@ -30,6 +30,10 @@ const TEXT = { binary: false }
 const OPEN = 1
 /** Up to this many bytes, a turn's frames to one socket are copied into one buffer; above, written as they are. */
 const CONCAT_BYTES = 16 * 1024
+/** Frames held back are joined into writes of up to this many bytes (a frame this size or larger goes alone). */
+const CHUNK_BYTES = 1024 * 1024
+/** A close finding more than this held back behind an unfinished write drops it (see flush). */
+const CLOSE_BACKLOG_BYTES = 1024 * 1024
 
 /**
  * The last large frame, kept across turns for as long as some socket still
@@ -46,8 +50,11 @@ const stickyCollected = new FinalizationRegistry<WeakRef<Buffer>>((frame) => {
   if (sticky !== null && sticky.frame === frame) sticky = null
 })
 
-/** Close codes that refuse a peer for what it sends (rate limits, floods, oversized frames): see closeAbusive. */
-const ABUSE_CODES = new Set([1008, 1009, 4429])
+/**
+ * Close codes that refuse a peer for what it sends (rate limits, floods, oversized frames): see closeAbusive.
+ * Not 1008, which also refuses an auth-refresh: the route calls closeAbusive itself for its floods.
+ */
+const ABUSE_CODES = new Set([1009, 4429])
 /** How long a peer closed by closeAbusive has to end the connection before it is cut. */
 const ABUSE_CLOSE_MS = 1000
 
@@ -287,7 +294,16 @@ export class CorkedSocket implements WebSocketLike {
         else for (let i = 0; i < frames.length; i++) backlog.push(frames[i])
         this.#backlogBytes += bytes
       }
-      if (all) this.#writeBacklog()
+      if (all) {
+        if (this.#unfinished > 0 && this.#backlogBytes > CLOSE_BACKLOG_BYTES) {
+          // Closing while the peer has not read the last write, with much more held: it is stalled, and the
+          // frames would sit in the stream until the socket is destroyed (then Node fails each write in turn).
+          // They are dropped: the client catches up when it reconnects, and re-sends what was not acked.
+          this.#dropBacklog()
+        } else {
+          this.#writeBacklog()
+        }
+      }
       return
     }
     this.#write(frames ?? first!, bytes)
@@ -303,12 +319,31 @@ export class CorkedSocket implements WebSocketLike {
       this.#unfinished++
       raw.write(Buffer.concat(frames, bytes), this.#written)
     } else {
-      // A big frame (a whole document, shared by every joiner) is not copied: written as it is, corked.
+      // Corked: one system call. A big frame (a whole document, shared by every joiner) is written as it is;
+      // runs of smaller ones are joined into chunks, so that the stream holds a few writes, not one per frame
+      // (a backlog can be thousands of frames).
       raw.cork()
-      for (let i = 0; i < frames.length; i++) {
-        this.#unfinished++
-        raw.write(frames[i], this.#written)
+      let start = 0
+      let run = 0
+      const end = (i: number): void => {
+        if (i > start) {
+          this.#unfinished++
+          raw.write(i - start === 1 ? frames[start] : Buffer.concat(frames.slice(start, i), run), this.#written)
+        }
+        start = i
+        run = 0
       }
+      for (let i = 0; i < frames.length; i++) {
+        const length = frames[i].length
+        if (length >= CHUNK_BYTES) {
+          end(i)
+          end(i + 1)
+        } else {
+          if (run + length > CHUNK_BYTES) end(i)
+          run += length
+        }
+      }
+      end(frames.length)
       raw.uncork()
     }
   }

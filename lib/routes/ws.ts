@@ -13,7 +13,8 @@ import { ConnectQuery, replyError } from './schemas.js'
 /**
  * Pongs a peer may send in a second (an answer to each heartbeat ping, and
  * unsolicited ones as a one-way heartbeat, RFC 6455 5.5.3, are a few a
- * minute); more closes the connection with 4429.
+ * minute); more closes the connection with 4429. A heartbeat faster than
+ * 150 ms raises it to three pongs per interval.
  */
 const MAX_PONGS_PER_SECOND = 20
 
@@ -66,6 +67,8 @@ export const wsRoutes: FastifyPluginAsync<WsRouteOptions> = async (fastify: Fast
   // ping, so one that stops reading (and keeps the server holding its unsent data) is cut, even if it
   // sends pongs blindly, or with a payload another of its sockets was sent. The previous round's payload
   // still counts: a late pong, after a stalled round, is still an answer.
+  // A heartbeat of under 150 ms asks for more pongs a second than the bound: three per ping interval then.
+  const maxPongs = options.heartbeatInterval > 0 ? Math.max(MAX_PONGS_PER_SECOND, Math.ceil(3000 / options.heartbeatInterval)) : MAX_PONGS_PER_SECOND
   const alive = new WeakMap<WebSocket, boolean>()
   const pings = new WeakMap<WebSocket, { current: Buffer, previous: Buffer | null }>()
   if (options.heartbeatInterval > 0) {
@@ -138,8 +141,8 @@ export const wsRoutes: FastifyPluginAsync<WsRouteOptions> = async (fastify: Fast
           pongWindow = now
           pongs = 0
         }
-        if (++pongs > MAX_PONGS_PER_SECOND) {
-          if (pongs === MAX_PONGS_PER_SECOND + 1) {
+        if (++pongs > maxPongs) {
+          if (pongs === maxPongs + 1) {
             log.warn('connection closed for a flood of pong frames')
             closeAbusive(socket, CloseCode.RATE_LIMITED, 'Too many pong frames')
           }
