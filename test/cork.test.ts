@@ -157,14 +157,19 @@ async function stalled (t: Test, inFlight: number): Promise<{ socket: CorkedSock
 
 const queued = (raw: Socket): number => (raw as unknown as { writableBuffer: unknown[] }).writableBuffer.length
 
+/** Sends `${i}:` and 1,000 `fill` characters for i below count, `perTurn` frames an event-loop turn. */
+async function sendOverTurns (socket: CorkedSocket, count: number, fill: string, perTurn: number): Promise<void> {
+  for (let i = 0; i < count; i++) {
+    socket.send(`${i}:${fill.repeat(1000)}`)
+    if (i % perTurn === perTurn - 1) await new Promise((resolve) => setImmediate(resolve))
+  }
+}
+
 t.test('frames held back leave in a few writes of up to 1 MiB once the stream takes them, in order', async (t) => {
   const { socket, client, peer, writes } = await stalled(t, 32 * 1024 * 1024)
   const count = 3000
   const got = receive(client, count + 1)
-  for (let i = 0; i < count; i++) {
-    socket.send(`${i}:${'b'.repeat(1000)}`)
-    if (i % 10 === 9) await new Promise((resolve) => setImmediate(resolve))
-  }
+  await sendOverTurns(socket, count, 'b', 10)
   await new Promise((resolve) => setImmediate(resolve))
   const before = writes()
   peer.resume()
@@ -177,10 +182,7 @@ t.test('a close with a little held back: it leaves ahead of the close frame', as
   const { socket, client, peer, raw } = await stalled(t, 32 * 1024 * 1024)
   const count = 500
   const got = receive(client, count + 1)
-  for (let i = 0; i < count; i++) {
-    socket.send(`${i}:${'q'.repeat(1000)}`)
-    await new Promise((resolve) => setImmediate(resolve))
-  }
+  await sendOverTurns(socket, count, 'q', 1)
   socket.close(4000, 'kicked')
   t.ok(queued(raw) <= 3, `the stream holds a few writes (${queued(raw)})`)
   const closed = once(client, 'close')
@@ -193,10 +195,7 @@ t.test('a close with much held back behind a stalled write: dropped, the stream 
   const { socket, client, peer, raw } = await stalled(t, 32 * 1024 * 1024)
   const texts: string[] = []
   client.on('message', (data) => texts.push(String(data).slice(0, 10)))
-  for (let i = 0; i < 3000; i++) {
-    socket.send(`${i}:${'d'.repeat(1000)}`)
-    if (i % 10 === 9) await new Promise((resolve) => setImmediate(resolve))
-  }
+  await sendOverTurns(socket, 3000, 'd', 10)
   t.ok(socket.bufferedAmount > 3_000_000)
   socket.close(1001, 'bye')
   t.ok(queued(raw) <= 2, `the stream holds the write in flight and the close frame (${queued(raw)})`)
