@@ -24,6 +24,9 @@ declare module 'fastify' {
   }
 }
 
+/** How long a socket closed at shutdown has to answer the close frame before it is cut. */
+const SHUTDOWN_CLOSE_MS = 1000
+
 const canvasStore: FastifyPluginAsync<CanvasStoreOptions> = async (fastify, opts) => {
   const options = resolveOptions(opts)
   const log = fastify.log.child({ plugin: 'fastify-canvas-store' })
@@ -57,10 +60,17 @@ const canvasStore: FastifyPluginAsync<CanvasStoreOptions> = async (fastify, opts
       : async (_room, { clientId, token }) => await bounds.authorize(options.authorize!, { roomId, clientId, token, request: undefined }, options.authorizeTimeoutMs)
   })
 
-  // Turn new sockets away and close open ones with 1001 before the server stops listening.
+  // Turn new sockets away and close open ones with 1001 before the server stops listening. A client that does
+  // not answer the close frame (it stopped reading, or vanished) would hold app.close() for ws's 30 s close
+  // timeout, past many orchestrators' grace period: those still open a second later are cut.
+  let cutLate: NodeJS.Timeout | undefined
   const closeSockets = (): void => {
     draining = true
     for (const socket of sockets) socket.close(CloseCode.GOING_AWAY, 'Server shutting down')
+    if (cutLate === undefined && sockets.size > 0) {
+      cutLate = setTimeout(() => { for (const socket of sockets) socket.terminate() }, SHUTDOWN_CLOSE_MS)
+      cutLate.unref()
+    }
   }
 
   if (fastify.hasDecorator('websocketServer')) {
@@ -85,6 +95,7 @@ const canvasStore: FastifyPluginAsync<CanvasStoreOptions> = async (fastify, opts
   fastify.addHook('onClose', async () => {
     // A hung authorize or load must not keep the process alive until its bound: its socket is closed already.
     bounds.clear()
+    clearTimeout(cutLate)
     await manager.closeAll()
   })
 

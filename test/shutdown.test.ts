@@ -4,6 +4,7 @@
  * `app.close()` resolves, so a process that exits after it does exit.
  */
 import Fastify, { type FastifyInstance } from 'fastify'
+import type { Socket } from 'node:net'
 import t, { type Test } from 'tap'
 import canvasStore, { RoomManager, type CanvasStoreOptions, type IncrementalStorage, type WebSocketLike } from '../lib/index.js'
 import { connectReal, listen, logLines } from './helper.js'
@@ -76,6 +77,19 @@ t.test('a hung load does not use up the final saves\' time: another room\'s save
   // The stuck load is still pending (its connection gave up at the bound), and so is room a's throttled save.
   await app.close()
   t.ok(saved, 'the acked write of room a was saved before close resolved')
+})
+
+// The bound is the test's timeout, a hang guard: before, app.close() waited for ws's 30 s close timeout.
+t.test('a client that never answers the close frame does not hold app.close() for ws\'s 30 s close timeout', { timeout: 15_000 }, async (t) => {
+  const { app, base } = await appWithLogs(t, {})
+  const stalled = await connectReal(base, { roomId: 'r', clientId: 'stalled' })
+  await stalled.join()
+  const healthy = await connectReal(base, { roomId: 'r', clientId: 'healthy' })
+  await healthy.join()
+  // It stops reading: the close frame is never read, so never answered.
+  ;(stalled.ws as unknown as { _socket: Socket })._socket.pause()
+  await app.close()
+  t.equal((await healthy.closed).code, 1001, 'the healthy client got its close frame')
 })
 
 t.test('RoomManager: closeTimeoutMs 0 waits for the final save as long as it takes; a negative one is refused', async (t) => {
