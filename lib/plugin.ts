@@ -125,8 +125,10 @@ const canvasStore: FastifyPluginAsync<CanvasStoreOptions> = async (fastify, opts
  * An error on an open WebSocket, from @fastify/websocket (when the plugin
  * registers it): a frame that breaks RFC 6455 (ws has sent its close frame:
  * 1002, 1007, 1009, 1008), or the connection lost. The client causes both:
- * logged at info and debug, not as server errors, and the connection is
- * cut, after a second for the close frame to leave (see stopReading).
+ * logged at info and debug, not as server errors. A lost connection is
+ * cut at once; after a protocol error ws ends the connection itself once
+ * its close frame is out, and stopReading cuts it a second later if it has
+ * not.
  */
 function socketError (this: FastifyInstance, error: Error, socket: WebSocket, request: FastifyRequest): void {
   const code = (error as { code?: unknown }).code

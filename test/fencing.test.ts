@@ -9,18 +9,23 @@
 import { join } from 'node:path'
 import Database from 'better-sqlite3'
 import pg from 'pg'
+import type { FastifyInstance } from 'fastify'
 import t, { type Test } from 'tap'
 import { PostgresStorage, SqliteStorage, type RoomStore } from '../lib/index.js'
 import { build, connect, write } from './helper.js'
 
 type Store = RoomStore & { close(): Promise<void>, load(roomId: string): unknown }
 
-async function handover (t: Test, open: () => Store): Promise<void> {
+/** Two storages on one database, each behind an app of its own: the old process and the new one. */
+async function twoProcesses (t: Test, open: () => Store): Promise<{ newStore: Store, oldStore: Store, oldApp: FastifyInstance, newApp: FastifyInstance }> {
   const oldStore = open()
   const newStore = open()
   t.teardown(async () => { await oldStore.close(); await newStore.close() })
-  const oldApp = await build(t, { storage: oldStore })
-  const newApp = await build(t, { storage: newStore })
+  return { oldStore, newStore, oldApp: await build(t, { storage: oldStore }), newApp: await build(t, { storage: newStore }) }
+}
+
+async function handover (t: Test, open: () => Store): Promise<void> {
+  const { newStore, oldApp, newApp } = await twoProcesses(t, open)
 
   const w1 = await connect(oldApp, { roomId: 'r', clientId: 'w1' })
   await w1.join()
@@ -114,11 +119,7 @@ if (pgUrl !== undefined) {
  * only stale): the join finds the claim moved, the old sessions get 1013, and the room is loaded afresh.
  */
 async function staleJoin (t: Test, open: () => Store): Promise<void> {
-  const oldStore = open()
-  const newStore = open()
-  t.teardown(async () => { await oldStore.close(); await newStore.close() })
-  const oldApp = await build(t, { storage: oldStore })
-  const newApp = await build(t, { storage: newStore })
+  const { oldStore, oldApp, newApp } = await twoProcesses(t, open)
   const w = await connect(oldApp, { roomId: 'r', clientId: 'w' })
   await w.join()
   await write(w, 'a1', [{ 'shape/Pos': { _exists: true, x: 1 } }])

@@ -246,7 +246,6 @@ export class Room {
     })
     this.#claimCheck = Promise.race([storage.checkClaim(), late]).then(() => !this.#closed, (err: unknown) => {
       if (isRoomMoved(err)) {
-        this.#persistence.markMoved()
         this.#moved(err)
         return false
       }
@@ -1151,7 +1150,8 @@ export class Room {
   }
 
   /**
-   * The storage refused a write: another process has loaded the room since.
+   * The storage refused a write, or a join's checkClaim found another
+   * process has loaded the room since.
    * What this one holds is stale, and its pending acks and broadcasts report
    * writes that were not made: they are dropped, the room closes without
    * writing anything more, and every session is closed with 1013 (its client
@@ -1161,6 +1161,8 @@ export class Room {
   #moved (err: unknown): void {
     if (this.#closed) return
     this.#log.warn({ err, roomId: this.roomId }, 'another process loaded the room: closing it here')
+    // Found by a refused write (Persistence marked itself) or by a join's check: nothing more is written either way.
+    this.#persistence.markMoved()
     this.#outbox = []
     // Closed with 1013 first: close() below then finds them closing already.
     for (const session of this.#sessions.values()) safeClose(session.socket, CloseCode.TRY_AGAIN_LATER, 'Room moved to another server: reconnect')
