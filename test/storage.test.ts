@@ -477,4 +477,16 @@ if (pgUrl === undefined || pgUrl === '') {
     await t.rejects(own.forRoom('x').append({ timestamp: 1, entries: [] }))
     t.throws(() => new PostgresStorage({}))
   })
+
+  t.test('PostgresStorage: processes that create the tables at the same moment on a new database all succeed', async (t) => {
+    // Without the migration's lock, all but one of them failed most rounds (a duplicate key in pg_type).
+    for (let round = 0; round < 5; round++) {
+      const fresh = `${prefix}_new${round}`
+      t.teardown(() => pool.query(`DROP TABLE IF EXISTS ${fresh}_rooms, ${fresh}_entries`))
+      const storages = Array.from({ length: 4 }, () => new PostgresStorage({ connectionString: pgUrl, tablePrefix: fresh }))
+      const results = await Promise.allSettled(storages.map((storage) => storage.migrate()))
+      await Promise.all(storages.map((storage) => storage.close()))
+      t.strictSame(results.map((r) => r.status === 'rejected' ? String(r.reason) : r.status), ['fulfilled', 'fulfilled', 'fulfilled', 'fulfilled'], `round ${round}`)
+    }
+  })
 }

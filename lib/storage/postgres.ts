@@ -70,29 +70,33 @@ export class PostgresStorage implements RoomStore {
    * client sends, and the writes of rooms holding others would fail for good
    */
   migrate (): Promise<void> {
-    this.#migrated ??= this.#pool.query<{ server_encoding: string }>('SHOW server_encoding').then(({ rows }) => {
+    // Under a lock of the database's, in a transaction: processes starting together on a new database would
+    // otherwise create the tables at once, and all but one fail (a duplicate key in PostgreSQL's catalog).
+    this.#migrated ??= this.#transaction(async (client) => {
+      const { rows } = await client.query<{ server_encoding: string }>('SHOW server_encoding')
       const encoding = rows[0]?.server_encoding
       if (encoding !== 'UTF8' && encoding !== 'SQL_ASCII') throw new Error(`PostgresStorage needs a UTF8 database; this one's encoding is ${String(encoding)}`)
-    }).then(() => this.#pool.query(`
-      CREATE TABLE IF NOT EXISTS ${this.#rooms} (
-        room_id text PRIMARY KEY,
-        timestamp bigint NOT NULL,
-        owner text
-      );
-      CREATE TABLE IF NOT EXISTS ${this.#entries} (
-        room_id text NOT NULL,
-        key text NOT NULL,
-        value text NOT NULL,
-        stamps text NOT NULL,
-        PRIMARY KEY (room_id, key)
-      );
-    `)).then(async () => {
+      await client.query('SELECT pg_advisory_xact_lock(hashtext($1))', [`fastify-canvas-store:${this.#rooms}`])
+      await client.query(`
+        CREATE TABLE IF NOT EXISTS ${this.#rooms} (
+          room_id text PRIMARY KEY,
+          timestamp bigint NOT NULL,
+          owner text
+        );
+        CREATE TABLE IF NOT EXISTS ${this.#entries} (
+          room_id text NOT NULL,
+          key text NOT NULL,
+          value text NOT NULL,
+          stamps text NOT NULL,
+          PRIMARY KEY (room_id, key)
+        );
+      `)
       // A table of an earlier version has no owner column. Looked up first: ALTER TABLE locks the table
       // against every other process's writes, even when the column is there already.
-      const column = await this.#pool.query(`SELECT 1 FROM information_schema.columns
+      const column = await client.query(`SELECT 1 FROM information_schema.columns
         WHERE table_schema = current_schema() AND table_name = $1 AND column_name = 'owner'`, [this.#rooms.toLowerCase()])
-      if (column.rows.length === 0) await this.#pool.query(`ALTER TABLE ${this.#rooms} ADD COLUMN IF NOT EXISTS owner text`)
-    }).then(() => undefined, (err: unknown) => {
+      if (column.rows.length === 0) await client.query(`ALTER TABLE ${this.#rooms} ADD COLUMN IF NOT EXISTS owner text`)
+    }).catch((err: unknown) => {
       this.#migrated = null
       throw err
     })
