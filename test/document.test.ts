@@ -73,6 +73,19 @@ t.test('changesSince: only newer fields, tombstones included', async (t) => {
   t.equal(doc.changesSince(0).keys, 3)
 })
 
+t.test('changesSince: a key created since, or a create merged into it since, is sent whole', async (t) => {
+  const doc = new Document()
+  doc.applyFrame([{ a: { _exists: true, x: 1, y: 7, color: 'red' } }])
+  doc.applyFrame([{ a: { x: 2 } }])
+  t.same(plain(doc.changesSince(1).patch), { a: { x: 2 } }, 'an update: the newer fields alone')
+  // A create that names some fields of a live key merges into it (the other fields are kept, with their older
+  // stamps): the published client would read `{ _exists: true, x: 5 }` as the whole value and reset y and color.
+  doc.applyFrame([{ a: { _exists: true, x: 5 } }])
+  t.same(plain(doc.get('a')), { _exists: true, x: 5, y: 7, color: 'red' })
+  t.same(plain(doc.changesSince(2).patch), { a: { _exists: true, x: 5, y: 7, color: 'red' } })
+  t.same(plain(doc.changesSince(1).patch), { a: { _exists: true, x: 5, y: 7, color: 'red' } })
+})
+
 t.test('changesSince stays right across many updates (log compaction)', async (t) => {
   const doc = new Document()
   const keys = 50

@@ -415,12 +415,13 @@ class Model {
     else this.eph.set(clientId, state)
   }
 
-  /** Every field stamped after `since`, as key -> fields, or null. */
+  /** Every field stamped after `since`, as key -> fields (the whole value of a key whose `_exists: true` is), or null. */
   diff (since: number): Map<string, Fields> | null {
     const out = new Map<string, Fields>()
     for (const [key, { value, stamps }] of this.doc) {
       const fields: Fields = new Map()
-      for (const [f, ts] of stamps) if (ts > since) fields.set(f, value.get(f))
+      const whole = value.get('_exists') === true && (stamps.get('_exists') ?? 0) > since
+      for (const [f, ts] of stamps) if (whole || ts > since) fields.set(f, value.get(f))
       if (fields.size > 0) out.set(key, fields)
     }
     return out.size > 0 ? out : null

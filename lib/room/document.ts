@@ -419,6 +419,13 @@ export class Document {
       if (key in patch) continue
       const value = this.#entries.get(key)!
       const stamps = stampsOf(value)
+      if (value._exists === true && stamps._exists > since) {
+        // Created since (or a create merged into the live key): whole. The published client takes a value with
+        // `_exists: true` as the whole component, so the fields older than `since` would fall back to defaults.
+        patch[key] = value as ComponentData
+        keys++
+        continue
+      }
       const out = emptyRecord()
       let fields = 0
       for (const field in stamps) {
