@@ -8,7 +8,7 @@ import { Synced } from '@woven-ecs/canvas-store'
 import { addComponent, createEntity } from '@woven-ecs/core'
 import type { FastifyInstance } from 'fastify'
 import type { RoomSnapshot } from '../lib/index.js'
-import { build, listen } from './helper.js'
+import { build, connectReal, listen, write } from './helper.js'
 import { Client, Cursor, Shape, STROKE_LENGTH, Stroke, until, type ClientOptions } from './client-harness.js'
 
 /** The room's document as the server holds it now. */
@@ -341,4 +341,29 @@ t.test('a buffer delta arrives whole at a late joiner', async (t) => {
   t.ok(Array.isArray(diff?.documentPatches?.[0]?.['stroke/Stroke']?.points), 'the reconnect diff holds a whole array, not a delta')
   t.same(diff.documentPatches[0]['stroke/Stroke'].points, expected)
   noErrors(t, a, b, late)
+})
+
+t.test('a create that names some fields of a live key reaches connected and reconnecting clients as the merged whole value', async (t) => {
+  const app = await build(t)
+  const base = await listen(app)
+  const a = await open(t, base, 'partial-create', 'a')
+  const b = await open(t, base, 'partial-create', 'b')
+  await a.create('e', Shape, { x: 1, y: 7, color: 'red' })
+  await b.waitFor('e at b', (ctx) => b.read(ctx, 'e', Shape))
+  await b.disconnect()
+
+  // Another client (not the published one, which creates with every field) sends a create of x alone. The server
+  // merges it into the live key (PROTOCOL.md), keeping y and color; the published client reads `_exists: true` as
+  // the whole value, so a forwarded `{ _exists: true, x: 5 }` reset y and color to their defaults.
+  const raw = await connectReal(base, { roomId: 'partial-create', clientId: 'raw' })
+  t.teardown(() => raw.ws.terminate())
+  await raw.join()
+  await write(raw, 'r1', [{ 'e/Shape': { _exists: true, x: 5 } }])
+  const merged = { x: 5, y: 7, color: 'red' }
+  t.same(await a.waitFor('e at x 5 at a', (ctx) => { const v = a.read(ctx, 'e', Shape); return v?.x === 5 && v }), merged, 'a connected client gets the merged value')
+  t.match(patchesFrom(a.wire.received, 'raw').at(-1), { documentPatches: [{ 'e/Shape': { _exists: true, x: 5, y: 7, color: 'red' } }] })
+
+  await b.connect()
+  t.same(await b.waitFor('e at x 5 at b', (ctx) => { const v = b.read(ctx, 'e', Shape); return b.store.isSynced && v?.x === 5 && v }), merged, 'a client that was offline gets it whole in its diff')
+  noErrors(t, a, b)
 })

@@ -702,7 +702,7 @@ export class Room {
     if (this.#sessions.size > 1) {
       const broadcast: ServerMessage = { type: 'patch', clientId: session.clientId }
       if (docs !== undefined) {
-        broadcast.documentPatches = docs
+        broadcast.documentPatches = this.#wholeCreates(docs)
         broadcast.timestamp = timestamp
       }
       if (ephs !== undefined) broadcast.ephemeralPatches = ephs
@@ -712,6 +712,51 @@ export class Room {
       this.#fanout(session, data, droppable)
     }
     if (docs !== undefined) this.#options.onDocumentPatch?.(this, docs)
+  }
+
+  /**
+   * The patches to forward, where a create (`_exists: true`) that names only
+   * some fields of a key that was live merged into it (PROTOCOL.md: a live
+   * key merges): the whole record instead, since the published client takes
+   * a value with `_exists: true` as the whole component and would reset the
+   * fields left out. Only the key's last patch in the frame is replaced; the
+   * patches are returned as they are when none needs it (creates of new keys,
+   * updates: the usual case).
+   */
+  #wholeCreates (docs: Patch[]): Patch[] {
+    let out: Patch[] | null = null
+    let seen: Set<string> | null = null
+    for (let i = docs.length - 1; i >= 0; i--) {
+      const patch = docs[i]
+      for (const key in patch) {
+        if (docs.length > 1) {
+          seen ??= new Set()
+          if (seen.has(key)) continue
+          seen.add(key)
+        }
+        const value = patch[key]
+        if (value._exists !== true) continue
+        const stored = this.#doc.get(key)
+        if (stored === undefined || stored._exists !== true) continue
+        let partial = false
+        for (const field in stored) {
+          if (!Object.hasOwn(value, field)) {
+            partial = true
+            break
+          }
+        }
+        if (!partial) continue
+        out ??= docs.slice()
+        if (out[i] === patch) {
+          // A record without a prototype, as parsed patches are: a `__proto__` key stays data.
+          const copy = emptyRecord<ComponentData>()
+          for (const k in patch) copy[k] = patch[k]
+          out[i] = copy
+        }
+        out[i][key] = stored as ComponentData
+      }
+    }
+    return out ?? docs
   }
 
   /**
