@@ -343,27 +343,34 @@ t.test('a buffer delta arrives whole at a late joiner', async (t) => {
   noErrors(t, a, b, late)
 })
 
-t.test('a create that names some fields of a live key reaches connected and reconnecting clients as the merged whole value', async (t) => {
+t.test('a create that names some fields of a live key leaves the other fields alone, at connected and reconnecting clients', async (t) => {
   const app = await build(t)
   const base = await listen(app)
   const a = await open(t, base, 'partial-create', 'a')
   const b = await open(t, base, 'partial-create', 'b')
   await a.create('e', Shape, { x: 1, y: 7, color: 'red' })
-  await b.waitFor('e at b', (ctx) => b.read(ctx, 'e', Shape))
+  await a.create('f', Shape, { x: 1, y: 7, color: 'red' })
+  await b.waitFor('e and f at b', (ctx) => b.read(ctx, 'e', Shape) !== undefined && b.read(ctx, 'f', Shape))
   await b.disconnect()
 
-  // Another client (not the published one, which creates with every field) sends a create of x alone. The server
-  // merges it into the live key (PROTOCOL.md), keeping y and color; the published client reads `_exists: true` as
-  // the whole value, so a forwarded `{ _exists: true, x: 5 }` reset y and color to their defaults.
+  // Another client (not the published one, which creates with every field) sends creates naming some fields.
+  // The server merges them into the live keys (PROTOCOL.md), keeping the other fields; the published client
+  // reads `_exists: true` as the whole value (and merges one frame's patches of a key into one value), so a
+  // forwarded `{ _exists: true, x: 5 }` reset y and color to their defaults.
   const raw = await connectReal(base, { roomId: 'partial-create', clientId: 'raw' })
   t.teardown(() => raw.ws.terminate())
   await raw.join()
-  await write(raw, 'r1', [{ 'e/Shape': { _exists: true, x: 5 } }])
-  const merged = { x: 5, y: 7, color: 'red' }
-  t.same(await a.waitFor('e at x 5 at a', (ctx) => { const v = a.read(ctx, 'e', Shape); return v?.x === 5 && v }), merged, 'a connected client gets the merged value')
-  t.match(patchesFrom(a.wire.received, 'raw').at(-1), { documentPatches: [{ 'e/Shape': { _exists: true, x: 5, y: 7, color: 'red' } }] })
+  await write(raw, 'r1', [{ 'e/Shape': { _exists: true, x: 5 } }, { 'e/Shape': { y: 9 } }])
+  await write(raw, 'r2', [{ 'f/Shape': { _exists: true } }, { 'f/Shape': {} }])
+  const e = { x: 5, y: 9, color: 'red' }
+  const f = { x: 1, y: 7, color: 'red' }
+  t.match(snapshot(app, 'partial-create').state['e/Shape'], { _exists: true, ...e })
+  t.same(await a.waitFor('e at x 5 at a', (ctx) => { const v = a.read(ctx, 'e', Shape); return v?.y === 9 && v }), e, 'a connected client keeps the fields the create left out')
+  t.same(patchesFrom(a.wire.received, 'raw').map((p) => p.documentPatches), [[{ 'e/Shape': { x: 5 } }, { 'e/Shape': { y: 9 } }], [{ 'f/Shape': {} }, { 'f/Shape': {} }]], 'forwarded as the updates they are')
+  t.same(await a.edit((ctx) => a.read(ctx, 'f', Shape)), f)
 
   await b.connect()
-  t.same(await b.waitFor('e at x 5 at b', (ctx) => { const v = b.read(ctx, 'e', Shape); return b.store.isSynced && v?.x === 5 && v }), merged, 'a client that was offline gets it whole in its diff')
+  t.same(await b.waitFor('e at x 5 at b', (ctx) => { const v = b.read(ctx, 'e', Shape); return b.store.isSynced && v?.x === 5 && v }), e, 'a client that was offline gets the key whole in its diff')
+  t.same(await b.edit((ctx) => b.read(ctx, 'f', Shape)), f)
   noErrors(t, a, b)
 })

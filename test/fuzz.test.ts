@@ -491,30 +491,28 @@ function canonPatches (list: unknown): string {
 }
 
 /**
- * The document patches a broadcast carries, once the model has applied them:
- * as received, except that the last create (`_exists: true`) of a key in the
- * frame that merged into a live key and left some of its fields out is the
- * key's whole value.
+ * The document patches a broadcast carries, from the model before it applies
+ * them: as received, except that a create (`_exists: true`) of a key that is
+ * live when it applies goes without `_exists` (it merges, as an update).
  */
 function forwarded (list: Parsed[], model: Model): Parsed[] {
   const out = list.slice()
-  const seen = new Set<string>()
-  for (let i = list.length - 1; i >= 0; i--) {
-    if (!isObject(list[i])) continue
-    for (const [key, value] of Object.entries(list[i])) {
-      if (seen.has(key)) continue
-      seen.add(key)
-      if (!isObject(value) || !Object.hasOwn(value, '_exists') || value._exists !== true) continue
-      const stored = model.doc.get(key)?.value
-      if (stored === undefined || stored.get('_exists') !== true || Array.from(stored.keys()).every((f) => Object.hasOwn(value, f))) continue
+  const live = new Map<string, boolean>()
+  list.forEach((patch, i) => {
+    if (!isObject(patch)) return
+    for (const [key, value] of Object.entries(patch)) {
+      if (!isObject(value) || !Object.hasOwn(value, '_exists')) continue
+      const wasLive = live.get(key) ?? (model.doc.get(key)?.value.get('_exists') === true)
+      live.set(key, value._exists === true)
+      if (value._exists !== true || !wasLive) continue
       const copy: Parsed = Object.create(null)
       for (const [k, v] of Object.entries(out[i])) copy[k] = v
-      const whole: Parsed = Object.create(null)
-      for (const [f, v] of stored) whole[f] = v
-      copy[key] = whole
+      const update: Parsed = Object.create(null)
+      for (const [f, v] of Object.entries(value)) if (f !== '_exists') update[f] = v
+      copy[key] = update
       out[i] = copy
     }
-  }
+  })
   return out
 }
 
@@ -594,7 +592,7 @@ function checkBroadcast (f: Parsed, sender: Sess, want: { docs?: string, ephs?: 
   assert.equal(f.type, 'patch', 'broadcast is a patch')
   assert.equal(f.clientId, sender.clientId, 'broadcast names the sender')
   if (want.docs !== undefined) {
-    assert.equal(canonPatches(f.documentPatches), want.docs, 'broadcast forwards the document patches as received (a create merged into a live key: whole)')
+    assert.equal(canonPatches(f.documentPatches), want.docs, 'broadcast forwards the document patches as received (a create of a live key: as an update)')
     assert.equal(f.timestamp, counter, 'broadcast timestamp is the counter')
   } else {
     assert.ok(!hasKeys(f.documentPatches), 'no document patches in the broadcast')
@@ -808,13 +806,14 @@ function runScenario (sc: Scenario): void {
     const ephs = hasKeys(parsed.ephemeralPatches)
     const rw = s.perm === 'readwrite'
     const since = model.counter
+    const forward = docs ? forwarded(parsed.documentPatches, model) : undefined
     if (rw) {
       if (docs) model.applyDocument(parsed.documentPatches)
       if (ephs) model.applyEphemeral(s.clientId, parsed.ephemeralPatches)
     }
     const broadcast = rw && (docs || ephs)
     const want = {
-      docs: docs ? canonPatches(forwarded(parsed.documentPatches, model)) : undefined,
+      docs: docs ? canonPatches(forward) : undefined,
       ephs: ephs ? stringify(parsed.ephemeralPatches) : undefined
     }
     const checked = new Set<string>()

@@ -679,7 +679,9 @@ export class Room {
   /** Applies the patches of a readwrite session and forwards them to the other sessions. */
   #apply (session: Session, docs: Patch[] | undefined, ephs: Patch[] | undefined): void {
     let timestamp: number | undefined
+    let forwarded: Patch[] | undefined
     if (docs !== undefined) {
+      forwarded = this.#forwardable(docs)
       const stored = this.#doc.applyFrame(docs)
       timestamp = this.#doc.timestamp
       // The cached full document is stale from now on: do not keep it alive.
@@ -702,7 +704,7 @@ export class Room {
     if (this.#sessions.size > 1) {
       const broadcast: ServerMessage = { type: 'patch', clientId: session.clientId }
       if (docs !== undefined) {
-        broadcast.documentPatches = this.#wholeCreates(docs)
+        broadcast.documentPatches = forwarded
         broadcast.timestamp = timestamp
       }
       if (ephs !== undefined) broadcast.ephemeralPatches = ephs
@@ -715,45 +717,42 @@ export class Room {
   }
 
   /**
-   * The patches to forward, where a create (`_exists: true`) that names only
-   * some fields of a key that was live merged into it (PROTOCOL.md: a live
-   * key merges): the whole record instead, since the published client takes
-   * a value with `_exists: true` as the whole component and would reset the
-   * fields left out. Only the key's last patch in the frame is replaced; the
-   * patches are returned as they are when none needs it (creates of new keys,
-   * updates: the usual case).
+   * The patches to forward: as received, except a create (`_exists: true`)
+   * of a key that is live when it applies, which merges into the key
+   * (PROTOCOL.md): it is forwarded as the update it is, without `_exists`.
+   * The published client takes a value with `_exists: true` as the whole
+   * component (and merges a frame's patches of one key into one value), so
+   * a forwarded create naming some fields reset the others to their
+   * defaults. Every session that gets the broadcast has had every earlier
+   * one, so it holds the key live too. To be called before the frame is
+   * applied; the patches themselves are returned when nothing changes (no
+   * creates of live keys: the usual case).
    */
-  #wholeCreates (docs: Patch[]): Patch[] {
+  #forwardable (docs: Patch[]): Patch[] {
     let out: Patch[] | null = null
-    let seen: Set<string> | null = null
-    for (let i = docs.length - 1; i >= 0; i--) {
+    // Whether each key a create names is live, as the frame's patches apply one after another.
+    let live: Map<string, boolean> | null = null
+    for (let i = 0; i < docs.length; i++) {
       const patch = docs[i]
       for (const key in patch) {
-        if (docs.length > 1) {
-          seen ??= new Set()
-          if (seen.has(key)) continue
-          seen.add(key)
-        }
-        const value = patch[key]
-        if (value._exists !== true) continue
-        const stored = this.#doc.get(key)
-        if (stored === undefined || stored._exists !== true) continue
-        let partial = false
-        for (const field in stored) {
-          if (!Object.hasOwn(value, field)) {
-            partial = true
-            break
-          }
-        }
-        if (!partial) continue
+        const exists = patch[key]._exists
+        // An update never makes a key live or not.
+        if (exists === undefined) continue
+        live ??= new Map()
+        const wasLive = live.get(key) ?? (this.#doc.get(key)?._exists === true)
+        live.set(key, exists === true)
+        if (exists !== true || !wasLive) continue
         out ??= docs.slice()
         if (out[i] === patch) {
-          // A record without a prototype, as parsed patches are: a `__proto__` key stays data.
+          // Records without a prototype, as the document's are: a `__proto__` key or field stays data.
           const copy = emptyRecord<ComponentData>()
           for (const k in patch) copy[k] = patch[k]
           out[i] = copy
         }
-        out[i][key] = stored as ComponentData
+        const update = emptyRecord()
+        const value = patch[key]
+        for (const field in value) if (field !== '_exists') update[field] = value[field]
+        out[i][key] = update as ComponentData
       }
     }
     return out ?? docs
