@@ -76,7 +76,7 @@ export class PostgresStorage implements RoomStore {
       const { rows } = await client.query<{ server_encoding: string }>('SHOW server_encoding')
       const encoding = rows[0]?.server_encoding
       if (encoding !== 'UTF8' && encoding !== 'SQL_ASCII') throw new Error(`PostgresStorage needs a UTF8 database; this one's encoding is ${String(encoding)}`)
-      await client.query('SELECT pg_advisory_xact_lock(hashtext($1))', [`fastify-canvas-store:${this.#rooms}`])
+      await client.query('SELECT pg_advisory_xact_lock(hashtext($1))', [`fastify-canvas-store:${this.#rooms.toLowerCase()}`])
       await client.query(`
         CREATE TABLE IF NOT EXISTS ${this.#rooms} (
           room_id text PRIMARY KEY,
