@@ -35,7 +35,7 @@ function encode (j: J): string {
   return JSON.stringify(j)
 }
 
-const NAMES = ['x', 'e1/A', '', 'a\nb', 'a\u2028b', 'c\rd', 'n\u0000', '\ud800', 'x\udc00y', '\ud83d\ude00', '__proto__', 'constructor', '__buf', 'len', 'runs', 'toString',
+const NAMES = ['x', 'e1/A', '', 'a\nb', 'a\u2028b', 'c\rd', 'n\u0000', '\ud800', 'x\udc00y', '\ud83d\ude00', '__proto__', 'constructor', '__buf', 'len', 'runs', 'toString', '_exists', '_exists',
   // Keys at the length bound and past it (field names have none), in UTF-16 units.
   'k'.repeat(MAX_KEY_LENGTH), 'k'.repeat(MAX_KEY_LENGTH + 1), '\ud83d\ude00'.repeat(MAX_KEY_LENGTH / 2), 'x' + '\ud83d\ude00'.repeat(MAX_KEY_LENGTH / 2)]
 
@@ -163,4 +163,16 @@ t.test('a refused frame names its first schema error, its nesting or its buffer 
   t.match(parseClientFrame(JSON.stringify({ type: 'patch', messageId: 'm', documentPatches: [{ k: { a: { __buf: 1, len: 3, runs: [[0, [1]]] } } }], ephemeralPatches: [{ c: { b: { __buf: 1, len: 4, runs: [] } } }] })), { kind: 'frame', bufferItems: 7 })
   // A negative len must not hide behind a larger one in the sum.
   t.match(parseClientFrame(JSON.stringify({ type: 'patch', messageId: 'm', documentPatches: [{ k: { a: { __buf: 1, len: -1, runs: [] }, b: { __buf: 1, len: 5, runs: [] } } }] })), { kind: 'invalid' })
+})
+
+t.test('`_exists` is a boolean or absent: anything else is refused, not stored as a field of a live key', async (t) => {
+  for (const exists of [1, 0, 'true', null, {}, []]) {
+    const frame = parseClientFrame(JSON.stringify({ type: 'patch', messageId: 'm', documentPatches: [{ k: { _exists: exists, x: 1 } }] }))
+    t.match(frame, { kind: 'invalid', type: 'patch', messageId: 'm', message: /documentPatches/ }, `_exists: ${JSON.stringify(exists)}`)
+    t.match(parseClientFrame(JSON.stringify({ type: 'patch', messageId: 'm', ephemeralPatches: [{ k: { _exists: exists } }] })), { kind: 'invalid' })
+  }
+  for (const exists of [true, false]) {
+    t.match(parseClientFrame(JSON.stringify({ type: 'patch', messageId: 'm', documentPatches: [{ k: { _exists: exists } }] })), { kind: 'frame' })
+  }
+  t.match(parseClientFrame(JSON.stringify({ type: 'patch', messageId: 'm', documentPatches: [{ k: { x: { _exists: 1 } } }] })), { kind: 'frame' }, 'a field value may hold anything')
 })

@@ -44,7 +44,11 @@ export const MAX_KEY_LENGTH = 512
  */
 // (A record's key schema is its pattern alone, hence the length as a lookahead.)
 const StoredKey = Type.String({ pattern: `^(?=[\\s\\S]{0,${MAX_KEY_LENGTH}}$)(?:[^\\u0000\\uD800-\\uDFFF]|[\\uD800-\\uDBFF][\\uDC00-\\uDFFF])*$` })
-const ComponentValue = Type.Record(AnyKey, FieldValue)
+/** A component's fields; `_exists`, when there, is a boolean (`true` creates, `false` deletes: anything else is neither). */
+const ComponentValue = Type.Intersect([
+  Type.Record(AnyKey, FieldValue),
+  Type.Object({ _exists: Type.Optional(Type.Boolean()) })
+])
 // additionalProperties: false, or keys that do not match are let through unchecked.
 const PatchSchema = Type.Record(StoredKey, ComponentValue, { additionalProperties: false })
 const Patches = Type.Array(PatchSchema)
@@ -121,6 +125,8 @@ function checkPatches (patches: unknown): number {
     for (const key in patch) {
       const component = patch[key]
       if (!isRecord(component) || !isStoredKey(key)) return WRONG_SHAPE
+      const exists = component._exists
+      if (exists !== undefined && typeof exists !== 'boolean') return WRONG_SHAPE
       for (const field in component) {
         const result = checkField(component[field])
         if (result < 0) return result
