@@ -483,7 +483,8 @@ if (pgUrl === undefined || pgUrl === '') {
     for (let round = 0; round < 5; round++) {
       const fresh = `${prefix}_new${round}`
       t.teardown(() => pool.query(`DROP TABLE IF EXISTS ${fresh}_rooms, ${fresh}_entries`))
-      const storages = Array.from({ length: 4 }, () => new PostgresStorage({ connectionString: pgUrl, tablePrefix: fresh }))
+      // Prefixes that differ only in case name the same tables (PostgreSQL folds them): they share the lock.
+      const storages = Array.from({ length: 4 }, (_, i) => new PostgresStorage({ connectionString: pgUrl, tablePrefix: i % 2 === 0 ? fresh : fresh.toUpperCase() }))
       const results = await Promise.allSettled(storages.map((storage) => storage.migrate()))
       await Promise.all(storages.map((storage) => storage.close()))
       t.strictSame(results.map((r) => r.status === 'rejected' ? String(r.reason) : r.status), ['fulfilled', 'fulfilled', 'fulfilled', 'fulfilled'], `round ${round}`)

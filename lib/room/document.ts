@@ -68,6 +68,11 @@ export function applyBufferDelta (base: unknown, delta: BufferDelta): unknown[] 
 /** Outcome of applying one key of a patch to stored state. */
 export type ApplyKind = 'dropped' | 'tombstone' | 'create' | 'merge'
 
+/** A stored value that an incoming one merges into: there, and not a tombstone. */
+export function isLive (existing: Fields | undefined): boolean {
+  return existing !== undefined && existing._exists !== false
+}
+
 /**
  * What applying one incoming value to the stored value of a key does,
  * following the protocol's rules; `dropped` leaves the key untouched. For
@@ -75,7 +80,7 @@ export type ApplyKind = 'dropped' | 'tombstone' | 'create' | 'merge'
  */
 export function applyKind (existing: Fields | undefined, incoming: ComponentData): ApplyKind {
   if (incoming._exists === false) return 'tombstone'
-  if (existing !== undefined && existing._exists !== false) return 'merge'
+  if (isLive(existing)) return 'merge'
   // A partial update to a missing or deleted key must never resurrect it.
   return incoming._exists === true ? 'create' : 'dropped'
 }

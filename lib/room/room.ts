@@ -16,7 +16,7 @@ import type {
 } from '../protocol/types.js'
 import type { Storage } from '../storage/storage.js'
 import { catchUpAllowance, type CatchUpAllowance } from './catch-up.js'
-import { Document, Presence, emptyRecord, hasContent, growthOf, isBufferDelta, type StoredRecords } from './document.js'
+import { Document, Presence, emptyRecord, hasContent, growthOf, isBufferDelta, isLive, type StoredRecords } from './document.js'
 import { DEFAULT_LIMITS, DEFAULT_RATE_LIMIT, DEFAULT_SLOW_CLIENT, TokenBucket, countKeys, ownCount, type RateLimit, type RoomLimits, type SlowClientPolicy } from './limits.js'
 import { Persistence, type Durability } from './persistence.js'
 import { Pacer } from './pacer.js'
@@ -736,10 +736,10 @@ export class Room {
       const patch = docs[i]
       for (const key in patch) {
         const exists = patch[key]._exists
-        // An update never makes a key live or not.
+        // An update never makes a key live or not (see applyKind, the rule this follows patch by patch).
         if (exists === undefined) continue
         live ??= new Map()
-        const wasLive = live.get(key) ?? (this.#doc.get(key)?._exists === true)
+        const wasLive = live.get(key) ?? isLive(this.#doc.get(key))
         live.set(key, exists === true)
         if (exists !== true || !wasLive) continue
         out ??= docs.slice()
