@@ -1,6 +1,6 @@
 import t from 'tap'
 import type { RoomSnapshot, Storage } from '../lib/index.js'
-import { MemoryStorage, RoomLimitError, RoomManager } from '../lib/index.js'
+import { COUNTER_RESERVE, MemoryStorage, RoomLimitError, RoomManager } from '../lib/index.js'
 import { fakeClock } from './fake-clock.js'
 import { build, connect, connectReal, gate, listen, write } from './helper.js'
 
@@ -69,14 +69,17 @@ t.test('idle unload: saved, then unloaded after the last session leaves; a new c
   const a = await connectReal(base, { roomId: 'r', clientId: 'a' })
   await a.join()
   await write(a, 'm1', [{ 'e1/A': { _exists: true, v: 1 }, 'e2/A': { _exists: true } }])
+  t.equal(saves.length, 1, 'the first write saved at once, reserving counters')
+  t.equal(saves[0].timestamp, 1 + COUNTER_RESERVE)
+  saved = gate<RoomSnapshot>()
   await write(a, 'm2', [{ 'e2/A': { _exists: false } }])
-  t.equal(saves.length, 0, 'nothing saved while the throttle runs')
+  t.equal(saves.length, 1, 'nothing more saved while the throttle runs')
   t.equal(loads, 1)
 
   await a.close()
   await saved.promise
-  t.equal(saves.length, 1, 'saved once on unload')
-  t.strictSame(saves[0], {
+  t.equal(saves.length, 2, 'saved once on unload')
+  t.strictSame(saves[1], {
     timestamp: 2,
     state: { 'e1/A': { _exists: true, v: 1 }, 'e2/A': { _exists: false } },
     timestamps: { 'e1/A': { _exists: 1, v: 1 }, 'e2/A': { _exists: 2 } }
@@ -153,13 +156,15 @@ function slowStorage (failFirstSave: boolean) {
   const store = new MemoryStorage()
   const started = gate()
   const release = gate()
-  const state = { loads: 0, saves: 0, failFirstSave }
+  // Saves go through at once until the test sets `gated` (the first write of a room saves at once: it reserves counters).
+  const state = { loads: 0, saves: 0, failFirstSave, gated: false }
   const storage: Storage = {
     load: async () => {
       state.loads++
       return store.load()
     },
     save: async (snapshot) => {
+      if (!state.gated) return await store.save(snapshot)
       state.saves++
       started.open()
       await release.promise
@@ -180,6 +185,7 @@ t.test('a connection arriving while the idle unload is saving waits for that sav
   const a = await connectReal(base, { roomId: 'r', clientId: 'a' })
   await a.join()
   await write(a, 'm1', [{ 'e1/A': { _exists: true, v: 1 } }])
+  state.gated = true
   await a.close()
   await saveStarted
   t.equal(app.canvasStore.getExistingRoom('r'), undefined, 'unloading')
@@ -202,6 +208,7 @@ t.test('idle unload whose save fails: the room stays loaded with its data, and a
   const a = await connectReal(base, { roomId: 'r', clientId: 'a' })
   await a.join()
   await write(a, 'm1', [{ 'e1/A': { _exists: true, v: 1 } }])
+  state.gated = true
   await a.close()
   await saveStarted
   const b = await connectReal(base, { roomId: 'r', clientId: 'b' })
@@ -227,6 +234,7 @@ t.test('idle unload whose save fails: a later connection finds the room still lo
   const a = await connectReal(base, { roomId: 'r', clientId: 'a' })
   await a.join()
   await write(a, 'm1', [{ 'e1/A': { _exists: true, v: 1 } }])
+  state.gated = true
   await a.close()
   const unload = app.canvasStore.closeRoom('r')
   await saveStarted
@@ -256,6 +264,7 @@ t.test('shutdown during an unload whose final save fails: the room stops retryin
   const { storage, state, saveStarted, releaseSave } = slowStorage(true)
   const manager = new RoomManager({ idleTimeout: 60_000 })
   await changedRoom(manager, 'r', storage, fake.clock)
+  state.gated = true
   const unload = manager.closeRoom('r')
   await saveStarted
   const closing = manager.closeAll()
@@ -269,10 +278,11 @@ t.test('shutdown during an unload whose final save fails: the room stops retryin
 })
 
 t.test('maxRooms counts a room being unloaded: a failed final save puts it back without passing the limit', async (t) => {
-  const { storage, saveStarted, releaseSave } = slowStorage(true)
+  const { storage, state, saveStarted, releaseSave } = slowStorage(true)
   const manager = new RoomManager({ idleTimeout: 60_000, maxRooms: 1 })
   t.teardown(() => manager.closeAll())
   await changedRoom(manager, 'a', storage)
+  state.gated = true
   const unload = manager.closeRoom('a')
   await saveStarted
   await t.rejects(manager.getOrCreateRoom('b', { createStorage: () => new MemoryStorage() }), RoomLimitError, 'no room while a is unloading')

@@ -4,7 +4,7 @@ import { once } from 'node:events'
 import { join } from 'node:path'
 import { createInterface } from 'node:readline'
 import pg from 'pg'
-import { connectReal, type Peer } from './helper.js'
+import { connectReal, write, type Peer } from './helper.js'
 
 const server = join(import.meta.dirname, 'fixtures', 'crash-server.ts')
 
@@ -75,6 +75,47 @@ async function crashAndCheck (t: Test, env: Record<string, string>): Promise<voi
   await reader.close()
 }
 
+/**
+ * Throttled acks: a crash loses what was acked since the last write, but
+ * the next process never gives those counters again. A client that saw them
+ * is asked to resync what it holds past what storage held, and is sent the
+ * writes made since the restart (the counters of which it has seen before,
+ * when they are given again).
+ */
+async function throttledCrash (t: Test, env: Record<string, string>): Promise<void> {
+  const throttled = { ...env, CRASH_DURABILITY: 'throttled', CRASH_SAVE_THROTTLE_MS: '600000' }
+  const first = await start(throttled)
+  t.teardown(() => kill(first.child))
+  const writer = await connectReal(first.base, { roomId: 'throttled-room', clientId: 'writer' })
+  await writer.join()
+  let seen = 0
+  for (let i = 0; i < 20; i++) seen = (await write(writer, `m${i}`, [{ [`e${i}/Item`]: { _exists: true, n: i } }])).timestamp
+  t.equal(seen, 20, 'acked 20 patches, of which only the first is written (the throttle is 10 minutes)')
+  await kill(first.child)
+  await writer.closed
+
+  const second = await start(throttled)
+  t.teardown(() => kill(second.child))
+  const other = await connectReal(second.base, { roomId: 'throttled-room', clientId: 'other' })
+  await other.join()
+  const after = (await write(other, 'n1', [{ 'after/Item': { _exists: true, n: 1 } }])).timestamp
+  t.ok(after > seen, `the write after the crash gets a counter nobody saw before (${after})`)
+
+  const back = await connectReal(second.base, { roomId: 'throttled-room', clientId: 'writer' })
+  const resync = back.nextOfType('resync')
+  const diff = back.next((f) => f.type === 'patch' && f.documentPatches !== undefined)
+  await back.join(seen)
+  t.same(await resync, { type: 'resync', since: 1 }, 'asked for what it holds past the stored counter 1')
+  t.same((await diff).documentPatches, [{ 'after/Item': { _exists: true, n: 1 } }], 'sent the write made since the restart')
+  await back.close()
+  await other.close()
+}
+
+t.test('SQLite, throttled acks: after a SIGKILL, no acked counter is given again', async (t) => {
+  const dir = t.testdir({})
+  await throttledCrash(t, { CRASH_STORAGE: 'sqlite', CRASH_SQLITE_FILE: join(dir, 'crash.db') })
+})
+
 t.test('SQLite: SIGKILL mid-stream loses no acked patch', async (t) => {
   const dir = t.testdir({})
   await crashAndCheck(t, { CRASH_STORAGE: 'sqlite', CRASH_SQLITE_FILE: join(dir, 'crash.db') })
@@ -92,5 +133,15 @@ if (pgUrl === undefined || pgUrl === '') {
       await pool.end()
     })
     await crashAndCheck(t, { CRASH_STORAGE: 'postgres', CRASH_PG_URL: pgUrl, CRASH_PG_PREFIX: prefix })
+  })
+
+  t.test('PostgreSQL, throttled acks: after a SIGKILL, no acked counter is given again', async (t) => {
+    const prefix = `cs_crash_t_${process.pid}_${Date.now()}`
+    t.teardown(async () => {
+      const pool = new pg.Pool({ connectionString: pgUrl })
+      await pool.query(`DROP TABLE IF EXISTS ${prefix}_rooms, ${prefix}_entries`)
+      await pool.end()
+    })
+    await throttledCrash(t, { CRASH_STORAGE: 'postgres', CRASH_PG_URL: pgUrl, CRASH_PG_PREFIX: prefix })
   })
 }

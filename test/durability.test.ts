@@ -1,5 +1,5 @@
 import t from 'tap'
-import { Room, type IncrementalStorage, type RoomChanges, type RoomSnapshot } from '../lib/index.js'
+import { COUNTER_RESERVE, MemoryStorage, Room, type IncrementalStorage, type RoomChanges, type RoomSnapshot } from '../lib/index.js'
 import { fakeClock } from './fake-clock.js'
 
 /** A socket double that records what the room sends, synchronously. */
@@ -202,23 +202,120 @@ t.test('durable: a write still hanging when the room is closed is not reported a
   await closing
 })
 
-t.test('throttled: acks at once, changes written later', async (t) => {
+t.test('throttled: the first write reserves counters (its ack waits for it), later acks go at once and changes are written later', async (t) => {
   const { storage, calls, nextCall } = controlledStorage()
   const room = new Room({ roomId: 'r', createStorage: () => storage, durability: 'throttled', saveThrottleMs: 60_000 })
   await room.load()
   const a = fakeSocket()
+  const b = fakeSocket()
   const sa = room.handleSocketConnect({ socket: a, clientId: 'a', permissions: 'readwrite' })
+  room.handleSocketConnect({ socket: b, clientId: 'b', permissions: 'readwrite' })
   a.sent.length = 0
+  b.sent.length = 0
   room.handleSocketMessage(sa, patch('m1', { k: { _exists: true, x: 1 } }))
-  t.same(a.sent.map((f) => f.type), ['ack'], 'acked at once')
-  t.equal(calls.length, 0, 'nothing written yet')
+  room.handleSocketMessage(sa, patch('m2', { k: { x: 2 } }))
+  const reserve = await nextCall(1)
+  t.same(reserve.changes, { timestamp: 2 + COUNTER_RESERVE, entries: [{ key: 'k', value: { _exists: true, x: 2 }, stamps: { _exists: 1, x: 2 } }] }, 'the frames of the turn written at once, with a reservation past the counter')
+  t.same(a.sent, [], 'the acks wait for the reservation')
+  t.same(b.sent, [], 'and so do the broadcasts')
+  reserve.resolve()
+  await new Promise((resolve) => setImmediate(resolve))
+  t.same(a.sent.map((f) => [f.type, f.timestamp]), [['ack', 1], ['ack', 2]])
+  t.same(b.sent.map((f) => [f.type, f.timestamp]), [['patch', 1], ['patch', 2]])
+
+  a.sent.length = 0
+  room.handleSocketMessage(sa, patch('m3', { k: { x: 3 } }))
+  t.same(a.sent.map((f) => [f.type, f.timestamp]), [['ack', 3]], 'acked at once below the reservation')
+  t.equal(calls.length, 1, 'nothing more written yet (the throttle)')
   const flushed = room.flush()
-  ;(await nextCall(1)).resolve()
+  const second = await nextCall(2)
+  t.same(second.changes.timestamp, 3 + COUNTER_RESERVE, 'a flush with sessions connected stores a reservation')
+  second.resolve()
   await flushed
-  t.equal(calls.length, 1)
+
+  const closed = room.close()
+  const last = await nextCall(3)
+  t.same(last.changes, { timestamp: 3, entries: [], final: true }, 'the close stores the counter itself')
+  last.resolve()
+  await closed
+  t.equal(calls.length, 3)
 })
 
-t.test('a plain { load, save } storage keeps immediate acks', async (t) => {
+t.test('throttled: after a write of the counter itself (nobody connected), the next frame waits for a new reservation', async (t) => {
+  const { storage, calls, nextCall } = controlledStorage()
+  storage.load = async () => ({ timestamp: 5, state: {}, timestamps: {} })
+  const room = new Room({ roomId: 'r', createStorage: () => storage, durability: 'throttled', saveThrottleMs: 60_000 })
+  await room.load()
+  const a = fakeSocket()
+  const sa = room.handleSocketConnect({ socket: a, clientId: 'a', permissions: 'readwrite' })
+  room.handleSocketMessage(sa, patch('m1', { k: { _exists: true, x: 1 } }))
+  ;(await nextCall(1)).resolve()
+  await new Promise((resolve) => setImmediate(resolve))
+  t.equal(a.sent.at(-1).timestamp, 6, 'the loaded counter goes on')
+  // Nobody connected: a flush stores the counter itself (as an unload does); the session below then writes again.
+  room.disconnectSession(sa)
+  const flushed = room.flush()
+  const final = await nextCall(2)
+  t.same(final.changes, { timestamp: 6, entries: [], final: true }, 'written for the counter alone')
+  final.resolve()
+  await flushed
+  const c = fakeSocket()
+  const sc = room.handleSocketConnect({ socket: c, clientId: 'c', permissions: 'readwrite' })
+  c.sent.length = 0
+  room.handleSocketMessage(sc, patch('m2', { k: { x: 2 } }))
+  const again = await nextCall(3)
+  t.equal(again.changes.timestamp, 7 + COUNTER_RESERVE, 'reserved again at once')
+  t.same(c.sent, [], 'the ack waits for it')
+  again.resolve()
+  await new Promise((resolve) => setImmediate(resolve))
+  t.same(c.sent.map((f) => [f.type, f.timestamp]), [['ack', 7]])
+  t.equal(calls.length, 3)
+  await room.close({ flush: false })
+})
+
+t.test('throttled: after a crash, counters acked but never written are not given again; a client that saw them is asked to resync and gets every later write', async (t) => {
+  // The storage keeps what committed; "crashing" is dropping the room without its final write.
+  const store = new MemoryStorage()
+  const first = new Room({ roomId: 'r', createStorage: () => store, durability: 'throttled', saveThrottleMs: 60_000 })
+  await first.load()
+  const a = fakeSocket()
+  const b = fakeSocket()
+  const sa = first.handleSocketConnect({ socket: a, clientId: 'a', permissions: 'readwrite' })
+  first.handleSocketConnect({ socket: b, clientId: 'b', permissions: 'readwrite' })
+  first.handleSocketMessage(sa, patch('m1', { k1: { _exists: true, x: 1 } }))
+  await first.flush()
+  first.handleSocketMessage(sa, patch('m2', { k2: { _exists: true, x: 2 } }))
+  first.handleSocketMessage(sa, patch('m3', { k2: { x: 3 } }))
+  const seen = b.sent.filter((f) => f.type === 'patch').at(-1).timestamp
+  t.equal(seen, 3, 'b saw counter 3; only counter 1 was written')
+  await first.close({ flush: false })
+
+  const second = new Room({ roomId: 'r', createStorage: () => store, durability: 'throttled', saveThrottleMs: 60_000 })
+  await second.load()
+  const x = fakeSocket()
+  const sx = second.handleSocketConnect({ socket: x, clientId: 'x', permissions: 'readwrite' })
+  second.handleSocketMessage(sx, patch('m4', { k3: { _exists: true, y: 1 } }))
+  await second.flush()
+  const ack = x.sent.find((f) => f.type === 'ack')
+  t.ok(ack.timestamp > seen, `the write after the crash gets a counter b never saw (${ack.timestamp})`)
+
+  const b2 = fakeSocket()
+  const sb = second.handleSocketConnect({ socket: b2, clientId: 'b', permissions: 'readwrite' })
+  second.handleSocketMessage(sb, JSON.stringify({ type: 'reconnect', lastTimestamp: seen, protocolVersion: 2 }))
+  t.same(b2.sent.filter((f) => f.type === 'resync'), [{ type: 'resync', since: 1 }], 'asked for what it holds past what storage held')
+  const diff = b2.sent.find((f) => f.type === 'patch')
+  t.same(diff?.documentPatches, [{ k3: { _exists: true, y: 1 } }], 'sent the write made after the crash')
+
+  // A client that saw nothing lost is not asked.
+  const c = fakeSocket()
+  const sc = second.handleSocketConnect({ socket: c, clientId: 'c', permissions: 'readwrite' })
+  second.handleSocketMessage(sc, JSON.stringify({ type: 'reconnect', lastTimestamp: 1, protocolVersion: 2 }))
+  t.same(c.sent.filter((f) => f.type === 'resync'), [])
+  await second.close()
+  t.equal((await store.load())?.timestamp, ack.timestamp, 'the close stored the counter itself')
+})
+
+t.test('a plain { load, save } storage: the first save reserves counters, then acks go at once', async (t) => {
   const saves: RoomSnapshot[] = []
   const room = new Room({ roomId: 'r', createStorage: () => ({ load: async () => null, save: async (s) => { saves.push(s) } }), saveThrottleMs: 60_000 })
   await room.load()
@@ -226,10 +323,16 @@ t.test('a plain { load, save } storage keeps immediate acks', async (t) => {
   const sa = room.handleSocketConnect({ socket: a, clientId: 'a', permissions: 'readwrite' })
   a.sent.length = 0
   room.handleSocketMessage(sa, patch('m1', { k: { _exists: true, x: 1 } }))
+  t.same(a.sent, [])
+  await new Promise((resolve) => setImmediate(resolve))
   t.same(a.sent.map((f) => f.type), ['ack'])
+  t.same(saves.map((s) => s.timestamp), [1 + COUNTER_RESERVE])
+  room.handleSocketMessage(sa, patch('m2', { k: { x: 2 } }))
+  t.same(a.sent.map((f) => f.type), ['ack', 'ack'], 'at once')
   await room.close()
-  t.equal(saves.length, 1, 'the close saved the room')
-  t.same(saves[0].state.k, { _exists: true, x: 1 })
+  t.equal(saves.length, 2, 'the close saved the room')
+  t.same(saves[1].state.k, { _exists: true, x: 2 })
+  t.equal(saves[1].timestamp, 2, 'with the counter itself')
   t.same(a.closes, [[1001, 'Server closing the room']])
 })
 

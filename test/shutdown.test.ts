@@ -101,17 +101,19 @@ t.test('RoomManager: closeTimeoutMs 0 waits for the final save as long as it tak
   const room = await manager.getOrCreateRoom('r', {
     durability: 'throttled',
     saveThrottleMs: 60_000,
-    createStorage: () => ({ load: async () => null, save: async () => { saves++; await saved } })
+    // The first save (it reserves counters) goes through; the final one hangs until released.
+    createStorage: () => ({ load: async () => null, save: async () => { if (++saves > 1) await saved } })
   })
   const { socket, sent } = fakeSocket()
   const sessionId = room.handleSocketConnect({ socket, clientId: 'a', permissions: 'readwrite' })
   room.handleSocketMessage(sessionId, JSON.stringify({ type: 'patch', messageId: 'm1', documentPatches: [{ k: { _exists: true } }] }))
+  await new Promise((resolve) => setImmediate(resolve))
   t.equal(sent.at(-1)?.type, 'ack')
   let closed = false
   const closing = manager.closeAll().then(() => { closed = true })
-  // The save has started; closeAll is still waiting for it (no bound to give up at).
+  // The final save has started; closeAll is still waiting for it (no bound to give up at).
   await new Promise((resolve) => setImmediate(resolve))
-  t.equal(saves, 1)
+  t.equal(saves, 2)
   t.notOk(closed)
   release()
   await closing

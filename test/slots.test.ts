@@ -1,7 +1,7 @@
 import t from 'tap'
 import { Room, type IncrementalStorage, type RoomSnapshot } from '../lib/index.js'
 import { Document } from '../lib/room/document.js'
-import { Persistence, type PersistenceOptions } from '../lib/room/persistence.js'
+import { COUNTER_RESERVE, Persistence, type PersistenceOptions } from '../lib/room/persistence.js'
 import { SlotTimers, slotTimers } from '../lib/room/slots.js'
 import { fakeClock } from './fake-clock.js'
 
@@ -123,6 +123,8 @@ t.test('a room\'s throttled writes: one waiting at a time, run on its slot, canc
   const saves: RoomSnapshot[] = []
   const doc = new Document()
   const persistence = persistenceOf(slots, doc, { load: async () => null, save: async (s) => { saves.push(s) } }, 'throttled')
+  // Loaded with counters reserved (as after the first write): changes below the reservation wait for the throttle.
+  persistence.loaded(COUNTER_RESERVE)
   for (let i = 0; i < 20; i++) persistence.noteChanges(doc.applyFrame([{ [`k${i}`]: { _exists: true } }])!)
   t.equal(slots.waiting, 1, '20 changes, one write waiting')
   fake.advance(899)
@@ -150,11 +152,16 @@ t.test('a room\'s throttled writes: one waiting at a time, run on its slot, canc
 
 t.test('a room saves on the process\'s shared slots without being closed', async (t) => {
   let saved!: (s: RoomSnapshot) => void
-  const save = new Promise<RoomSnapshot>((resolve) => { saved = resolve })
+  let save = new Promise<RoomSnapshot>((resolve) => { saved = resolve })
   const room = new Room({ roomId: 'r', createStorage: () => ({ load: async () => null, save: async (s) => { saved(s) } }), saveThrottleMs: 30 })
   await room.load()
   const socket = { readyState: 1, send () {}, close () { socket.readyState = 3 } }
   const session = room.handleSocketConnect({ socket, clientId: 'a', permissions: 'readwrite' })
+  room.handleSocketMessage(session, JSON.stringify({ type: 'patch', messageId: 'm0', documentPatches: [{ k: { _exists: true, x: 0 } }] }))
+  t.equal(slotTimers.waiting, 0, 'the first write goes at once: it reserves counters')
+  t.equal((await save).timestamp, 1 + COUNTER_RESERVE)
+  save = new Promise<RoomSnapshot>((resolve) => { saved = resolve })
+  await new Promise((resolve) => setImmediate(resolve))
   room.handleSocketMessage(session, JSON.stringify({ type: 'patch', messageId: 'm', documentPatches: [{ k: { _exists: true, x: 1 } }] }))
   t.equal(slotTimers.waiting, 1)
   // The slot's timer is unref'd: keep the process running until it fires.
@@ -163,6 +170,26 @@ t.test('a room saves on the process\'s shared slots without being closed', async
   t.same(snapshot.state.k, { _exists: true, x: 1 })
   t.equal(slotTimers.waiting, 0)
   await room.close()
+})
+
+t.test('throttled: a change past the stored reservation has the waiting throttled write go at once, and what the room sends waits for it', async (t) => {
+  const fake = fakeClock()
+  const slots = new SlotTimers(fake.clock)
+  const saves: RoomSnapshot[] = []
+  const doc = new Document()
+  const persistence = persistenceOf(slots, doc, { load: async () => null, save: async (s) => { saves.push(s) } }, 'throttled')
+  persistence.loaded(3)
+  for (let i = 0; i < 3; i++) persistence.noteChanges(doc.applyFrame([{ [`k${i}`]: { _exists: true } }])!)
+  t.equal(slots.waiting, 1, 'below the reservation: the throttle')
+  t.notOk(persistence.holding)
+  persistence.noteChanges(doc.applyFrame([{ k3: { _exists: true } }])!)
+  t.ok(persistence.holding, 'counter 4 is past the stored 3')
+  t.ok(persistence.required > persistence.committed)
+  t.equal(slots.waiting, 0, 'the throttled write no longer waits')
+  await new Promise<void>((resolve) => setImmediate(resolve))
+  t.same(saves.map((s) => [s.timestamp, Object.keys(s.state).length]), [[4 + COUNTER_RESERVE, 4]])
+  t.notOk(persistence.holding)
+  t.equal(persistence.required, persistence.committed)
 })
 
 t.test('durable writes of large keys wait to gather changes (64 ms per MiB, at most 5 s); small ones go at once', async (t) => {

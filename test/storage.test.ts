@@ -4,10 +4,10 @@ import { existsSync } from 'node:fs'
 import { readdir, readFile, rm, utimes, writeFile } from 'node:fs/promises'
 import { join, resolve } from 'node:path'
 import pg from 'pg'
-import { FileStorage, MemoryStorage, MemoryStore, PostgresStorage, SqliteStorage, roomFileName } from '../lib/index.js'
+import { COUNTER_RESERVE, FileStorage, MemoryStorage, MemoryStore, PostgresStorage, SqliteStorage, roomFileName } from '../lib/index.js'
 import { build, connect, stateOf, write } from './helper.js'
 import { ODD_ROOM_IDS, storageContract as contractCases } from '../lib/testing.js'
-import type { Storage } from '../lib/index.js'
+import type { IncrementalStorage, Storage } from '../lib/index.js'
 import { MAX_KEY_LENGTH } from '../lib/protocol/frames.js'
 import { MAX_ID_LENGTH } from '../lib/routes/schemas.js'
 
@@ -204,6 +204,20 @@ const sqlite = new SqliteStorage({ file: ':memory:' })
 t.teardown(() => sqlite.close())
 storageContract(t, 'SqliteStorage', (roomId) => sqlite.forRoom(roomId))
 
+/** The counter a storage with append keeps: the highest one given, except that a final append stores its own (RoomChanges.final). */
+async function finalCounter (t: Test, storage: IncrementalStorage): Promise<void> {
+  await storage.load()
+  const entry = { key: 'k', value: { _exists: true, x: 1 }, stamps: { _exists: 1, x: 1 } }
+  await storage.append({ timestamp: 1 + COUNTER_RESERVE, entries: [entry] })
+  await storage.append({ timestamp: 1, entries: [] })
+  t.equal((await storage.load())!.timestamp, 1 + COUNTER_RESERVE, 'a lower counter does not replace a reservation')
+  await Promise.all([
+    storage.append({ timestamp: 2 + COUNTER_RESERVE, entries: [] }),
+    storage.append({ timestamp: 2, entries: [{ ...entry, value: { _exists: true, x: 2 }, stamps: { _exists: 1, x: 2 } }], final: true })
+  ])
+  t.same(await storage.load(), { timestamp: 2, state: { k: { _exists: true, x: 2 } }, timestamps: { k: { _exists: 1, x: 2 } } }, 'a final append stores its counter, below the reservation, in the same turn as another append')
+}
+
 t.test('SqliteStorage: appends of one turn commit together and load back', async (t) => {
   const store = new SqliteStorage({ file: join(t.testdir({}), 'sub', 'db.sqlite') })
   t.teardown(() => store.close())
@@ -218,6 +232,12 @@ t.test('SqliteStorage: appends of one turn commit together and load back', async
   t.same(await b.load(), { timestamp: 4, state: { k: { _exists: false } }, timestamps: { k: { _exists: 4 } } })
   await a.save({ timestamp: 9, state: { z: { _exists: true } }, timestamps: { z: { _exists: 9 } } })
   t.same(await a.load(), { timestamp: 9, state: { z: { _exists: true } }, timestamps: { z: { _exists: 9 } } }, 'save replaces the whole room')
+})
+
+t.test('SqliteStorage: a final append stores its counter below a reservation', async (t) => {
+  const store = new SqliteStorage({ file: join(t.testdir({}), 'db.sqlite') })
+  t.teardown(() => store.close())
+  await finalCounter(t, store.forRoom('final'))
 })
 
 t.test('SqliteStorage: cost of an append follows the patch, not the document', async (t) => {
@@ -389,6 +409,10 @@ if (pgUrl === undefined || pgUrl === '') {
     await pool.end()
   })
   storageContract(t, 'PostgresStorage', (roomId) => postgres.forRoom(roomId))
+
+  t.test('PostgresStorage: a final append stores its counter below a reservation', async (t) => {
+    await finalCounter(t, postgres.forRoom('pg-final'))
+  })
 
   t.test('PostgresStorage: appends from many rooms in one turn, newest value wins', async (t) => {
     const a = postgres.forRoom('pg-a')

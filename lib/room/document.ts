@@ -327,9 +327,18 @@ export class Document {
   #logStamps: number[] | null = null
   /** Estimated JSON size of every key and value held (see size.ts). */
   #bytes = 0
+  /** The highest field stamp of the snapshot the document was built from. */
+  #loadedStamp = 0
 
   /** The room counter: how many document frames have been applied. */
   get timestamp (): number { return this.#timestamp }
+
+  /**
+   * The highest field stamp of the snapshot the document was built from (0
+   * for none): every counter above it that a client saw before the load,
+   * up to the loaded counter, belongs to a write that storage does not hold.
+   */
+  get loadedStamp (): number { return this.#loadedStamp }
 
   /** Number of keys held, tombstones included. */
   get size (): number { return this.#entries.size }
@@ -498,6 +507,7 @@ export class Document {
     doc.#timestamp = counter
     loaded.sort((a, b) => a[2] - b[2])
     for (const [key, value, last] of loaded) doc.#touch(key, value, last)
+    if (loaded.length > 0) doc.#loadedStamp = loaded[loaded.length - 1][2]
     return doc
   }
 

@@ -8,7 +8,9 @@ import { slotTimers, type SlotEntry, type SlotTimer, type SlotTimers } from './s
  * When an ack may be sent.
  * - `durable`: after the write holding the change has committed (needs a
  *   storage with `append`; writes of one event-loop turn are grouped).
- * - `throttled`: at once; changes are written every `saveThrottleMs`.
+ * - `throttled`: at once; changes are written every `saveThrottleMs` (the
+ *   acks of a counter past the stored reservation wait for a write of a new
+ *   one, see COUNTER_RESERVE).
  */
 export type Durability = 'durable' | 'throttled'
 
@@ -41,6 +43,20 @@ export interface PersistenceOptions {
 
 const MAX_RETRY_MS = 30_000
 /**
+ * With throttled acks, each write stores the counter plus this many values
+ * (a reservation), and the room acks no counter past the reservation that
+ * has committed: a write of a new one goes at once and the acks wait for it
+ * (the first document frame after a load, then only if a room moves the
+ * counter this much between two throttled writes). A process that crashes
+ * has acked counters it never wrote, but none past the stored reservation,
+ * where the next load starts: those counters are never given again, so a
+ * client that saw them is sent every later write (and is asked to resync
+ * what it holds of the lost ones, see Room). The room's last write (it
+ * unloads, or shuts down) stores the counter itself: only a crash skips
+ * counter values.
+ */
+export const COUNTER_RESERVE = 1_000_000
+/**
  * With durable acks, a write whose changed keys hold more than this many
  * bytes (the document's size estimate) does not go at once: it waits
  * HOLD_MS_PER_MIB per MiB (at most MAX_HOLD_MS), gathering the changes made
@@ -61,16 +77,22 @@ const MAX_HOLD_MS = 5_000
  * with backoff while the room keeps serving.
  *
  * Writes are numbered. `required` is the number of the write that will hold
- * everything applied so far, `committed` the last one that succeeded: with
- * durable acks, a message may leave once `committed >= required` at the time
- * it was produced.
+ * everything applied so far (with throttled acks: that reserves the counter),
+ * `committed` the last one that succeeded: while `holding`, a message may
+ * leave once `committed >= required` at the time it was produced.
  */
 export class Persistence {
   readonly #o: PersistenceOptions
   readonly #incremental: IncrementalStorage | undefined
   readonly #slots: SlotTimers
-  /** True when acks wait for the write holding their change (durable acks over a storage with `append`). */
-  readonly holding: boolean
+  /** Durable acks over a storage with `append`: acks wait for the write holding their change. */
+  readonly #durable: boolean
+  /** Throttled acks over a storage: writes store a reservation past the counter (see COUNTER_RESERVE). */
+  readonly #reserving: boolean
+  /** The counter stored by the last write that committed (a reservation, when #reserving), or loaded. */
+  #reservedThrough = 0
+  /** The counter the write in flight stores. */
+  #inFlightThrough = 0
   /** Keys changed since the last write was cut (incremental path). */
   #changed = new Set<string>()
   /**
@@ -106,12 +128,30 @@ export class Persistence {
     this.#slots = options.slots ?? slotTimers
     const storage = options.storage
     this.#incremental = storage !== undefined && isIncremental(storage) ? storage : undefined
-    this.holding = this.#incremental !== undefined && options.durability === 'durable'
+    this.#durable = this.#incremental !== undefined && options.durability === 'durable'
+    this.#reserving = storage !== undefined && !this.#durable
   }
 
-  /** Number of the write that will hold everything applied so far. */
+  /** The room's document was loaded with this counter (stored, maybe a reservation). */
+  loaded (counter: number): void {
+    this.#reservedThrough = counter
+  }
+
+  /**
+   * True when what the room sends must wait for a write: always with durable
+   * acks; with throttled ones while the counter is past the reservation
+   * that has committed (see COUNTER_RESERVE).
+   */
+  get holding (): boolean {
+    return this.#durable || (this.#reserving && this.#o.document().timestamp > this.#reservedThrough)
+  }
+
+  /** Number of the write that will hold everything applied so far (with throttled acks: that reserves the counter). */
   get required (): number {
-    return this.#pending() ? this.#seq + 1 : this.#seq
+    if (this.#durable) return this.#pending() ? this.#seq + 1 : this.#seq
+    const counter = this.#o.document().timestamp
+    if (counter <= this.#reservedThrough) return this.#committed
+    return this.#inFlight !== null && counter <= this.#inFlightThrough ? this.#seq : this.#seq + 1
   }
 
   /** Number of the last write that committed. */
@@ -127,7 +167,17 @@ export class Persistence {
       this.#dirty = true
     }
     if (!this.#pending()) return
-    this.#schedule(this.holding ? 0 : this.#o.throttleMs)
+    if (!this.holding) {
+      this.#schedule(this.#o.throttleMs)
+      return
+    }
+    // Throttled acks past the reservation: the throttled write, if armed, goes now (a reservation is due). A
+    // durable write's slot is a large key's wait (see #holdMs): it stays.
+    if (!this.#durable && this.#slot !== null) {
+      this.#slots.cancel(this.#slot)
+      this.#slot = null
+    }
+    this.#schedule(0)
   }
 
   /**
@@ -151,10 +201,13 @@ export class Persistence {
   }
 
   /**
-   * Writes everything pending now and waits for it.
+   * Writes everything pending now and waits for it. `final`: nobody can
+   * write to the room now (no session): with throttled acks the write
+   * stores the counter itself in place of a reservation, and is made for
+   * that alone if nothing else is pending (see COUNTER_RESERVE).
    * @throws the storage's error when the write fails
    */
-  async flush (): Promise<void> {
+  async flush (final = false): Promise<void> {
     this.#clearTimers()
     for (;;) {
       if (this.#moved) return
@@ -162,8 +215,8 @@ export class Persistence {
         await this.#inFlight
         continue
       }
-      if (!this.#pending()) return
-      const err = await this.#write()
+      if (!this.#pending(final)) return
+      const err = await this.#write(final)
       if (err !== undefined) throw err
     }
   }
@@ -181,8 +234,9 @@ export class Persistence {
     this.#unwatch()
   }
 
-  #pending (): boolean {
-    return this.#incremental !== undefined ? this.#counterMoved : this.#dirty
+  #pending (final = false): boolean {
+    if (this.#incremental !== undefined ? this.#counterMoved : this.#dirty) return true
+    return final && this.#reserving && this.#reservedThrough > this.#o.document().timestamp
   }
 
   #schedule (delay: number): void {
@@ -199,7 +253,7 @@ export class Persistence {
       this.#queued = false
       if (this.#inFlight !== null || !this.#pending()) return
       // Decided when the write is cut, from the sizes of the keys it would write.
-      const hold = delay === 0 && this.holding ? this.#holdMs() : 0
+      const hold = delay === 0 && this.#durable ? this.#holdMs() : 0
       if (hold > 0) this.#arm(hold)
       else this.#write().catch(() => {})
     }
@@ -226,12 +280,17 @@ export class Persistence {
     this.#queued = false
   }
 
-  /** Cuts and runs one write. Resolves with the error, if any; never rejects. */
-  #write (): Promise<unknown> {
+  /** Cuts and runs one write (`final`: see flush). Resolves with the error, if any; never rejects. */
+  #write (final = false): Promise<unknown> {
     const storage = this.#o.storage!
     const doc = this.#o.document()
     const id = ++this.#seq
     const start = performance.now()
+    const counter = doc.timestamp
+    const through = this.#reserving && !final ? Math.min(counter + COUNTER_RESERVE, Number.MAX_SAFE_INTEGER) : counter
+    this.#inFlightThrough = through
+    // A final write lowers the stored counter: from now on, a counter past it waits for a new reservation.
+    if (this.#reserving && final) this.#reservedThrough = Math.min(this.#reservedThrough, through)
     let keys: Set<string> | undefined
     let work: Promise<void>
     try {
@@ -243,10 +302,12 @@ export class Persistence {
         for (const key of keys) {
           entries.push({ key, value: doc.get(key)! as StoredEntry['value'], stamps: doc.getStamps(key) as StoredEntry['stamps'] })
         }
-        work = this.#incremental.append({ timestamp: doc.timestamp, entries })
+        work = this.#incremental.append(this.#reserving && final ? { timestamp: through, entries, final } : { timestamp: through, entries })
       } else {
         this.#dirty = false
-        work = storage.save(doc.toSnapshot())
+        const snapshot = doc.toSnapshot()
+        snapshot.timestamp = through
+        work = storage.save(snapshot)
       }
     } catch (err) {
       work = Promise.reject(err)
@@ -255,6 +316,7 @@ export class Persistence {
     const run = work.then(() => {
       this.#o.observer?.storageWrite((performance.now() - start) / 1000, true)
       this.#committed = id
+      if (this.#reserving && !final) this.#reservedThrough = Math.max(this.#reservedThrough, through)
       this.#failures = 0
       this.#o.onCommit()
       return undefined

@@ -139,6 +139,8 @@ export class Room {
   /** The room's id ('' when created without one). */
   readonly roomId: string
   #doc = new Document()
+  /** The counter the document was loaded with (see #handleReconnect). */
+  #loadedCounter = 0
   /** clientId -> that client's presence (key -> value, and its size). */
   readonly #ephemeral = new Map<string, Presence>()
   readonly #sessions = new Map<string, Session>()
@@ -218,6 +220,8 @@ export class Room {
       throw new Error(`the stored snapshot of room ${JSON.stringify(this.roomId)} is malformed (not an object whose state is an object of objects): not loaded, so that nothing overwrites it`)
     }
     this.#doc = Document.fromSnapshot(snapshot)
+    this.#loadedCounter = this.#doc.timestamp
+    this.#persistence.loaded(this.#loadedCounter)
     this.#fullDiff = null
   }
 
@@ -447,11 +451,14 @@ export class Room {
 
   /**
    * Writes every pending change now and waits for storage. Cancels the
-   * pending throttled write; writes nothing when nothing changed.
+   * pending throttled write; writes nothing when nothing changed, except
+   * that with throttled acks and no session connected it stores the counter
+   * itself in place of the reservation stored before (see
+   * COUNTER_RESERVE).
    * @throws when storage fails
    */
   async flush (): Promise<void> {
-    await this.#persistence.flush()
+    await this.#persistence.flush(this.#sessions.size === 0)
   }
 
   /**
@@ -564,12 +571,18 @@ export class Room {
   }
 
   #handleReconnect (session: Session, frame: ReconnectRequest, bufferItems: number, chars: number): void {
-    const since = this.#doc.timestamp
+    const counter = this.#doc.timestamp
     const docs = hasContent(frame.documentPatches) ? frame.documentPatches : undefined
     const ephs = hasContent(frame.ephemeralPatches) ? frame.ephemeralPatches : undefined
     const readwrite = session.permissions === 'readwrite'
-    // The client saw a counter we never reached: we lost acked work (crash, restore).
-    const resync = readwrite && frame.lastTimestamp > since
+    const seen = frame.lastTimestamp
+    // The client saw a counter we never reached: we lost acked work (crash, restore). Or one between the
+    // stored document's last stamp and the counter it was loaded with: a reservation after a crash with
+    // throttled acks (see COUNTER_RESERVE), so the writes it saw there were acked and never stored. (No
+    // counter of this process's is below the loaded one: it only gives higher ones.)
+    const lost = seen > counter || (seen > this.#doc.loadedStamp && seen < this.#loadedCounter)
+    const resync = readwrite && lost
+    const since = seen > counter ? counter : this.#doc.loadedStamp
     if (readwrite) {
       if (docs !== undefined || ephs !== undefined) this.#applyWithinLimits(session, docs, ephs, bufferItems, chars, undefined)
     } else if (docs !== undefined) {

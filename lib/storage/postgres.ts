@@ -265,9 +265,13 @@ export class PostgresStorage implements RoomStore {
   async #commit (batch: readonly Pending[]): Promise<Set<string>> {
     const latest = new Map<string, { roomId: string, row: EntryRow }>()
     const counters = new Map<string, number>()
+    // A throttled room's last write: its counter, below the reservation stored before (see RoomChanges.final).
+    const finals = new Map<string, number>()
     for (const { roomId, changes } of batch) {
       for (const row of entryRows(changes.entries)) latest.set(JSON.stringify([roomId, row.key]), { roomId, row })
       counters.set(roomId, Math.max(counters.get(roomId) ?? 0, changes.timestamp))
+      if (changes.final === true) finals.set(roomId, changes.timestamp)
+      else finals.delete(roomId)
     }
     // In one order, so that two processes' commits lock rooms' rows without deadlocking.
     const roomIds = Array.from(counters.keys()).sort()
@@ -281,6 +285,9 @@ export class PostgresStorage implements RoomStore {
       [roomIds, roomIds.map((roomId) => counters.get(roomId)!), this.#owner])
       const owned = new Set(written.rows.map((row) => row.room_id))
       for (const roomId of roomIds) if (!owned.has(roomId)) moved.add(roomId)
+      for (const [roomId, counter] of finals) {
+        if (!moved.has(roomId)) await client.query(`UPDATE ${this.#rooms} SET timestamp = $2 WHERE room_id = $1`, [roomId, counter])
+      }
       await this.#upsertEntries(client, moved.size === 0 ? Array.from(latest.values()) : Array.from(latest.values()).filter(({ roomId }) => !moved.has(roomId)))
     })
     return moved

@@ -52,6 +52,7 @@ export class SqliteStorage implements RoomStore {
     getEntries: BetterSqlite3.Statement<[string], { key: string, value: string, stamps: string }>
     upsertEntry: BetterSqlite3.Statement<[string, string, string, string]>
     upsertRoom: BetterSqlite3.Statement<[string, number, string]>
+    setCounter: BetterSqlite3.Statement<[number, string]>
     claimRoom: BetterSqlite3.Statement<[string, string]>
     getOwner: BetterSqlite3.Statement<[string], { owner: string | null }>
     replaceRoom: BetterSqlite3.Statement<[string, number, string]>
@@ -156,6 +157,8 @@ export class SqliteStorage implements RoomStore {
       upsertRoom: db.prepare(`INSERT INTO ${rooms} (room_id, timestamp, owner) VALUES (?, ?, ?)
         ON CONFLICT (room_id) DO UPDATE SET timestamp = max(timestamp, excluded.timestamp), owner = excluded.owner
         WHERE owner IS NULL OR owner = excluded.owner`),
+      // A throttled room's last write: its counter, below the reservation stored before (see RoomChanges.final).
+      setCounter: db.prepare(`UPDATE ${rooms} SET timestamp = ? WHERE room_id = ?`),
       claimRoom: db.prepare(`UPDATE ${rooms} SET owner = ? WHERE room_id = ?`),
       getOwner: db.prepare(`SELECT owner FROM ${rooms} WHERE room_id = ?`),
       replaceRoom: db.prepare(`INSERT INTO ${rooms} (room_id, timestamp, owner) VALUES (?, ?, ?)
@@ -170,6 +173,7 @@ export class SqliteStorage implements RoomStore {
           moved.add(roomId)
           continue
         }
+        if (changes.final === true) this.#stmt.setCounter.run(changes.timestamp, roomId)
         this.#upsertRows(roomId, entryRows(changes.entries))
       }
       return moved

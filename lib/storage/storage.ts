@@ -16,6 +16,10 @@ export interface Storage {
    * the room waits for one write to settle before it starts the next. The
    * snapshot's value and timestamp records are frozen and shared with the
    * room (they are replaced, never changed): keep them without copying.
+   * With `durability: 'throttled'` (always, for a storage without `append`)
+   * its `timestamp` is a reservation above the counter while the room is
+   * loaded, and the counter itself in the room's last save (see
+   * RoomChanges).
    */
   save(snapshot: RoomSnapshot): Promise<void>
   /**
@@ -42,8 +46,20 @@ export interface StoredEntry {
 
 /** What changed in a room since its previous `append`. */
 export interface RoomChanges {
-  /** The room counter after these changes. */
+  /**
+   * The room counter after these changes. With `durability: 'throttled'`, a
+   * reservation above it (the counter plus COUNTER_RESERVE): the room acks
+   * no counter past the stored one, so a crash never has the next load give
+   * an acked counter again. Keep the highest one stored, except on a
+   * `final` write.
+   */
   timestamp: number
+  /**
+   * Set on the last write of a throttled room (it unloads or shuts down):
+   * `timestamp` is the counter itself, below the reservation stored before;
+   * store it as given.
+   */
+  final?: boolean
   /**
    * Every key that changed, with its whole current value. May be empty: a
    * frame whose patches stored nothing (a partial update of a deleted key)
