@@ -315,6 +315,49 @@ t.test('throttled: after a crash, counters acked but never written are not given
   t.equal((await store.load())?.timestamp, ack.timestamp, 'the close stored the counter itself')
 })
 
+t.test('throttled: a write of the counter itself after a failed reservation (nobody connected) leaves nothing waiting: a new session is answered', async (t) => {
+  let fail = 1
+  const saves: number[] = []
+  const storage = { load: async (): Promise<RoomSnapshot | null> => null, save: async (s: RoomSnapshot) => { if (fail-- > 0) throw new Error('disk full'); saves.push(s.timestamp) } }
+  const room = new Room({ roomId: 'r', createStorage: () => storage, saveThrottleMs: 60_000 })
+  await room.load()
+  const a = fakeSocket()
+  const sa = room.handleSocketConnect({ socket: a, clientId: 'a', permissions: 'readwrite' })
+  room.handleSocketMessage(sa, patch('m1', { k: { _exists: true, x: 1 } }))
+  await new Promise((resolve) => setImmediate(resolve))
+  t.notOk(a.sent.some((f) => f.type === 'ack'), 'the reservation failed: no ack')
+  room.disconnectSession(sa)
+  await room.flush()
+  t.same(saves, [1 + COUNTER_RESERVE, 1], 'the change, then the counter itself')
+  const b = fakeSocket()
+  const sb = room.handleSocketConnect({ socket: b, clientId: 'b', permissions: 'readonly' })
+  room.handleSocketMessage(sb, JSON.stringify({ type: 'reconnect', lastTimestamp: 0, protocolVersion: 2 }))
+  t.same(b.sent.map((f) => f.type), ['clientCount', 'patch', 'synced'], 'answered at once')
+  await room.close({ flush: false })
+})
+
+t.test('a clean restart after frames that stored nothing (counter above the last stamp) asks nobody to resync', async (t) => {
+  const store = new MemoryStorage()
+  for (const durability of ['throttled', 'durable'] as const) {
+    const room = new Room({ roomId: 'r', createStorage: () => store, durability })
+    await room.load()
+    const a = fakeSocket()
+    const sa = room.handleSocketConnect({ socket: a, clientId: 'a', permissions: 'readwrite' })
+    room.handleSocketMessage(sa, patch('m1', { [durability]: { _exists: true, x: 1 } }))
+    room.handleSocketMessage(sa, patch('m2', { [durability]: { _exists: false } }))
+    room.handleSocketMessage(sa, patch('m3', { [durability]: { x: 5 } }))
+    await room.close()
+    const counter = (await store.load())!.timestamp
+    const again = new Room({ roomId: 'r', createStorage: () => store, durability })
+    await again.load()
+    const c = fakeSocket()
+    const sc = again.handleSocketConnect({ socket: c, clientId: 'a', permissions: 'readwrite' })
+    again.handleSocketMessage(sc, JSON.stringify({ type: 'reconnect', lastTimestamp: counter - 1, protocolVersion: 2 }))
+    t.same(c.sent.filter((f) => f.type === 'resync'), [], `${durability}: nothing was lost`)
+    await again.close()
+  }
+})
+
 t.test('a plain { load, save } storage: the first save reserves counters, then acks go at once', async (t) => {
   const saves: RoomSnapshot[] = []
   const room = new Room({ roomId: 'r', createStorage: () => ({ load: async () => null, save: async (s) => { saves.push(s) } }), saveThrottleMs: 60_000 })
@@ -330,9 +373,11 @@ t.test('a plain { load, save } storage: the first save reserves counters, then a
   room.handleSocketMessage(sa, patch('m2', { k: { x: 2 } }))
   t.same(a.sent.map((f) => f.type), ['ack', 'ack'], 'at once')
   await room.close()
-  t.equal(saves.length, 2, 'the close saved the room')
-  t.same(saves[1].state.k, { _exists: true, x: 2 })
-  t.equal(saves[1].timestamp, 2, 'with the counter itself')
+  t.same(saves.map((s) => [s.timestamp, s.state.k]), [
+    [1 + COUNTER_RESERVE, { _exists: true, x: 1 }],
+    [2 + COUNTER_RESERVE, { _exists: true, x: 2 }],
+    [2, { _exists: true, x: 2 }]
+  ], 'the close saved the change (with a reservation, as any write), then the counter itself')
   t.same(a.closes, [[1001, 'Server closing the room']])
 })
 

@@ -25,8 +25,8 @@ export interface PersistenceOptions {
   onCommit: () => void
   /**
    * Called when writes have kept failing for longer than `failureBoundMs`,
-   * and, with durable acks, when one write has not settled within it (and
-   * again each `failureBoundMs` it goes on hanging).
+   * and when one write has not settled within it (and again each
+   * `failureBoundMs` it goes on hanging).
    */
   onGiveUp: (err: unknown) => void
   /**
@@ -113,7 +113,7 @@ export class Persistence {
   #timer: SlotTimer | null = null
   /** The throttled write's place in a shared slot (see slots.ts). */
   #slot: SlotEntry | null = null
-  /** With durable acks: fires when the write in flight has not settled within failureBoundMs (see #watch). */
+  /** Fires when the write in flight has not settled within failureBoundMs (see #watch). */
   #watchdog: SlotTimer | null = null
   /** A cut is queued as a microtask (durable path). */
   #queued = false
@@ -202,9 +202,11 @@ export class Persistence {
 
   /**
    * Writes everything pending now and waits for it. `final`: nobody can
-   * write to the room now (no session): with throttled acks the write
-   * stores the counter itself in place of a reservation, and is made for
-   * that alone if nothing else is pending (see COUNTER_RESERVE).
+   * write to the room now (no session): with throttled acks, once the
+   * changes are written (with a reservation, as usual), one more write
+   * stores the counter itself in place of the reservation (see
+   * COUNTER_RESERVE). It holds no change: a storage that refuses or ignores
+   * a counter lower than the stored one loses nothing by it.
    * @throws the storage's error when the write fails
    */
   async flush (final = false): Promise<void> {
@@ -215,8 +217,9 @@ export class Persistence {
         await this.#inFlight
         continue
       }
-      if (!this.#pending(final)) return
-      const err = await this.#write(final)
+      const changes = this.#pending()
+      if (!changes && !(final && this.#reserving && this.#reservedThrough > this.#o.document().timestamp)) return
+      const err = await this.#write(!changes)
       if (err !== undefined) throw err
     }
   }
@@ -234,9 +237,8 @@ export class Persistence {
     this.#unwatch()
   }
 
-  #pending (final = false): boolean {
-    if (this.#incremental !== undefined ? this.#counterMoved : this.#dirty) return true
-    return final && this.#reserving && this.#reservedThrough > this.#o.document().timestamp
+  #pending (): boolean {
+    return this.#incremental !== undefined ? this.#counterMoved : this.#dirty
   }
 
   #schedule (delay: number): void {
@@ -280,7 +282,7 @@ export class Persistence {
     this.#queued = false
   }
 
-  /** Cuts and runs one write (`final`: see flush). Resolves with the error, if any; never rejects. */
+  /** Cuts and runs one write (`final`: the counter alone, see flush). Resolves with the error, if any; never rejects. */
   #write (final = false): Promise<unknown> {
     const storage = this.#o.storage!
     const doc = this.#o.document()
@@ -312,11 +314,14 @@ export class Persistence {
     } catch (err) {
       work = Promise.reject(err)
     }
-    if (this.holding && !this.#stopped) this.#watch()
+    // Every write is watched: with throttled acks too, a frame may come to wait for the write in flight (its
+    // counter passes the stored one), and a write that never settles would hold the room's messages for good.
+    if (!this.#stopped) this.#watch()
     const run = work.then(() => {
       this.#o.observer?.storageWrite((performance.now() - start) / 1000, true)
       this.#committed = id
-      if (this.#reserving && !final) this.#reservedThrough = Math.max(this.#reservedThrough, through)
+      // What storage holds now (a final write's counter is below the reservation stored before).
+      if (this.#reserving) this.#reservedThrough = final ? through : Math.max(this.#reservedThrough, through)
       this.#failures = 0
       this.#o.onCommit()
       return undefined

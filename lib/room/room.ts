@@ -18,7 +18,7 @@ import type { Storage } from '../storage/storage.js'
 import { catchUpAllowance, type CatchUpAllowance } from './catch-up.js'
 import { Document, Presence, emptyRecord, hasContent, growthOf, isBufferDelta, isLive, type StoredRecords } from './document.js'
 import { DEFAULT_LIMITS, DEFAULT_RATE_LIMIT, DEFAULT_SLOW_CLIENT, TokenBucket, countKeys, ownCount, type RateLimit, type RoomLimits, type SlowClientPolicy } from './limits.js'
-import { Persistence, type Durability } from './persistence.js'
+import { COUNTER_RESERVE, Persistence, type Durability } from './persistence.js'
 import { Pacer } from './pacer.js'
 import { MAX_TIMER_MS, SlotTimers, type SlotClock } from './slots.js'
 import { PresenceBatch } from './presence-batch.js'
@@ -139,8 +139,12 @@ export class Room {
   /** The room's id ('' when created without one). */
   readonly roomId: string
   #doc = new Document()
-  /** The counter the document was loaded with (see #handleReconnect). */
-  #loadedCounter = 0
+  /**
+   * Counters acked by a process that crashed and not written (throttled
+   * acks): above the loaded document's last stamp and below the reservation
+   * it was loaded with (see #handleReconnect).
+   */
+  #lost: { after: number, before: number } | null = null
   /** clientId -> that client's presence (key -> value, and its size). */
   readonly #ephemeral = new Map<string, Presence>()
   readonly #sessions = new Map<string, Session>()
@@ -220,8 +224,11 @@ export class Room {
       throw new Error(`the stored snapshot of room ${JSON.stringify(this.roomId)} is malformed (not an object whose state is an object of objects): not loaded, so that nothing overwrites it`)
     }
     this.#doc = Document.fromSnapshot(snapshot)
-    this.#loadedCounter = this.#doc.timestamp
-    this.#persistence.loaded(this.#loadedCounter)
+    const counter = this.#doc.timestamp
+    // A gap this wide between the last stamp and the counter is a reservation left by a crash (see
+    // COUNTER_RESERVE); a counter written as itself is above the last stamp only by frames that stored nothing.
+    this.#lost = counter - this.#doc.loadedStamp >= COUNTER_RESERVE ? { after: this.#doc.loadedStamp, before: counter } : null
+    this.#persistence.loaded(counter)
     this.#fullDiff = null
   }
 
@@ -363,7 +370,7 @@ export class Room {
     }
   }
 
-  /** Frames waiting for a durable write before they can be sent. */
+  /** Frames waiting for a write before they can be sent (durable acks, or a throttled room's reservation). */
   get pendingMessages (): number { return this.#outbox.length }
 
   /** The session's socket closed. */
@@ -576,13 +583,12 @@ export class Room {
     const ephs = hasContent(frame.ephemeralPatches) ? frame.ephemeralPatches : undefined
     const readwrite = session.permissions === 'readwrite'
     const seen = frame.lastTimestamp
-    // The client saw a counter we never reached: we lost acked work (crash, restore). Or one between the
-    // stored document's last stamp and the counter it was loaded with: a reservation after a crash with
-    // throttled acks (see COUNTER_RESERVE), so the writes it saw there were acked and never stored. (No
-    // counter of this process's is below the loaded one: it only gives higher ones.)
-    const lost = seen > counter || (seen > this.#doc.loadedStamp && seen < this.#loadedCounter)
-    const resync = readwrite && lost
-    const since = seen > counter ? counter : this.#doc.loadedStamp
+    const lost = this.#lost
+    // The client saw a counter we never reached: we lost acked work (crash, restore). Or one that a process
+    // which crashed with throttled acks gave and never wrote (see #lost): no counter of this process's is
+    // below the loaded one, it only gives higher ones.
+    const resync = readwrite && (seen > counter || (lost !== null && seen > lost.after && seen < lost.before))
+    const since = seen > counter || lost === null ? counter : lost.after
     if (readwrite) {
       if (docs !== undefined || ephs !== undefined) this.#applyWithinLimits(session, docs, ephs, bufferItems, chars, undefined)
     } else if (docs !== undefined) {
