@@ -147,6 +147,39 @@ t.test('durable: a write that neither commits nor fails within the bound is repo
   t.throws(() => new Room({ storageFailureTimeoutMs: 2 ** 31 }), RangeError, 'a bound longer than Node\'s longest timer (which would fire at once) is refused')
 })
 
+t.test('throttled: a write that hangs while a frame waits behind it (its counter past the stored one) is reported at the bound', async (t) => {
+  const { storage, nextCall } = controlledStorage()
+  const fake = fakeClock()
+  const room = new Room({ roomId: 'r', createStorage: () => storage, durability: 'throttled', storageFailureTimeoutMs: 1000, clock: fake.clock })
+  await room.load()
+  const a = fakeSocket()
+  const sa = room.handleSocketConnect({ socket: a, clientId: 'a', permissions: 'readwrite' })
+  room.handleSocketMessage(sa, patch('m1', { k: { _exists: true, x: 1 } }))
+  ;(await nextCall(1)).resolve()
+  await new Promise((resolve) => setImmediate(resolve))
+  room.disconnectSession(sa)
+  // Nobody connected: the counter alone, written as itself; it hangs.
+  const flushed = room.flush()
+  const hung = await nextCall(2)
+  t.equal(hung.changes.final, true)
+  const b = fakeSocket()
+  const sb = room.handleSocketConnect({ socket: b, clientId: 'b', permissions: 'readwrite' })
+  b.sent.length = 0
+  room.handleSocketMessage(sb, patch('m2', { k: { x: 2 } }))
+  t.same(b.sent, [], 'counter 2 is past the counter being written: its ack waits')
+  fake.advance(1000)
+  t.same(b.sent.map((f) => [f.type, f.code]), [['error', 'CANVAS_STORE_STORAGE_UNAVAILABLE']], 'told at the bound, not left waiting')
+  t.same(b.closes, [[1011, 'Storage unavailable']])
+  hung.resolve()
+  // The flush goes on: m2's change (with a reservation), then, nobody being connected any more, the counter alone.
+  ;(await nextCall(3)).resolve()
+  const last = await nextCall(4)
+  t.same(last.changes, { timestamp: 2, entries: [], final: true })
+  last.resolve()
+  await flushed
+  await room.close({ flush: false })
+})
+
 t.test('writes that keep failing are reported when they have failed for the bound, not at a later step of the backoff', async (t) => {
   const fake = fakeClock()
   const failures: number[] = []
