@@ -7,7 +7,7 @@ import t, { type Test } from 'tap'
 import { Synced } from '@woven-ecs/canvas-store'
 import { addComponent, createEntity } from '@woven-ecs/core'
 import type { FastifyInstance } from 'fastify'
-import type { RoomSnapshot } from '../lib/index.js'
+import { MemoryStorage, type RoomSnapshot, type Storage } from '../lib/index.js'
 import { build, connectReal, listen, write } from './helper.js'
 import { Client, Cursor, Shape, STROKE_LENGTH, Stroke, until, type ClientOptions } from './client-harness.js'
 
@@ -373,4 +373,52 @@ t.test('a create that names some fields of a live key leaves the other fields al
   t.same(await b.waitFor('e at x 5 at b', (ctx) => { const v = b.read(ctx, 'e', Shape); return b.store.isSynced && v?.x === 5 && v }), e, 'a client that was offline gets the key whole in its diff')
   t.same(await b.edit((ctx) => b.read(ctx, 'f', Shape)), f)
   noErrors(t, a, b)
+})
+
+t.test('after a crash with throttled acks, published clients that saw lost writes re-send them, and get the writes made since', async (t) => {
+  // One room's storage, shared by the two processes; "crashing" is the saves of the first one stopping.
+  const inner = new MemoryStorage()
+  let crashed = false
+  const storage: Storage = {
+    load: () => inner.load(),
+    save: async (snapshot) => { if (!crashed) await inner.save(snapshot) }
+  }
+  const first = await build(t, { createStorage: () => storage, saveThrottleMs: 600_000 })
+  const base = await listen(first)
+  const a = await open(t, base, 'crash', 'a')
+  const b = await open(t, base, 'crash', 'b')
+  await a.create('s1', Shape, { x: 1, y: 1, color: 'red' })
+  await b.waitFor('s1', (ctx) => b.read(ctx, 's1', Shape))
+  t.equal((await inner.load())?.state['s1/Shape']?.x, 1, 'the first write was saved at once (it reserved counters)')
+  // Acked and broadcast, never written (the throttle is 10 minutes).
+  await a.update('s1', Shape, { x: 2 })
+  await a.create('s2', Shape, { x: 5, y: 5, color: 'blue' })
+  await b.waitFor('a\'s writes', (ctx) => b.read(ctx, 's1', Shape)?.x === 2 && b.read(ctx, 's2', Shape))
+  await a.disconnect()
+  await b.disconnect()
+  crashed = true
+  await first.close()
+  crashed = false
+  t.equal((await inner.load())?.state['s2/Shape'], undefined, 's2 was lost with the process')
+
+  const second = await build(t, { createStorage: () => storage, saveThrottleMs: 600_000 })
+  await second.listen({ port: Number(new URL(base).port), host: '127.0.0.1' })
+  const c = await open(t, base, 'crash', 'c')
+  await c.create('s3', Shape, { x: 9, y: 9, color: 'green' })
+  await serverHas(second, 'crash', 's3/Shape')
+  await a.connect()
+  await b.connect()
+  const whole = (client: Client) => client.waitFor('s1 x=2, s2 and s3', (ctx) => {
+    const s1 = client.read(ctx, 's1', Shape)
+    const s2 = client.read(ctx, 's2', Shape)
+    const s3 = client.read(ctx, 's3', Shape)
+    return s1?.x === 2 && s2 !== undefined && s3 !== undefined && { s1, s2, s3 }
+  })
+  const expected = { s1: { x: 2, y: 1, color: 'red' }, s2: { x: 5, y: 5, color: 'blue' }, s3: { x: 9, y: 9, color: 'green' } }
+  t.same(await whole(a), expected, 'a re-sent what it held and got c\'s write')
+  t.same(await whole(b), expected, 'b too')
+  t.same(await whole(c), expected, 'c got the writes re-sent')
+  t.ok(a.wire.received.some((f) => f.type === 'resync'), 'a was asked to resync')
+  t.match(snapshot(second, 'crash').state, { 's1/Shape': { x: 2 }, 's2/Shape': { x: 5 }, 's3/Shape': { x: 9 } })
+  noErrors(t, a, b, c)
 })
