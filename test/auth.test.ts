@@ -1,9 +1,12 @@
 import { spawn } from 'node:child_process'
 import { once } from 'node:events'
 import { join } from 'node:path'
+import { setFlagsFromString } from 'node:v8'
+import { runInNewContext } from 'node:vm'
 import type { FastifyInstance } from 'fastify'
 import t, { type Test } from 'tap'
 import type { AuthorizeInfo, AuthorizeResult } from '../lib/index.js'
+import { Bounds } from '../lib/routes/ws.js'
 import { ACK, CLIENT_COUNT, Peer, build, connect, gate, roomOf, serverReceived, snapshotOf, throwOnKey, write } from './helper.js'
 
 async function joined (app: FastifyInstance, query: Record<string, string>): Promise<Peer> {
@@ -439,4 +442,25 @@ t.test('frames held during a pending auth-refresh are bounded in bytes: past 16 
   t.strictSame(await a.closed, { code: 1008, reason: 'Too many frames while auth-refresh is pending' })
   t.equal((await write(b, 'b1', [{ e: { _exists: true } }])).timestamp, 1, 'the room goes on, nothing of the held frames applied')
   await b.close()
+})
+
+t.test('a bound that wins lets go of the call it refused: a promise that authorize hands every call, and that never settles, keeps none of them', async (t) => {
+  setFlagsFromString('--expose-gc')
+  const gc = runInNewContext('gc') as () => void
+  const bounds = new Bounds()
+  const never = new Promise<never>(() => {})
+  const refs: Array<WeakRef<object>> = []
+  for (let i = 0; i < 20; i++) {
+    const marker = { i }
+    refs.push(new WeakRef(marker))
+    try {
+      await bounds.within(never, 1, () => Object.assign(new Error('late'), { marker }))
+      t.fail('the bound should win')
+    } catch {}
+  }
+  for (let round = 0; round < 3; round++) {
+    await new Promise((resolve) => setImmediate(resolve))
+    gc()
+  }
+  t.equal(refs.filter((ref) => ref.deref() !== undefined).length, 0, 'every refused call was collected')
 })

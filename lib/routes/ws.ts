@@ -288,6 +288,16 @@ async function accept (
   for (const data of pending) loaded.handleSocketMessage(sessionId, data)
 }
 
+/** Where a bounded piece of work reports its outcome; emptied once settled (by the work or by its bound). */
+interface Outcome<T> {
+  settle: ((ok: boolean, value: T | unknown) => void) | null
+}
+
+/** Reports `work`'s outcome to `cell`. Its own scope: all that the reactions on `work` keep is the cell. */
+function watch<T> (work: Promise<T>, cell: Outcome<T>): void {
+  work.then((value) => cell.settle?.(true, value), (err: unknown) => cell.settle?.(false, err))
+}
+
 /**
  * The room, or a failure once the load has been pending for `ms`: a storage
  * that does not answer (a lock held elsewhere, a connection gone silent)
@@ -316,23 +326,29 @@ export class Bounds {
     return checkResult(await this.within(callAuthorize(authorize, info), ms, () => new AuthorizeTimeoutError(ms)))
   }
 
-  /** `work`'s result, or the error `late` makes once it has been pending for `ms` (0: no bound; it goes on unwatched). */
-  async within<T> (work: Promise<T>, ms: number, late: () => Error): Promise<T> {
+  /**
+   * `work`'s result, or the error `late` makes once it has been pending for
+   * `ms` (0: no bound; it goes on unwatched). Once the bound has won, what
+   * `work` still holds of this call is one small closure: an authorize that
+   * hands every call the same promise, pending for good (a hung fetch of
+   * keys), must not keep each refused connection's error and frames.
+   */
+  within<T> (work: Promise<T>, ms: number, late: () => Error): Promise<T> {
     // 0: no bound (the options are checked to be a timer's delay, 0 to 2^31 - 1).
-    if (ms === 0) return await work
-    let timer: NodeJS.Timeout | undefined
-    const bound = new Promise<never>((_resolve, reject) => {
-      timer = setTimeout(() => reject(late()), ms)
+    if (ms === 0) return work
+    return new Promise<T>((resolve, reject) => {
+      const cell: Outcome<T> = { settle: null }
+      const timer = setTimeout(() => cell.settle?.(false, late()), ms)
+      this.#timers.add(timer)
+      cell.settle = (ok, value) => {
+        cell.settle = null
+        clearTimeout(timer)
+        this.#timers.delete(timer)
+        if (ok) resolve(value as T)
+        else reject(value)
+      }
+      watch(work, cell)
     })
-    this.#timers.add(timer!)
-    // Settles unwatched when the bound won.
-    work.catch(() => {})
-    try {
-      return await Promise.race([work, bound])
-    } finally {
-      clearTimeout(timer)
-      this.#timers.delete(timer!)
-    }
   }
 
   /** Drops every pending bound (the app is closing; its sockets are closed): what they bound may stay pending. */
