@@ -36,6 +36,17 @@ function controlledStorage () {
 
 const patch = (messageId: string, p: Record<string, unknown>) => JSON.stringify({ type: 'patch', messageId, documentPatches: [p] })
 
+/** Loads a throttled room over controlledStorage, connects `a` and lets its first write (the reservation) commit. */
+async function afterFirstWrite (room: Room, nextCall: ReturnType<typeof controlledStorage>['nextCall']) {
+  await room.load()
+  const a = fakeSocket()
+  const sa = room.handleSocketConnect({ socket: a, clientId: 'a', permissions: 'readwrite' })
+  room.handleSocketMessage(sa, patch('m1', { k: { _exists: true, x: 1 } }))
+  ;(await nextCall(1)).resolve()
+  await new Promise((resolve) => setImmediate(resolve))
+  return { room, a, sa }
+}
+
 t.test('durable: ack and broadcast wait for the commit, in order', async (t) => {
   const { storage, nextCall } = controlledStorage()
   const room = new Room({ roomId: 'r', createStorage: () => storage })
@@ -150,13 +161,7 @@ t.test('durable: a write that neither commits nor fails within the bound is repo
 t.test('throttled: a write that hangs while a frame waits behind it (its counter past the stored one) is reported at the bound', async (t) => {
   const { storage, nextCall } = controlledStorage()
   const fake = fakeClock()
-  const room = new Room({ roomId: 'r', createStorage: () => storage, durability: 'throttled', storageFailureTimeoutMs: 1000, clock: fake.clock })
-  await room.load()
-  const a = fakeSocket()
-  const sa = room.handleSocketConnect({ socket: a, clientId: 'a', permissions: 'readwrite' })
-  room.handleSocketMessage(sa, patch('m1', { k: { _exists: true, x: 1 } }))
-  ;(await nextCall(1)).resolve()
-  await new Promise((resolve) => setImmediate(resolve))
+  const { room, sa } = await afterFirstWrite(new Room({ roomId: 'r', createStorage: () => storage, durability: 'throttled', storageFailureTimeoutMs: 1000, clock: fake.clock }), nextCall)
   room.disconnectSession(sa)
   // Nobody connected: the counter alone, written as itself; it hangs.
   const flushed = room.flush()
@@ -277,13 +282,7 @@ t.test('throttled: the first write reserves counters (its ack waits for it), lat
 t.test('throttled: after a write of the counter itself (nobody connected), the next frame waits for a new reservation', async (t) => {
   const { storage, calls, nextCall } = controlledStorage()
   storage.load = async () => ({ timestamp: 5, state: {}, timestamps: {} })
-  const room = new Room({ roomId: 'r', createStorage: () => storage, durability: 'throttled', saveThrottleMs: 60_000 })
-  await room.load()
-  const a = fakeSocket()
-  const sa = room.handleSocketConnect({ socket: a, clientId: 'a', permissions: 'readwrite' })
-  room.handleSocketMessage(sa, patch('m1', { k: { _exists: true, x: 1 } }))
-  ;(await nextCall(1)).resolve()
-  await new Promise((resolve) => setImmediate(resolve))
+  const { room, a, sa } = await afterFirstWrite(new Room({ roomId: 'r', createStorage: () => storage, durability: 'throttled', saveThrottleMs: 60_000 }), nextCall)
   t.equal(a.sent.at(-1).timestamp, 6, 'the loaded counter goes on')
   // Nobody connected: a flush stores the counter itself (as an unload does); the session below then writes again.
   room.disconnectSession(sa)
