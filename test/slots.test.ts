@@ -1,7 +1,7 @@
 import t from 'tap'
-import { Room, type IncrementalStorage, type RoomSnapshot } from '../lib/index.js'
+import { COUNTER_RESERVE, Room, type IncrementalStorage, type RoomSnapshot } from '../lib/index.js'
 import { Document } from '../lib/room/document.js'
-import { COUNTER_RESERVE, Persistence, type PersistenceOptions } from '../lib/room/persistence.js'
+import { Persistence, type PersistenceOptions } from '../lib/room/persistence.js'
 import { SlotTimers, slotTimers } from '../lib/room/slots.js'
 import { fakeClock } from './fake-clock.js'
 

@@ -216,6 +216,10 @@ async function finalCounter (t: Test, storage: IncrementalStorage): Promise<void
     storage.append({ timestamp: 2, entries: [{ ...entry, value: { _exists: true, x: 2 }, stamps: { _exists: 1, x: 2 } }], final: true })
   ])
   t.same(await storage.load(), { timestamp: 2, state: { k: { _exists: true, x: 2 } }, timestamps: { k: { _exists: 1, x: 2 } } }, 'a final append stores its counter, below the reservation, in the same turn as another append')
+  // The room loaded again (from counter 2) reserved past 3; a final append of the earlier room arriving late does not undo that.
+  await storage.append({ timestamp: 3 + COUNTER_RESERVE, entries: [] })
+  await storage.append({ timestamp: 2, entries: [], final: true })
+  t.equal((await storage.load())!.timestamp, 3 + COUNTER_RESERVE, 'a final append never lowers the counter below a later reservation')
 }
 
 t.test('SqliteStorage: appends of one turn commit together and load back', async (t) => {

@@ -1,5 +1,5 @@
 import { isRoomMoved } from '../errors.js'
-import { isIncremental, type IncrementalStorage, type Storage, type StoredEntry } from '../storage/storage.js'
+import { COUNTER_RESERVE, isIncremental, type IncrementalStorage, type Storage, type StoredEntry } from '../storage/storage.js'
 import { sizeOf, type Document } from './document.js'
 import type { RoomLogger, RoomObserver } from './session.js'
 import { slotTimers, type SlotEntry, type SlotTimer, type SlotTimers } from './slots.js'
@@ -42,20 +42,6 @@ export interface PersistenceOptions {
 }
 
 const MAX_RETRY_MS = 30_000
-/**
- * With throttled acks, each write stores the counter plus this many values
- * (a reservation), and the room acks no counter past the reservation that
- * has committed: a write of a new one goes at once and the acks wait for it
- * (the first document frame after a load, then only if a room moves the
- * counter this much between two throttled writes). A process that crashes
- * has acked counters it never wrote, but none past the stored reservation,
- * where the next load starts: those counters are never given again, so a
- * client that saw them is sent every later write (and is asked to resync
- * what it holds of the lost ones, see Room). The room's last write (it
- * unloads, or shuts down) stores the counter itself: only a crash skips
- * counter values.
- */
-export const COUNTER_RESERVE = 1_000_000
 /**
  * With durable acks, a write whose changed keys hold more than this many
  * bytes (the document's size estimate) does not go at once: it waits

@@ -14,11 +14,11 @@ import type {
   SessionInfo,
   SessionPermission
 } from '../protocol/types.js'
-import type { Storage } from '../storage/storage.js'
+import { COUNTER_RESERVE, type Storage } from '../storage/storage.js'
 import { catchUpAllowance, type CatchUpAllowance } from './catch-up.js'
 import { Document, Presence, emptyRecord, hasContent, growthOf, isBufferDelta, isLive, type StoredRecords } from './document.js'
 import { DEFAULT_LIMITS, DEFAULT_RATE_LIMIT, DEFAULT_SLOW_CLIENT, TokenBucket, countKeys, ownCount, type RateLimit, type RoomLimits, type SlowClientPolicy } from './limits.js'
-import { COUNTER_RESERVE, Persistence, type Durability } from './persistence.js'
+import { Persistence, type Durability } from './persistence.js'
 import { Pacer } from './pacer.js'
 import { MAX_TIMER_MS, SlotTimers, type SlotClock } from './slots.js'
 import { PresenceBatch } from './presence-batch.js'

@@ -3,7 +3,7 @@ import { createRequire } from 'node:module'
 import type pg from 'pg'
 import type { RoomSnapshot } from '../protocol/types.js'
 import { checkOwner, entryRows, rowsToSnapshot, settle, snapshotRows, type EntryRow } from './rows.js'
-import { checkRoomId, type IncrementalStorage, type PendingAppend as Pending, type RoomChanges, type RoomStore } from './storage.js'
+import { COUNTER_RESERVE, checkRoomId, type IncrementalStorage, type PendingAppend as Pending, type RoomChanges, type RoomStore } from './storage.js'
 
 /** Options of {@link PostgresStorage}: give `pool` or `connectionString`. */
 export interface PostgresStorageOptions {
@@ -286,7 +286,8 @@ export class PostgresStorage implements RoomStore {
       const owned = new Set(written.rows.map((row) => row.room_id))
       for (const roomId of roomIds) if (!owned.has(roomId)) moved.add(roomId)
       for (const [roomId, counter] of finals) {
-        if (!moved.has(roomId)) await client.query(`UPDATE ${this.#rooms} SET timestamp = $2 WHERE room_id = $1`, [roomId, counter])
+        // Not below a later reservation (a room loaded again meanwhile in this process, the late final write of a shutdown).
+        if (!moved.has(roomId)) await client.query(`UPDATE ${this.#rooms} SET timestamp = $2 WHERE room_id = $1 AND timestamp <= $3`, [roomId, counter, counter + COUNTER_RESERVE])
       }
       await this.#upsertEntries(client, moved.size === 0 ? Array.from(latest.values()) : Array.from(latest.values()).filter(({ roomId }) => !moved.has(roomId)))
     })

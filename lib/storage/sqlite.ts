@@ -5,7 +5,7 @@ import { dirname, resolve } from 'node:path'
 import type BetterSqlite3 from 'better-sqlite3'
 import type { RoomSnapshot } from '../protocol/types.js'
 import { checkOwner, entryRows, rowsToSnapshot, settle, snapshotRows, type EntryRow } from './rows.js'
-import { checkRoomId, type IncrementalStorage, type PendingAppend as Pending, type RoomChanges, type RoomStore } from './storage.js'
+import { COUNTER_RESERVE, checkRoomId, type IncrementalStorage, type PendingAppend as Pending, type RoomChanges, type RoomStore } from './storage.js'
 
 /** Options of {@link SqliteStorage}. */
 export interface SqliteStorageOptions {
@@ -52,7 +52,7 @@ export class SqliteStorage implements RoomStore {
     getEntries: BetterSqlite3.Statement<[string], { key: string, value: string, stamps: string }>
     upsertEntry: BetterSqlite3.Statement<[string, string, string, string]>
     upsertRoom: BetterSqlite3.Statement<[string, number, string]>
-    setCounter: BetterSqlite3.Statement<[number, string]>
+    setCounter: BetterSqlite3.Statement<[number, string, number]>
     claimRoom: BetterSqlite3.Statement<[string, string]>
     getOwner: BetterSqlite3.Statement<[string], { owner: string | null }>
     replaceRoom: BetterSqlite3.Statement<[string, number, string]>
@@ -157,8 +157,9 @@ export class SqliteStorage implements RoomStore {
       upsertRoom: db.prepare(`INSERT INTO ${rooms} (room_id, timestamp, owner) VALUES (?, ?, ?)
         ON CONFLICT (room_id) DO UPDATE SET timestamp = max(timestamp, excluded.timestamp), owner = excluded.owner
         WHERE owner IS NULL OR owner = excluded.owner`),
-      // A throttled room's last write: its counter, below the reservation stored before (see RoomChanges.final).
-      setCounter: db.prepare(`UPDATE ${rooms} SET timestamp = ? WHERE room_id = ?`),
+      // A throttled room's last write: its counter, below the reservation it stored before (see RoomChanges.final);
+      // not below a later one (a room loaded again meanwhile in this process, the late final write of a shutdown).
+      setCounter: db.prepare(`UPDATE ${rooms} SET timestamp = ? WHERE room_id = ? AND timestamp <= ?`),
       claimRoom: db.prepare(`UPDATE ${rooms} SET owner = ? WHERE room_id = ?`),
       getOwner: db.prepare(`SELECT owner FROM ${rooms} WHERE room_id = ?`),
       replaceRoom: db.prepare(`INSERT INTO ${rooms} (room_id, timestamp, owner) VALUES (?, ?, ?)
@@ -173,7 +174,7 @@ export class SqliteStorage implements RoomStore {
           moved.add(roomId)
           continue
         }
-        if (changes.final === true) this.#stmt.setCounter.run(changes.timestamp, roomId)
+        if (changes.final === true) this.#stmt.setCounter.run(changes.timestamp, roomId, changes.timestamp + COUNTER_RESERVE)
         this.#upsertRows(roomId, entryRows(changes.entries))
       }
       return moved

@@ -44,6 +44,21 @@ export interface StoredEntry {
   stamps: FieldTimestamps
 }
 
+/**
+ * With throttled acks, each write stores the counter plus this many values
+ * (a reservation), and the room acks no counter past the reservation that
+ * has committed: a write of a new one goes at once and the acks wait for it
+ * (the first document frame after a load, then only if a room moves the
+ * counter this much between two throttled writes). A process that crashes
+ * has acked counters it never wrote, but none past the stored reservation,
+ * where the next load starts: those counters are never given again, so a
+ * client that saw them is sent every later write (and is asked to resync
+ * what it holds of the lost ones, see Room). The room's last write (it
+ * unloads, or shuts down) stores the counter itself: only a crash skips
+ * counter values.
+ */
+export const COUNTER_RESERVE = 1_000_000
+
 /** What changed in a room since its previous `append`. */
 export interface RoomChanges {
   /**
