@@ -185,6 +185,24 @@ t.test('throttled: a write that hangs while a frame waits behind it (its counter
   await room.close({ flush: false })
 })
 
+t.test('throttled: a slow write that nothing waits for is not reported (its acks went at once)', async (t) => {
+  const { storage, nextCall } = controlledStorage()
+  const fake = fakeClock()
+  const { room, a, sa } = await afterFirstWrite(new Room({ roomId: 'r', createStorage: () => storage, durability: 'throttled', storageFailureTimeoutMs: 1000, saveThrottleMs: 60_000, clock: fake.clock }), nextCall)
+  room.handleSocketMessage(sa, patch('m2', { k: { x: 2 } }))
+  const flushed = room.flush()
+  const slow = await nextCall(2)
+  t.equal(slow.changes.timestamp, 2 + COUNTER_RESERVE, 'a write with sessions connected: a reservation')
+  fake.advance(5000)
+  t.same(a.closes, [], 'acks do not wait for it: nobody is told')
+  t.match(a.sent.at(-1), { type: 'ack', messageId: 'm2' })
+  slow.resolve()
+  await flushed
+  const closing = room.close()
+  ;(await nextCall(3)).resolve()
+  await closing
+})
+
 t.test('writes that keep failing are reported when they have failed for the bound, not at a later step of the backoff', async (t) => {
   const fake = fakeClock()
   const failures: number[] = []
