@@ -386,6 +386,26 @@ t.test('throttled: a write of the counter itself after a failed reservation (nob
   await room.close({ flush: false })
 })
 
+t.test('throttled: a flush begun with nobody connected writes no counter-only write once a session has joined and written', async (t) => {
+  const { storage, calls, nextCall } = controlledStorage()
+  const { room, sa } = await afterFirstWrite(new Room({ roomId: 'r', createStorage: () => storage, durability: 'throttled', saveThrottleMs: 60_000 }), nextCall)
+  room.disconnectSession(sa)
+  const flushed = room.flush()
+  const final = await nextCall(2)
+  t.same(final.changes, { timestamp: 1, entries: [], final: true })
+  const b = fakeSocket()
+  const sb = room.handleSocketConnect({ socket: b, clientId: 'b', permissions: 'readwrite' })
+  room.handleSocketMessage(sb, patch('m2', { k: { x: 2 } }))
+  final.resolve()
+  const reserve = await nextCall(3)
+  t.equal(reserve.changes.timestamp, 2 + COUNTER_RESERVE, 'b\'s change, with a reservation')
+  reserve.resolve()
+  await flushed
+  t.equal(calls.length, 3, 'then nothing: b is connected')
+  t.match(b.sent.at(-1), { type: 'ack', messageId: 'm2', timestamp: 2 })
+  await room.close({ flush: false })
+})
+
 t.test('a clean restart after frames that stored nothing (counter above the last stamp) asks nobody to resync', async (t) => {
   const store = new MemoryStorage()
   for (const durability of ['throttled', 'durable'] as const) {

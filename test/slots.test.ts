@@ -192,6 +192,36 @@ t.test('throttled: a change past the stored reservation has the waiting throttle
   t.equal(persistence.required, persistence.committed)
 })
 
+t.test('throttled: the reservation itself is never acked (the next load starts there); the counter below it is', async (t) => {
+  const fake = fakeClock()
+  const slots = new SlotTimers(fake.clock)
+  let current = new Document()
+  const persistence = persistenceOf(slots, current, { load: async () => null, save: async () => {} }, 'throttled', { document: () => current })
+  persistence.noteChanges(current.applyFrame([{ k: { _exists: true } }])!)
+  await persistence.flush()
+  const stored = 1 + COUNTER_RESERVE
+  current = Document.fromSnapshot({ timestamp: stored - 1, state: {}, timestamps: {} })
+  t.notOk(persistence.holding, 'up to the reservation minus one: acked at once')
+  current = Document.fromSnapshot({ timestamp: stored, state: {}, timestamps: {} })
+  t.ok(persistence.holding, 'the reservation: waits for a new one')
+})
+
+t.test('a watchdog whose report closed the room (stop) is not armed again', async (t) => {
+  const fake = fakeClock()
+  const slots = new SlotTimers(fake.clock)
+  const doc = new Document()
+  const storage: IncrementalStorage = { load: async () => null, save: async () => {}, append: () => new Promise(() => {}) }
+  let reports = 0
+  const persistence: Persistence = persistenceOf(slots, doc, storage, 'durable', { failureBoundMs: 1000, onGiveUp: () => { reports++; persistence.stop() } })
+  persistence.noteChanges(doc.applyFrame([{ k: { _exists: true } }])!)
+  await new Promise<void>((resolve) => setImmediate(resolve))
+  fake.advance(1000)
+  t.equal(reports, 1)
+  t.equal(fake.timers.size, 0, 'no timer left')
+  fake.advance(10_000)
+  t.equal(reports, 1, 'not reported again')
+})
+
 t.test('durable writes of large keys wait to gather changes (64 ms per MiB, at most 5 s); small ones go at once', async (t) => {
   const fake = fakeClock()
   const slots = new SlotTimers(fake.clock)

@@ -75,9 +75,14 @@ export class Persistence {
   readonly #durable: boolean
   /** Throttled acks over a storage: writes store a reservation past the counter (see COUNTER_RESERVE). */
   readonly #reserving: boolean
-  /** The counter stored by the last write that committed (a reservation, when #reserving), or loaded. */
+  /**
+   * The highest counter the room may ack (when #reserving): the loaded
+   * counter, then below the reservation stored by the last write that
+   * committed (the reservation itself is where the next load starts, so it
+   * is never acked), or the counter a final write stored.
+   */
   #reservedThrough = 0
-  /** The counter the write in flight stores. */
+  /** The same for the write in flight, once it commits. */
   #inFlightThrough = 0
   /** Keys changed since the last write was cut (incremental path). */
   #changed = new Set<string>()
@@ -193,9 +198,10 @@ export class Persistence {
    * stores the counter itself in place of the reservation (see
    * COUNTER_RESERVE). It holds no change: a storage that refuses or ignores
    * a counter lower than the stored one loses nothing by it.
+   * Asked again before each write: a session may join meanwhile.
    * @throws the storage's error when the write fails
    */
-  async flush (final = false): Promise<void> {
+  async flush (final: () => boolean = () => false): Promise<void> {
     this.#clearTimers()
     for (;;) {
       if (this.#moved) return
@@ -204,7 +210,7 @@ export class Persistence {
         continue
       }
       const changes = this.#pending()
-      if (!changes && !(final && this.#reserving && this.#reservedThrough > this.#o.document().timestamp)) return
+      if (!changes && !(this.#reserving && this.#reservedThrough > this.#o.document().timestamp && final())) return
       const err = await this.#write(!changes)
       if (err !== undefined) throw err
     }
@@ -276,7 +282,7 @@ export class Persistence {
     const start = performance.now()
     const counter = doc.timestamp
     const through = this.#reserving && !final ? Math.min(counter + COUNTER_RESERVE, Number.MAX_SAFE_INTEGER) : counter
-    this.#inFlightThrough = through
+    this.#inFlightThrough = final ? through : through - 1
     // A final write lowers the stored counter: from now on, a counter past it waits for a new reservation.
     if (this.#reserving && final) this.#reservedThrough = Math.min(this.#reservedThrough, through)
     let keys: Set<string> | undefined
@@ -308,7 +314,7 @@ export class Persistence {
       this.#o.observer?.storageWrite((performance.now() - start) / 1000, true)
       this.#committed = id
       // What storage holds now (a final write's counter is below the reservation stored before).
-      if (this.#reserving) this.#reservedThrough = final ? through : Math.max(this.#reservedThrough, through)
+      if (this.#reserving) this.#reservedThrough = final ? through : Math.max(this.#reservedThrough, through - 1)
       this.#failures = 0
       this.#o.onCommit()
       return undefined
@@ -360,7 +366,8 @@ export class Persistence {
       const waitedMs = bound * periods
       this.#o.log.error({ roomId: this.#o.roomId, waitedMs }, 'a write to storage has not settled; telling the room\'s sessions')
       this.#o.onGiveUp(new Error(`storage has not answered a write for ${waitedMs} ms`))
-      this.#watch(periods + 1)
+      // Giving up may have closed the room (stop() cleared the watchdog this callback replaces).
+      if (!this.#stopped) this.#watch(periods + 1)
     })
     this.#watchdog.unref()
   }

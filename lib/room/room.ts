@@ -465,7 +465,7 @@ export class Room {
    * @throws when storage fails
    */
   async flush (): Promise<void> {
-    await this.#persistence.flush(this.#sessions.size === 0)
+    await this.#persistence.flush(() => this.#sessions.size === 0)
   }
 
   /**
