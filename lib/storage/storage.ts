@@ -46,8 +46,8 @@ export interface StoredEntry {
 
 /**
  * With throttled acks, each write stores the counter plus this many values
- * (a reservation), and the room acks no counter past the reservation that
- * has committed: a write of a new one goes at once and the acks wait for it
+ * (a reservation), and the room acks only counters below the reservation
+ * that has committed: a write of a new one goes at once and the acks wait for it
  * (the first document frame after a load, then only if a room moves the
  * counter this much between two throttled writes). A process that crashes
  * has acked counters it never wrote, but none past the stored reservation,
@@ -64,7 +64,7 @@ export interface RoomChanges {
   /**
    * The room counter after these changes. With `durability: 'throttled'`, a
    * reservation above it (the counter plus COUNTER_RESERVE): the room acks
-   * no counter past the stored one, so a crash never has the next load give
+   * only counters below the stored one, so a crash never has the next load give
    * an acked counter again. Keep the highest one stored, except on a
    * `final` write.
    */
