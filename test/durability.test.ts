@@ -1,5 +1,5 @@
 import t from 'tap'
-import { COUNTER_RESERVE, MemoryStorage, Room, type IncrementalStorage, type RoomChanges, type RoomSnapshot } from '../lib/index.js'
+import { COUNTER_RESERVE, FileStorage, MemoryStorage, MemoryStore, Room, type IncrementalStorage, type RoomChanges, type RoomSnapshot } from '../lib/index.js'
 import { fakeClock } from './fake-clock.js'
 
 /** A socket double that records what the room sends, synchronously. */
@@ -425,6 +425,27 @@ t.test('a clean restart after frames that stored nothing (counter above the last
     again.handleSocketMessage(sc, JSON.stringify({ type: 'reconnect', lastTimestamp: counter - 1, protocolVersion: 2 }))
     t.same(c.sent.filter((f) => f.type === 'resync'), [], `${durability}: nothing was lost`)
     await again.close()
+  }
+})
+
+t.test('MemoryStorage and FileStorage store a lower counter as given: a throttled room\'s last save holds its changes and the counter itself in one write', async (t) => {
+  for (const store of [new MemoryStorage(), new FileStorage({ dir: t.testdir({}), roomId: 'r' }), new MemoryStore().forRoom('r')]) {
+    const saves: Array<[number, unknown]> = []
+    const save = store.save.bind(store)
+    store.save = async (snapshot) => {
+      saves.push([snapshot.timestamp, snapshot.state.k])
+      await save(snapshot)
+    }
+    const room = new Room({ roomId: 'r', createStorage: () => store, saveThrottleMs: 60_000 })
+    await room.load()
+    const a = fakeSocket()
+    const sa = room.handleSocketConnect({ socket: a, clientId: 'a', permissions: 'readwrite' })
+    room.handleSocketMessage(sa, patch('m1', { k: { _exists: true, x: 1 } }))
+    await new Promise((resolve) => setImmediate(resolve))
+    room.handleSocketMessage(sa, patch('m2', { k: { x: 2 } }))
+    await room.close()
+    t.same(saves, [[1 + COUNTER_RESERVE, { _exists: true, x: 1 }], [2, { _exists: true, x: 2 }]], store.constructor.name)
+    t.equal((await store.load())?.timestamp, 2)
   }
 })
 

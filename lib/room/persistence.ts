@@ -1,5 +1,5 @@
 import { isRoomMoved } from '../errors.js'
-import { COUNTER_RESERVE, isIncremental, type IncrementalStorage, type Storage, type StoredEntry } from '../storage/storage.js'
+import { COUNTER_RESERVE, isIncremental, storesAsGiven, type IncrementalStorage, type Storage, type StoredEntry } from '../storage/storage.js'
 import { sizeOf, type Document } from './document.js'
 import type { RoomLogger, RoomObserver } from './session.js'
 import { slotTimers, type SlotEntry, type SlotTimer, type SlotTimers } from './slots.js'
@@ -75,6 +75,8 @@ export class Persistence {
   readonly #durable: boolean
   /** Throttled acks over a storage: writes store a reservation past the counter (see COUNTER_RESERVE). */
   readonly #reserving: boolean
+  /** A snapshot storage that stores a lower counter as given: a final flush is one save (see STORES_AS_GIVEN). */
+  readonly #oneFinalSave: boolean
   /**
    * The highest counter the room may ack (when #reserving): the loaded
    * counter, then below the reservation stored by the last write that
@@ -121,6 +123,7 @@ export class Persistence {
     this.#incremental = storage !== undefined && isIncremental(storage) ? storage : undefined
     this.#durable = this.#incremental !== undefined && options.durability === 'durable'
     this.#reserving = storage !== undefined && !this.#durable
+    this.#oneFinalSave = this.#reserving && this.#incremental === undefined && storesAsGiven(storage!)
   }
 
   /** The room's document was loaded with this counter (stored, maybe a reservation). */
@@ -197,8 +200,9 @@ export class Persistence {
    * changes are written (with a reservation, as usual), one more write
    * stores the counter itself in place of the reservation (see
    * COUNTER_RESERVE). It holds no change: a storage that refuses or ignores
-   * a counter lower than the stored one loses nothing by it.
-   * Asked again before each write: a session may join meanwhile.
+   * a counter lower than the stored one loses nothing by it. (A snapshot
+   * storage marked STORES_AS_GIVEN gets one save holding both.) Asked again
+   * before each write: a session may join meanwhile.
    * @throws the storage's error when the write fails
    */
   async flush (final: () => boolean = () => false): Promise<void> {
@@ -210,8 +214,11 @@ export class Persistence {
         continue
       }
       const changes = this.#pending()
-      if (!changes && !(this.#reserving && this.#reservedThrough > this.#o.document().timestamp && final())) return
-      const err = await this.#write(!changes)
+      let last: boolean
+      if (changes) last = this.#oneFinalSave && final()
+      else if (this.#reserving && this.#reservedThrough > this.#o.document().timestamp && final()) last = true
+      else return
+      const err = await this.#write(last)
       if (err !== undefined) throw err
     }
   }

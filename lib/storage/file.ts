@@ -2,7 +2,7 @@ import { createHash, randomUUID } from 'node:crypto'
 import { mkdir, open, readFile, readdir, rename, stat, unlink } from 'node:fs/promises'
 import { join } from 'node:path'
 import type { RoomSnapshot } from '../protocol/types.js'
-import { checkRoomId, type Storage } from './storage.js'
+import { STORES_AS_GIVEN, checkRoomId, type Storage } from './storage.js'
 
 /** Options of {@link FileStorage}. */
 export interface FileStorageOptions {
@@ -84,6 +84,7 @@ async function sweepTempFiles (dir: string): Promise<void> {
  * removes the temp files that crashes left there more than ten minutes ago.
  */
 export class FileStorage implements Storage {
+  readonly [STORES_AS_GIVEN] = true
   readonly #dir: string
   readonly #file: string
   /** Where a folder written by the reference server keeps this room, read when #file does not exist yet. */

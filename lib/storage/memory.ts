@@ -1,5 +1,5 @@
 import type { ComponentData, FieldTimestamps, RoomSnapshot } from '../protocol/types.js'
-import type { RoomStore, Storage } from './storage.js'
+import { STORES_AS_GIVEN, type RoomStore, type Storage } from './storage.js'
 
 /**
  * Keeps one room's snapshot in process memory (development, tests, the
@@ -10,6 +10,7 @@ import type { RoomStore, Storage } from './storage.js'
  * otherwise, so that later changes by the caller can never leak in.
  */
 export class MemoryStorage implements Storage {
+  readonly [STORES_AS_GIVEN] = true
   #data: { timestamp: number, keys: string[], values: ComponentData[], stamps: FieldTimestamps[] } | null = null
 
   async load (): Promise<RoomSnapshot | null> {
@@ -59,7 +60,8 @@ export class MemoryStore implements RoomStore {
     // Until this room's first save: another handle of the same id may save first, and then both use its store.
     const mine = new MemoryStorage()
     const rooms = this.#saved
-    return {
+    const storage: Storage & { [STORES_AS_GIVEN]: boolean } = {
+      [STORES_AS_GIVEN]: true,
       load: async () => await (rooms.get(roomId) ?? mine).load(),
       save: async (snapshot) => {
         let store = rooms.get(roomId)
@@ -67,5 +69,6 @@ export class MemoryStore implements RoomStore {
         await store.save(snapshot)
       }
     }
+    return storage
   }
 }

@@ -59,6 +59,19 @@ export interface StoredEntry {
  */
 export const COUNTER_RESERVE = 1_000_000
 
+/**
+ * Marks a storage whose `save` stores any snapshot as given, a counter lower
+ * than the stored one included (MemoryStorage, MemoryStore's, FileStorage):
+ * a throttled room's last save then holds its changes and the counter itself
+ * in one write, instead of the changes with a reservation, then the counter.
+ */
+export const STORES_AS_GIVEN: unique symbol = Symbol('fastify-canvas-store.storesAsGiven')
+
+/** True when `storage` is marked with STORES_AS_GIVEN. */
+export function storesAsGiven (storage: Storage): boolean {
+  return (storage as { [STORES_AS_GIVEN]?: boolean })[STORES_AS_GIVEN] === true
+}
+
 /** What changed in a room since its previous `append`. */
 export interface RoomChanges {
   /**
