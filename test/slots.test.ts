@@ -124,7 +124,7 @@ t.test('a room\'s throttled writes: one waiting at a time, run on its slot, canc
   const doc = new Document()
   const persistence = persistenceOf(slots, doc, { load: async () => null, save: async (s) => { saves.push(s) } }, 'throttled')
   // Loaded with counters reserved (as after the first write): changes below the reservation wait for the throttle.
-  persistence.loaded(COUNTER_RESERVE)
+  persistence.loaded(COUNTER_RESERVE, COUNTER_RESERVE)
   for (let i = 0; i < 20; i++) persistence.noteChanges(doc.applyFrame([{ [`k${i}`]: { _exists: true } }])!)
   t.equal(slots.waiting, 1, '20 changes, one write waiting')
   fake.advance(899)
@@ -178,7 +178,9 @@ t.test('throttled: a change past the stored reservation has the waiting throttle
   const saves: RoomSnapshot[] = []
   const doc = new Document()
   const persistence = persistenceOf(slots, doc, { load: async () => null, save: async (s) => { saves.push(s) } }, 'throttled')
-  persistence.loaded(3)
+  t.same(persistence.loaded(5 + COUNTER_RESERVE, 5), { after: 5, before: 5 + COUNTER_RESERVE }, 'a reservation left by a crash: the counters in between may have been acked')
+  t.equal(persistence.loaded(7, 5), null, 'a counter stored as itself (frames that stored nothing): nothing lost')
+  persistence.loaded(3, 3)
   for (let i = 0; i < 3; i++) persistence.noteChanges(doc.applyFrame([{ [`k${i}`]: { _exists: true } }])!)
   t.equal(slots.waiting, 1, 'below the reservation: the throttle')
   t.notOk(persistence.holding)

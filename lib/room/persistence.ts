@@ -126,15 +126,23 @@ export class Persistence {
     this.#oneFinalSave = this.#reserving && this.#incremental === undefined && storesAsGiven(storage!)
   }
 
-  /** The room's document was loaded with this counter (stored, maybe a reservation). */
-  loaded (counter: number): void {
+  /**
+   * The room's document was loaded with this counter (stored, maybe a
+   * reservation) and `lastStamp` its highest field stamp.
+   * @returns the counters a process that crashed with throttled acks may
+   * have acked and not written: above `lastStamp`, below the counter. A gap
+   * of COUNTER_RESERVE or more is such a reservation; a counter written as
+   * itself is above the last stamp only by frames that stored nothing.
+   */
+  loaded (counter: number, lastStamp: number): { after: number, before: number } | null {
     this.#reservedThrough = counter
+    return counter - lastStamp >= COUNTER_RESERVE ? { after: lastStamp, before: counter } : null
   }
 
   /**
    * True when what the room sends must wait for a write: always with durable
-   * acks; with throttled ones while the counter is past the reservation
-   * that has committed (see COUNTER_RESERVE).
+   * acks; with throttled ones while the counter is past the highest one the
+   * committed reservation allows (see #reservedThrough).
    */
   get holding (): boolean {
     return this.#durable || (this.#reserving && this.#o.document().timestamp > this.#reservedThrough)
@@ -281,7 +289,11 @@ export class Persistence {
     this.#queued = false
   }
 
-  /** Cuts and runs one write (`final`: the counter alone, see flush). Resolves with the error, if any; never rejects. */
+  /**
+   * Cuts and runs one write. `final` (throttled acks only, see flush): it
+   * stores the counter itself, not a reservation. Resolves with the error,
+   * if any; never rejects.
+   */
   #write (final = false): Promise<unknown> {
     const storage = this.#o.storage!
     const doc = this.#o.document()
@@ -291,7 +303,7 @@ export class Persistence {
     const through = this.#reserving && !final ? Math.min(counter + COUNTER_RESERVE, Number.MAX_SAFE_INTEGER) : counter
     this.#inFlightThrough = final ? through : through - 1
     // A final write lowers the stored counter: from now on, a counter past it waits for a new reservation.
-    if (this.#reserving && final) this.#reservedThrough = Math.min(this.#reservedThrough, through)
+    if (final) this.#reservedThrough = Math.min(this.#reservedThrough, through)
     let keys: Set<string> | undefined
     let work: Promise<void>
     try {
@@ -303,7 +315,7 @@ export class Persistence {
         for (const key of keys) {
           entries.push({ key, value: doc.get(key)! as StoredEntry['value'], stamps: doc.getStamps(key) as StoredEntry['stamps'] })
         }
-        work = this.#incremental.append(this.#reserving && final ? { timestamp: through, entries, final } : { timestamp: through, entries })
+        work = this.#incremental.append(final ? { timestamp: through, entries, final } : { timestamp: through, entries })
       } else {
         this.#dirty = false
         const snapshot = doc.toSnapshot()

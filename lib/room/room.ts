@@ -14,7 +14,7 @@ import type {
   SessionInfo,
   SessionPermission
 } from '../protocol/types.js'
-import { COUNTER_RESERVE, type Storage } from '../storage/storage.js'
+import type { Storage } from '../storage/storage.js'
 import { catchUpAllowance, type CatchUpAllowance } from './catch-up.js'
 import { Document, Presence, emptyRecord, hasContent, growthOf, isBufferDelta, isLive, type StoredRecords } from './document.js'
 import { DEFAULT_LIMITS, DEFAULT_RATE_LIMIT, DEFAULT_SLOW_CLIENT, TokenBucket, countKeys, ownCount, type RateLimit, type RoomLimits, type SlowClientPolicy } from './limits.js'
@@ -224,11 +224,7 @@ export class Room {
       throw new Error(`the stored snapshot of room ${JSON.stringify(this.roomId)} is malformed (not an object whose state is an object of objects): not loaded, so that nothing overwrites it`)
     }
     this.#doc = Document.fromSnapshot(snapshot)
-    const counter = this.#doc.timestamp
-    // A gap this wide between the last stamp and the counter is a reservation left by a crash (see
-    // COUNTER_RESERVE); a counter written as itself is above the last stamp only by frames that stored nothing.
-    this.#lost = counter - this.#doc.loadedStamp >= COUNTER_RESERVE ? { after: this.#doc.loadedStamp, before: counter } : null
-    this.#persistence.loaded(counter)
+    this.#lost = this.#persistence.loaded(this.#doc.timestamp, this.#doc.loadedStamp)
     this.#fullDiff = null
   }
 
