@@ -67,7 +67,8 @@ function isAdmin (request: FastifyRequest, adminToken: string): boolean {
   const given = typeof header === 'string' && header.startsWith('Bearer ') ? header.slice(7) : typeof query === 'string' ? query : ''
   const a = Buffer.from(given)
   const b = Buffer.from(adminToken)
-  return a.length === b.length && timingSafeEqual(a, b)
+  // An empty admin token (a misconfiguration) lets nobody in, rather than everybody.
+  return b.length > 0 && a.length === b.length && timingSafeEqual(a, b)
 }
 
 /** Builds (does not start) the demo server. Close it with `app.close()`: that also closes the SQLite file. */

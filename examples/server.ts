@@ -3,7 +3,7 @@
  * (one WebSocket route on SQLite, ./data/canvas-store.db, durable acks, and the
  * whiteboard page on `/`), with a demo token policy:
  *   no token -> refused; `deny-...` -> refused; `ro-...` -> readonly; anything else -> readwrite.
- * The admin routes and page use ADMIN_TOKEN (a random one is made and printed when unset).
+ * The admin routes and page use ADMIN_TOKEN (a random one is made and printed when unset or empty).
  * SIGTERM/SIGINT drain the server: readiness flips, new connections get 1013,
  * sessions are closed with 1001 over a few seconds, every room is saved, then it exits.
  */
@@ -13,7 +13,8 @@ import { buildDemoServer } from './demo-app.js'
 
 const port = Number(process.env.PORT ?? 8087)
 const host = process.env.HOST ?? '127.0.0.1'
-const adminToken = process.env.ADMIN_TOKEN ?? randomBytes(12).toString('base64url')
+// Set but empty counts as unset: an empty token would let every request in.
+const adminToken = process.env.ADMIN_TOKEN !== undefined && process.env.ADMIN_TOKEN !== '' ? process.env.ADMIN_TOKEN : randomBytes(12).toString('base64url')
 
 const app = await buildDemoServer({
   dbFile: process.env.DB_FILE ?? './data/canvas-store.db',
