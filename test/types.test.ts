@@ -1,9 +1,11 @@
 // Compile-time checks of the public types: `npm run typecheck` fails if any
 // expected error below stops being an error. The runtime part only checks
 // that the function exists; it is never called with these bad options.
+import type BetterSqlite3 from 'better-sqlite3'
 import Fastify from 'fastify'
+import type pg from 'pg'
 import t from 'tap'
-import canvasStore, { RoomManager, FileStorage, type CanvasStoreOptions, type Storage } from '../lib/index.js'
+import canvasStore, { RoomManager, FileStorage, type CanvasStoreOptions, type PostgresStorageOptions, type SqliteStorageOptions, type Storage } from '../lib/index.js'
 
 /** Marks values as used, for the compiler. */
 function use (..._values: unknown[]): void {}
@@ -30,6 +32,18 @@ async function typeChecks (): Promise<void> {
   // @ts-expect-error a Storage needs save
   const badStorage: Storage = { load: async () => null }
   use(bad, badPath, badAdmin, badStorage)
+
+  // The storages' options name the pool and the database by their members (the package's declarations do not
+  // import @types/pg or @types/better-sqlite3): the real ones fit, other objects do not.
+  const pool = null as unknown as pg.Pool
+  const database = null as unknown as BetterSqlite3.Database
+  const pgOptions: PostgresStorageOptions = { pool }
+  const sqliteOptions: SqliteStorageOptions = { database }
+  // @ts-expect-error not a pool
+  const badPool: PostgresStorageOptions = { pool: { query: async () => ({}) } }
+  // @ts-expect-error not a database
+  const badDatabase: SqliteStorageOptions = { database: { prepare: () => null } }
+  use(pgOptions, sqliteOptions, badPool, badDatabase)
 }
 
 t.test('type checks compile', async (t) => {

@@ -5,10 +5,21 @@ import type { RoomSnapshot } from '../protocol/types.js'
 import { checkOwner, entryRows, rowsToSnapshot, settle, snapshotRows, type EntryRow } from './rows.js'
 import { COUNTER_RESERVE, checkRoomId, type IncrementalStorage, type PendingAppend as Pending, type RoomChanges, type RoomStore } from './storage.js'
 
+/**
+ * A `pg.Pool`, as the storage's options name it: by the methods it uses, so
+ * that the package's type declarations do not need `@types/pg` (an
+ * application without it, and without `skipLibCheck`, still compiles). A
+ * real `pg.Pool` fits.
+ */
+export interface PgPool {
+  connect(): Promise<unknown>
+  query(text: string, values?: unknown[]): Promise<unknown>
+}
+
 /** Options of {@link PostgresStorage}: give `pool` or `connectionString`. */
 export interface PostgresStorageOptions {
-  /** A pool you own: the storage never ends it. */
-  pool?: pg.Pool
+  /** A pool you own (a `pg.Pool`): the storage never ends it. */
+  pool?: PgPool
   /** Or a connection string: the storage makes its own pool and ends it in `close()`. */
   connectionString?: string
   /**
@@ -49,7 +60,7 @@ export class PostgresStorage implements RoomStore {
     this.#rooms = `${prefix}_rooms`
     this.#entries = `${prefix}_entries`
     if (options.pool !== undefined) {
-      this.#pool = options.pool
+      this.#pool = options.pool as pg.Pool
       this.#owned = false
     } else if (typeof options.connectionString === 'string') {
       const { Pool } = createRequire(import.meta.url)('pg') as typeof pg

@@ -7,6 +7,20 @@ import type { RoomSnapshot } from '../protocol/types.js'
 import { checkOwner, entryRows, rowsToSnapshot, settle, snapshotRows, type EntryRow } from './rows.js'
 import { COUNTER_RESERVE, checkRoomId, type IncrementalStorage, type PendingAppend as Pending, type RoomChanges, type RoomStore } from './storage.js'
 
+/**
+ * A better-sqlite3 `Database`, as the storage's options name it: by the
+ * members it uses, so that the package's type declarations do not need
+ * `@types/better-sqlite3` (an application without it, and without
+ * `skipLibCheck`, still compiles). A real `Database` fits.
+ */
+export interface SqliteDatabase {
+  readonly name: string
+  readonly memory: boolean
+  prepare(source: string): unknown
+  pragma(source: string, options?: { simple?: boolean }): unknown
+  transaction(fn: (...args: any[]) => unknown): unknown
+}
+
 /** Options of {@link SqliteStorage}. */
 export interface SqliteStorageOptions {
   /**
@@ -21,7 +35,7 @@ export interface SqliteStorageOptions {
    * default busy timeout (5 s) blocks the event loop, every room with it,
    * while another process holds the write lock.
    */
-  database?: BetterSqlite3.Database
+  database?: SqliteDatabase
   /**
    * SQLite `synchronous` setting. `FULL` survives power loss; `NORMAL`
    * (with WAL) survives a process crash and is faster.
@@ -84,7 +98,7 @@ export class SqliteStorage implements RoomStore {
     const prefix = options.tablePrefix ?? 'canvas_store'
     if (!/^[A-Za-z_][A-Za-z0-9_]{0,40}$/.test(prefix)) throw new TypeError('SqliteStorage: tablePrefix must be a plain SQL identifier')
     if (options.database !== undefined) {
-      this.#db = options.database
+      this.#db = options.database as BetterSqlite3.Database
       this.#owned = false
     } else {
       const file = options.file ?? './data/canvas-store.db'
