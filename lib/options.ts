@@ -157,7 +157,7 @@ export interface CanvasStoreOptions {
   connectionRateLimit?: { max?: number, timeWindow?: number, allowList?: string[] } | false
   /**
    * Policy for sessions that cannot keep up; `false` to turn off.
-   * @default { softBytes: 1 MiB, hardBytes: 64 MiB, maxSlowMs: 30000 }
+   * @default { softBytes: 1 MiB, hardBytes: 64 MiB, maxSlowMs: 30000, catchUpBytes: 256 MiB }
    */
   slowClient?: Partial<SlowClientPolicy> | false
   /**
