@@ -1,4 +1,4 @@
-import createError from '@fastify/error'
+import { createError } from '@fastify/error'
 
 /** Prefix of every error code this plugin produces. */
 export const ERROR_PREFIX = 'CANVAS_STORE_'

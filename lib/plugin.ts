@@ -152,7 +152,13 @@ async function registerOpenapi (fastify: FastifyInstance, openapi: NonNullable<R
   }
   fastify.get(openapi.path, { schema: { hide: true } }, async () => fastify.swagger())
   if (openapi.ui) {
-    const { default: swaggerUi } = await import('@fastify/swagger-ui')
+    const { default: swaggerUi } = await import('@fastify/swagger-ui').catch((err: unknown) => {
+      const { code, message } = err as { code?: unknown, message?: unknown }
+      if (code === 'ERR_MODULE_NOT_FOUND' && typeof message === 'string' && message.includes("'@fastify/swagger-ui'")) {
+        throw new Error('openapi.ui needs the optional package @fastify/swagger-ui: npm install @fastify/swagger-ui@5', { cause: err })
+      }
+      throw err
+    })
     await fastify.register(swaggerUi, { routePrefix: openapi.uiPrefix })
   }
 }

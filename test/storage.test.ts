@@ -10,6 +10,7 @@ import { ODD_ROOM_IDS, storageContract as contractCases } from '../lib/testing.j
 import type { IncrementalStorage, Storage } from '../lib/index.js'
 import { MAX_KEY_LENGTH } from '../lib/protocol/frames.js'
 import { MAX_ID_LENGTH } from '../lib/routes/schemas.js'
+import { requirePeer } from '../lib/storage/rows.js'
 
 /** `length` UTF-16 units of CJK characters in no order (3 bytes each as UTF-8, nothing for a compressor to find). */
 function wideText (length: number, seed: number): string {
@@ -519,3 +520,12 @@ if (pgUrl === undefined || pgUrl === '') {
     }
   })
 }
+
+t.test('an optional package that is not installed is named with what to install; an installed one loads; other failures pass through', async (t) => {
+  t.throws(() => requirePeer('canvas-store-no-such-package', '3', 'SomeStorage'), {
+    message: 'SomeStorage needs the optional package canvas-store-no-such-package: npm install canvas-store-no-such-package@3'
+  })
+  t.equal(requirePeer<typeof Database>('better-sqlite3', '12', 'SqliteStorage'), Database)
+  const dir = t.testdir({ broken: { 'package.json': '{"name":"broken","main":"index.js"}', 'index.js': "require('./missing-inside')" } })
+  t.throws(() => requirePeer(join(dir, 'broken'), '1', 'SomeStorage'), { code: 'MODULE_NOT_FOUND', message: /missing-inside/ }, 'a module missing inside the package is its own error')
+})

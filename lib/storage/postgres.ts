@@ -1,8 +1,7 @@
 import { randomUUID } from 'node:crypto'
-import { createRequire } from 'node:module'
 import type pg from 'pg'
 import type { RoomSnapshot } from '../protocol/types.js'
-import { checkOwner, entryRows, rowsToSnapshot, settle, snapshotRows, type EntryRow } from './rows.js'
+import { checkOwner, entryRows, requirePeer, rowsToSnapshot, settle, snapshotRows, type EntryRow } from './rows.js'
 import { COUNTER_RESERVE, checkRoomId, type IncrementalStorage, type PendingAppend as Pending, type RoomChanges, type RoomStore } from './storage.js'
 
 /**
@@ -63,7 +62,7 @@ export class PostgresStorage implements RoomStore {
       this.#pool = options.pool as pg.Pool
       this.#owned = false
     } else if (typeof options.connectionString === 'string') {
-      const { Pool } = createRequire(import.meta.url)('pg') as typeof pg
+      const { Pool } = requirePeer<typeof pg>('pg', '8', 'PostgresStorage')
       // TCP keep-alive: a connection whose peer vanished without a reset is found out, not waited on forever.
       this.#pool = new Pool({ connectionString: options.connectionString, keepAlive: true })
       // An idle connection that dies emits 'error' on the pool; unhandled, it would end the process.

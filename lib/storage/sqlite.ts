@@ -1,10 +1,9 @@
 import { randomUUID } from 'node:crypto'
 import { mkdirSync, statSync } from 'node:fs'
-import { createRequire } from 'node:module'
 import { dirname, resolve } from 'node:path'
 import type BetterSqlite3 from 'better-sqlite3'
 import type { RoomSnapshot } from '../protocol/types.js'
-import { checkOwner, entryRows, rowsToSnapshot, settle, snapshotRows, type EntryRow } from './rows.js'
+import { checkOwner, entryRows, requirePeer, rowsToSnapshot, settle, snapshotRows, type EntryRow } from './rows.js'
 import { COUNTER_RESERVE, checkRoomId, type IncrementalStorage, type PendingAppend as Pending, type RoomChanges, type RoomStore } from './storage.js'
 
 /**
@@ -101,9 +100,10 @@ export class SqliteStorage implements RoomStore {
       this.#db = options.database as BetterSqlite3.Database
       this.#owned = false
     } else {
+      // Loaded first: without the package, nothing is created on disk.
+      const Database = requirePeer<typeof BetterSqlite3>('better-sqlite3', '12', 'SqliteStorage')
       const file = options.file ?? './data/canvas-store.db'
       if (file !== ':memory:') mkdirSync(dirname(file), { recursive: true })
-      const Database = createRequire(import.meta.url)('better-sqlite3') as typeof BetterSqlite3
       this.#db = new Database(file)
       this.#owned = true
     }
