@@ -6,6 +6,7 @@ import type { WebSocket } from 'ws'
 import { CloseCode } from './errors.js'
 import { Metrics } from './metrics.js'
 import { resolveOptions, type CanvasStoreOptions, type ResolvedOptions } from './options.js'
+import { requirePeer } from './peer.js'
 import { catchUpAllowance } from './room/catch-up.js'
 import type { RoomOptions } from './room/room.js'
 import { RoomManager } from './room/room-manager.js'
@@ -152,13 +153,7 @@ async function registerOpenapi (fastify: FastifyInstance, openapi: NonNullable<R
   }
   fastify.get(openapi.path, { schema: { hide: true } }, async () => fastify.swagger())
   if (openapi.ui) {
-    const { default: swaggerUi } = await import('@fastify/swagger-ui').catch((err: unknown) => {
-      const { code, message } = err as { code?: unknown, message?: unknown }
-      if (code === 'ERR_MODULE_NOT_FOUND' && typeof message === 'string' && message.includes("'@fastify/swagger-ui'")) {
-        throw new Error('openapi.ui needs the optional package @fastify/swagger-ui: npm install @fastify/swagger-ui@5', { cause: err })
-      }
-      throw err
-    })
+    const swaggerUi = requirePeer<typeof import('@fastify/swagger-ui')>('@fastify/swagger-ui', '5', 'openapi.ui')
     await fastify.register(swaggerUi, { routePrefix: openapi.uiPrefix })
   }
 }

@@ -157,6 +157,15 @@ t.test('OpenAPI: the admin and health routes, with error codes', async (t) => {
   t.notOk(Object.keys(spec.paths).some((p) => p.startsWith('/sync')), 'the WebSocket route is hidden')
 })
 
+t.test('OpenAPI: ui serves @fastify/swagger-ui (an optional package, loaded only then) at uiPrefix', async (t) => {
+  const app = await build(t, { admin: { auth: false, prefix: '/admin' }, openapi: { ui: true, uiPrefix: '/docs' } })
+  const page = await app.inject('/docs')
+  t.equal(page.statusCode, 200)
+  t.match(page.headers['content-type'], /text\/html/)
+  const spec = (await app.inject('/docs/json')).json()
+  t.ok(spec.paths['/admin/rooms'], 'the UI reads the plugin\'s spec')
+})
+
 t.test('OpenAPI: the plugin\'s own @fastify/swagger describes its routes alone and leaves the app free to register its own', async (t) => {
   const app = Fastify({ logger: false })
   t.teardown(() => app.close())

@@ -10,7 +10,7 @@ import { ODD_ROOM_IDS, storageContract as contractCases } from '../lib/testing.j
 import type { IncrementalStorage, Storage } from '../lib/index.js'
 import { MAX_KEY_LENGTH } from '../lib/protocol/frames.js'
 import { MAX_ID_LENGTH } from '../lib/routes/schemas.js'
-import { requirePeer } from '../lib/storage/rows.js'
+import { requirePeer } from '../lib/peer.js'
 
 /** `length` UTF-16 units of CJK characters in no order (3 bytes each as UTF-8, nothing for a compressor to find). */
 function wideText (length: number, seed: number): string {

@@ -1,7 +1,8 @@
 import { randomUUID } from 'node:crypto'
 import type pg from 'pg'
 import type { RoomSnapshot } from '../protocol/types.js'
-import { checkOwner, entryRows, requirePeer, rowsToSnapshot, settle, snapshotRows, type EntryRow } from './rows.js'
+import { requirePeer } from '../peer.js'
+import { checkOwner, entryRows, rowsToSnapshot, settle, snapshotRows, type EntryRow } from './rows.js'
 import { COUNTER_RESERVE, checkRoomId, type IncrementalStorage, type PendingAppend as Pending, type RoomChanges, type RoomStore } from './storage.js'
 
 /**

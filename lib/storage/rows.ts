@@ -1,25 +1,6 @@
-import { createRequire } from 'node:module'
 import type { ComponentData, FieldTimestamps, RoomSnapshot } from '../protocol/types.js'
 import { RoomMovedError } from '../errors.js'
 import type { PendingAppend, StoredEntry } from './storage.js'
-
-const require = createRequire(import.meta.url)
-
-/**
- * An optional peer dependency of a storage (`pg`, `better-sqlite3`): the
- * module, or, when it is not installed, an error that says what to install.
- */
-export function requirePeer<T> (name: string, range: string, user: string): T {
-  try {
-    return require(name) as T
-  } catch (err) {
-    const { code, message } = err as { code?: unknown, message?: unknown }
-    if (code === 'MODULE_NOT_FOUND' && typeof message === 'string' && message.startsWith(`Cannot find module '${name}'`)) {
-      throw new Error(`${user} needs the optional package ${name}: npm install ${name}@${range}`, { cause: err })
-    }
-    throw err
-  }
-}
 
 /** One document key as the SQL storages keep it: the JSON of its value and of its field timestamps. */
 export interface EntryRow {

@@ -3,7 +3,8 @@ import { mkdirSync, statSync } from 'node:fs'
 import { dirname, resolve } from 'node:path'
 import type BetterSqlite3 from 'better-sqlite3'
 import type { RoomSnapshot } from '../protocol/types.js'
-import { checkOwner, entryRows, requirePeer, rowsToSnapshot, settle, snapshotRows, type EntryRow } from './rows.js'
+import { requirePeer } from '../peer.js'
+import { checkOwner, entryRows, rowsToSnapshot, settle, snapshotRows, type EntryRow } from './rows.js'
 import { COUNTER_RESERVE, checkRoomId, type IncrementalStorage, type PendingAppend as Pending, type RoomChanges, type RoomStore } from './storage.js'
 
 /**
