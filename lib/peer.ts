@@ -1,6 +1,11 @@
 import { createRequire } from 'node:module'
 
-const require = createRequire(import.meta.url)
+/**
+ * Made on first use, not when the module loads, and from the module's file
+ * name where import.meta.url is missing: an app bundled to CommonJS (which
+ * empties import.meta) loads the plugin and its optional packages.
+ */
+let require: NodeJS.Require | null = null
 
 /**
  * An optional peer dependency (`pg`, `better-sqlite3`, `@fastify/swagger-ui`),
@@ -11,6 +16,7 @@ const require = createRequire(import.meta.url)
  */
 export function requirePeer<T> (name: string, major: string, user: string): T {
   try {
+    require ??= createRequire(typeof import.meta.url === 'string' ? import.meta.url : __filename)
     return require(name) as T
   } catch (err) {
     const { code, message } = err as { code?: unknown, message?: unknown }

@@ -3,16 +3,34 @@
 // @types, with skipLibCheck off, under each module resolution an app may use.
 import t from 'tap'
 import { execFile } from 'node:child_process'
-import { cp, mkdir, mkdtemp, readdir, rm, symlink, writeFile } from 'node:fs/promises'
+import { existsSync } from 'node:fs'
+import { cp, mkdir, mkdtemp, readFile, rm, symlink, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
-import { join } from 'node:path'
+import { dirname, join } from 'node:path'
 import { promisify } from 'node:util'
 
 const root = join(import.meta.dirname, '..')
 const run = promisify(execFile)
 const tsc = join(root, 'node_modules', 'typescript', 'bin', 'tsc')
-/** Left out of the app: the optional storage drivers, their types, and the repo's own name. */
-const absent = new Set(['pg', 'better-sqlite3', '@types/pg', '@types/better-sqlite3', 'fastify-canvas-store'])
+/**
+ * What an app that installs the package has: the package's dependencies, fastify (the peer), @types/node,
+ * and what they depend on, as installed in the repo (not its devDependencies, nor the optional peers).
+ */
+async function installed (): Promise<Set<string>> {
+  const manifest = async (name: string): Promise<Record<string, Record<string, unknown> | undefined>> =>
+    JSON.parse(await readFile(join(root, 'node_modules', name, 'package.json'), 'utf8'))
+  const own = JSON.parse(await readFile(join(root, 'package.json'), 'utf8')) as { dependencies: Record<string, string> }
+  const names = new Set<string>()
+  const todo = [...Object.keys(own.dependencies), 'fastify', '@types/node']
+  for (let name = todo.pop(); name !== undefined; name = todo.pop()) {
+    if (names.has(name) || !existsSync(join(root, 'node_modules', name, 'package.json'))) continue
+    names.add(name)
+    const { dependencies = {}, peerDependencies = {}, peerDependenciesMeta = {} } = await manifest(name)
+    todo.push(...Object.keys(dependencies))
+    todo.push(...Object.keys(peerDependencies).filter((peer) => (peerDependenciesMeta[peer] as { optional?: boolean } | undefined)?.optional !== true))
+  }
+  return names
+}
 
 const app = `
 import Fastify from 'fastify'
@@ -48,16 +66,9 @@ t.test('the type declarations compile in an app without pg, better-sqlite3 or th
   await cp(join(root, 'package.json'), join(pkg, 'package.json'))
   await run(process.execPath, [tsc, '-p', join(root, 'tsconfig.build.json'), '--outDir', join(pkg, 'dist'),
     '--declaration', '--emitDeclarationOnly', '--sourceMap', 'false', '--inlineSources', 'false'])
-  for (const name of await readdir(join(root, 'node_modules'))) {
-    if (name.startsWith('.')) continue
-    if (!name.startsWith('@')) {
-      if (!absent.has(name)) await symlink(join(root, 'node_modules', name), join(modules, name))
-      continue
-    }
-    await mkdir(join(modules, name), { recursive: true })
-    for (const inner of await readdir(join(root, 'node_modules', name))) {
-      if (!absent.has(`${name}/${inner}`)) await symlink(join(root, 'node_modules', name, inner), join(modules, name, inner))
-    }
+  for (const name of await installed()) {
+    await mkdir(dirname(join(modules, name)), { recursive: true })
+    await symlink(join(root, 'node_modules', name), join(modules, name))
   }
   for (const [mode, options] of Object.entries(modes)) {
     const compilerOptions = { strict: true, skipLibCheck: false, noEmit: true, target: 'es2022', types: ['node'], ...options }
@@ -65,4 +76,21 @@ t.test('the type declarations compile in an app without pg, better-sqlite3 or th
     const result = await run(process.execPath, [tsc, '-p', dir]).then(() => '', (err: { stdout?: string }) => err.stdout ?? String(err))
     t.equal(result, '', mode)
   }
+})
+
+t.test('an app bundled to CommonJS (esbuild --format=cjs, where import.meta is empty) loads the plugin and its optional packages, and serves', async (t) => {
+  // Inside the repo, so that the bundle's require() of the dependencies finds them.
+  const dir = t.testdir({})
+  const bundle = join(dir, 'bundle.cjs')
+  await run(join(root, 'node_modules', '.bin', 'esbuild'), [join(root, 'lib', 'index.ts'), '--bundle', '--platform=node', '--format=cjs',
+    '--packages=external', '--log-level=error', `--outfile=${bundle}`])
+  const script = `
+    const Fastify = require('fastify')
+    const { default: canvasStore, SqliteStorage } = require(${JSON.stringify(bundle)})
+    const app = Fastify()
+    app.register(canvasStore, { path: '/sync', storage: new SqliteStorage({ file: ':memory:' }) })
+    app.ready().then(() => app.inject('/sync?roomId=r&clientId=c')).then((res) => { console.log(res.statusCode); return app.close() })
+  `
+  const { stdout } = await run(process.execPath, ['-e', script], { cwd: root })
+  t.equal(stdout.trim(), '426', 'the WebSocket route answers a plain GET with 426')
 })

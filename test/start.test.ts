@@ -15,8 +15,16 @@ async function start (t: Test, env: Record<string, string>): Promise<{ npm: Chil
     env: { ...process.env, PORT: '0', DB_FILE: join(dir, 'db.sqlite'), LOG_LEVEL: 'info', ...env },
     stdio: ['ignore', 'pipe', 'inherit']
   })
-  t.teardown(() => { if (npm.exitCode === null) npm.kill('SIGKILL') })
   let serverPid = 0
+  t.teardown(() => {
+    // npm does not pass a SIGKILL on: the server (its own process, exec'd by the start script) is killed too.
+    if (npm.exitCode === null) npm.kill('SIGKILL')
+    if (serverPid !== 0) {
+      try {
+        process.kill(serverPid, 'SIGKILL')
+      } catch {}
+    }
+  })
   const banner = new Map<string, string>()
   await new Promise<void>((resolve, reject) => {
     npm.once('exit', (code) => reject(new Error(`npm start exited (${code}) before printing its address`)))

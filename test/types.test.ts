@@ -41,9 +41,11 @@ async function typeChecks (): Promise<void> {
   const sqliteOptions: SqliteStorageOptions = { database }
   // @ts-expect-error not a pool
   const badPool: PostgresStorageOptions = { pool: { query: async () => ({}) } }
+  // @ts-expect-error a pg.Client is not a pool: its connect() gives no client to release
+  const clientAsPool: PostgresStorageOptions = { pool: null as unknown as pg.Client }
   // @ts-expect-error not a database
   const badDatabase: SqliteStorageOptions = { database: { prepare: () => null } }
-  use(pgOptions, sqliteOptions, badPool, badDatabase)
+  use(pgOptions, sqliteOptions, badPool, clientAsPool, badDatabase)
 }
 
 t.test('type checks compile', async (t) => {

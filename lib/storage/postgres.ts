@@ -12,8 +12,16 @@ import { COUNTER_RESERVE, checkRoomId, type IncrementalStorage, type PendingAppe
  * real `pg.Pool` fits.
  */
 export interface PgPool {
-  connect(): Promise<unknown>
+  connect(): Promise<PgPoolClient>
   query(text: string, values?: unknown[]): Promise<unknown>
+}
+
+/** A client checked out of a {@link PgPool} (a `pg.PoolClient`), by the members the storage uses. */
+export interface PgPoolClient {
+  query(text: string, values?: unknown[]): Promise<unknown>
+  on(event: 'error', listener: (err: Error) => void): unknown
+  off(event: 'error', listener: (err: Error) => void): unknown
+  release(destroy?: boolean | Error): void
 }
 
 /** Options of {@link PostgresStorage}: give `pool` or `connectionString`. */

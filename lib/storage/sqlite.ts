@@ -17,6 +17,7 @@ export interface SqliteDatabase {
   readonly name: string
   readonly memory: boolean
   prepare(source: string): unknown
+  exec(source: string): unknown
   pragma(source: string, options?: { simple?: boolean }): unknown
   transaction(fn: (...args: any[]) => unknown): unknown
 }
