@@ -1,5 +1,6 @@
-import type { FastifyInstance } from 'fastify'
+import Fastify, { type FastifyInstance } from 'fastify'
 import t from 'tap'
+import canvasStore from '../lib/index.js'
 import { ACK, CLIENT_COUNT, Peer, build, connect, connectReal, listen, roomOf, stateOf, write } from './helper.js'
 
 const RATE_LIMITED = 'CANVAS_STORE_RATE_LIMITED'
@@ -276,6 +277,25 @@ t.test('connectionRateLimit: with the default allowList, loopback is exempt', as
   }
   t.equal(roomOf(app).getSessionCount(), 10, 'ten connections from 127.0.0.1 with max 2')
   await Promise.all(peers.map((p) => p.close()))
+})
+
+t.test('connectionRateLimit behind a proxy Fastify trusts (trustProxy): a bucket per forwarded client, as the README says', async (t) => {
+  // The proxy's own address, not `true`: with every hop trusted, request.ip is the left-most X-Forwarded-For
+  // entry, which the client writes.
+  const app = Fastify({ logger: false, trustProxy: '127.0.0.1' })
+  t.teardown(() => app.close())
+  await app.register(canvasStore, { connectionRateLimit: { max: 2, timeWindow: 60_000 } })
+  // Plain GETs count too (426): every request reaches the route through the proxy on 127.0.0.1.
+  const from = async (client?: string): Promise<number> => (await app.inject({
+    url: '/sync?roomId=r&clientId=c',
+    remoteAddress: '127.0.0.1',
+    headers: client === undefined ? {} : { 'x-forwarded-for': client }
+  })).statusCode
+  t.same([await from('203.0.113.1'), await from('203.0.113.1'), await from('203.0.113.1')], [426, 426, 429], 'one client past max')
+  t.equal(await from('203.0.113.2'), 426, 'another client behind the same proxy has its own bucket')
+  t.same([await from(), await from(), await from()], [426, 426, 426], 'the proxy itself (loopback) is exempt')
+  t.same([await from('127.0.0.1, 203.0.113.3'), await from('127.0.0.1, 203.0.113.3'), await from('127.0.0.1, 203.0.113.3')], [426, 426, 429],
+    'a client that writes a loopback address into X-Forwarded-For is still counted by the address the proxy added')
 })
 
 t.test('connectionRateLimit: false turns the connection limit off', async (t) => {
