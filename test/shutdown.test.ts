@@ -124,3 +124,32 @@ function fakeSocket (): { socket: WebSocketLike, sent: any[] } {
   const sent: any[] = []
   return { sent, socket: { send: (data: string) => { sent.push(JSON.parse(data)) }, close () {} } }
 }
+
+t.test('app.close() during a drain closes its sessions at once and settles the drain, instead of holding the process for grace + jitter', async (t) => {
+  const app = Fastify({ logger: false })
+  await app.register(canvasStore, {})
+  const base = await listen(app)
+  const peer = await connectReal(base, { roomId: 'r', clientId: 'a' })
+  await peer.next((f) => f.type === 'clientCount')
+  // Ten minutes: on code that waits for the drain's own timers, this test times out.
+  const drained = app.canvasStore.drain({ graceMs: 600_000, jitterMs: 0 })
+  await app.close()
+  await drained
+  t.equal((await peer.closed).code, 1001)
+  t.equal(app.canvasStore.getRoomIds().length, 0, 'the room was saved and unloaded')
+})
+
+t.test('app.close(): an upgrade that arrives while the app closes gets Fastify\'s 503 (return503OnClosing), as the README says', async (t) => {
+  const app = Fastify({ logger: false })
+  await app.register(canvasStore, {})
+  let base = ''
+  let late: Promise<unknown> | undefined
+  // Runs after the plugin's own preClose (which closes the sockets), while the server still listens.
+  app.addHook('preClose', async () => {
+    late = connectReal(base, { roomId: 'r', clientId: 'late' }).then(async (peer) => await peer.closed, (err: Error) => err.message)
+    await late
+  })
+  base = await listen(app)
+  await app.close()
+  t.equal(await late, 'Unexpected server response: 503')
+})

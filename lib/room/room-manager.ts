@@ -65,6 +65,8 @@ export class RoomManager {
   readonly #closeTimeoutMs: number
   #closed = false
   #drain: Promise<void> | null = null
+  /** The drain's pending session closes, by timer: closeAll runs them at once (see #drainSessions). */
+  readonly #drainCloses = new Map<NodeJS.Timeout, () => void>()
 
   constructor (options: RoomManagerOptions = {}) {
     const idle = options.idleTimeout ?? DEFAULT_IDLE_TIMEOUT
@@ -183,10 +185,13 @@ export class RoomManager {
     for (const room of this.#rooms.values()) {
       for (const { sessionId } of room.getSessions()) {
         closes.push(new Promise((resolve) => {
-          setTimeout(() => {
+          const close = (): void => {
+            this.#drainCloses.delete(timer)
             room.disconnectSession(sessionId, CloseCode.GOING_AWAY, 'Server restarting')
             resolve()
-          }, graceMs + Math.random() * jitterMs)
+          }
+          const timer = setTimeout(close, graceMs + Math.random() * jitterMs)
+          this.#drainCloses.set(timer, close)
         }))
       }
     }
@@ -204,6 +209,12 @@ export class RoomManager {
     this.#closed = true
     for (const timer of this.#idleTimers.values()) clearTimeout(timer)
     this.#idleTimers.clear()
+    // Closed during a drain (app.close() before the drain's end): its sessions close now, not up to
+    // grace + jitter later with the process held open for them, and the drain's promise settles.
+    for (const [timer, close] of this.#drainCloses) {
+      clearTimeout(timer)
+      close()
+    }
     // A load that fails (or ends after the close: 'RoomManager is closed') was reported to its connection.
     await this.#settleBy(Array.from(this.#loading, ([roomId, load]) => [roomId, load.catch(() => {})]), 'load')
     const rooms = Array.from(this.#rooms)
