@@ -579,12 +579,12 @@ export class Room {
     const ephs = hasContent(frame.ephemeralPatches) ? frame.ephemeralPatches : undefined
     const readwrite = session.permissions === 'readwrite'
     const seen = frame.lastTimestamp
-    const lost = this.#lost
     // The client saw a counter we never reached: we lost acked work (crash, restore). Or one that a process
     // which crashed with throttled acks gave and never wrote (see #lost): no counter of this process's is
-    // below the loaded one, it only gives higher ones.
-    const resync = readwrite && (seen > counter || (lost !== null && seen > lost.after && seen < lost.before))
-    const since = seen > counter || lost === null ? counter : lost.after
+    // below the loaded one, it only gives higher ones. It re-sends what it holds after the last one stored.
+    const lostAfter = this.#lost !== null && seen > this.#lost.after && seen < this.#lost.before ? this.#lost.after : null
+    const resync = readwrite && (seen > counter || lostAfter !== null)
+    const since = lostAfter ?? counter
     if (readwrite) {
       if (docs !== undefined || ephs !== undefined) this.#applyWithinLimits(session, docs, ephs, bufferItems, chars, undefined)
     } else if (docs !== undefined) {
