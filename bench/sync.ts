@@ -36,7 +36,8 @@
  * BENCH_QUIET_S=5 seconds) for the other processes to use less than 25% of
  * the CPU, and shows how busy the machine was (`other CPU before the run`).
  *
- * Every run's numbers are also written to bench/results/sync-*.json (ignored by git).
+ * Every run's numbers are also written to bench/results/sync-*.json (ignored by git; BENCH_RESULTS=DIR
+ * writes them there instead).
  */
 import { spawn, type ChildProcess } from 'node:child_process'
 import { execFileSync } from 'node:child_process'
@@ -69,7 +70,7 @@ interface Scenario {
 }
 
 const here = dirname(fileURLToPath(import.meta.url))
-const resultsDir = join(here, 'results')
+const resultsDir = process.env.BENCH_RESULTS ?? join(here, 'results')
 const rounds = positive('BENCH_ROUNDS', 3)
 const seconds = positive('BENCH_SECONDS', 10)
 const memoryRooms = positive('BENCH_MEMORY_ROOMS', 10_000)
