@@ -464,3 +464,22 @@ t.test('a bound that wins lets go of the call it refused: a promise that authori
   }
   t.equal(refs.filter((ref) => ref.deref() !== undefined).length, 0, 'every refused call was collected')
 })
+
+t.test('a decision made at once sets no timer: only an authorize that returns a promise is bounded', async (t) => {
+  const bounds = new Bounds()
+  const info = { roomId: 'r', clientId: 'a', token: '', request: undefined }
+  const timers = () => process.getActiveResourcesInfo().filter((kind) => kind === 'Timeout').length
+  const before = timers()
+  const sync = bounds.authorize(() => ({ permissions: 'readonly' }), info, 60_000)
+  t.equal(timers(), before, 'no timer for a synchronous decision')
+  t.same(await sync, { permissions: 'readonly' })
+  const thrown = bounds.authorize(() => { throw httpError(403, 'no') }, info, 60_000)
+  t.equal(timers(), before, 'nor for a synchronous throw')
+  await t.rejects(thrown, { message: 'no' }, 'which rejects the call')
+  const decision = gate<AuthorizeResult>()
+  const later = bounds.authorize(async () => await decision.promise, info, 60_000)
+  t.equal(timers(), before + 1, 'a promise is bounded')
+  decision.open({ permissions: 'readwrite' })
+  t.same(await later, { permissions: 'readwrite' })
+  t.equal(timers(), before, 'and its timer cleared once it settles')
+})

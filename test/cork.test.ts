@@ -3,7 +3,10 @@ import { once } from 'node:events'
 import { createServer } from 'node:http'
 import type { AddressInfo, Socket } from 'node:net'
 import { WebSocket, WebSocketServer } from 'ws'
+import websocket from '@fastify/websocket'
+import type { IncomingMessage } from 'node:http'
 import { CorkedSocket, closeAbusive } from '../lib/routes/cork.js'
+import { build, connectReal, gate, listen } from './helper.js'
 
 /** A ws server on 127.0.0.1:0 and one client connected to it; both closed at teardown. */
 async function pair (t: { teardown: (fn: () => unknown) => void }, perMessageDeflate: boolean): Promise<{ server: WebSocket, client: WebSocket }> {
@@ -330,4 +333,74 @@ t.test('a large frame reused in a later turn, in a turn that also encodes other 
   b.send(x)
   t.same((await gotA).map((f) => f.text.length), [100_000, 100_000])
   t.same((await gotB).map((f) => f.text), [y, x])
+})
+
+/** Records each write an upgraded connection's net.Socket makes (one system call each): a lone chunk, or several at once. */
+function recordWrites (app: Awaited<ReturnType<typeof build>>): Array<{ path: string, chunks: string[] }> {
+  const writes: Array<{ path: string, chunks: string[] }> = []
+  app.websocketServer.on('headers', (_headers: string[], req: IncomingMessage) => {
+    const socket = req.socket as Socket & {
+      _write: (chunk: unknown, encoding: string, cb: () => void) => void
+      _writev: (chunks: Array<{ chunk: unknown }>, cb: () => void) => void
+    }
+    const path = String(req.url).split('?')[0]
+    const write = socket._write
+    const writev = socket._writev
+    socket._write = function (chunk, encoding, cb) {
+      writes.push({ path, chunks: [String(chunk)] })
+      write.call(this, chunk, encoding, cb)
+    }
+    socket._writev = function (chunks, cb) {
+      writes.push({ path, chunks: chunks.map((c) => String(c.chunk)) })
+      writev.call(this, chunks, cb)
+    }
+  })
+  return writes
+}
+
+t.test('the 101 response and the new session\'s first frame (its clientCount) leave in one write', async (t) => {
+  const app = await build(t)
+  const writes = recordWrites(app)
+  const peer = await connectReal(await listen(app), { roomId: 'r', clientId: 'a' })
+  t.teardown(() => peer.ws.terminate())
+  await peer.next((f) => f.type === 'clientCount')
+  t.equal(writes.length, 1, 'one write so far')
+  t.equal(writes[0].chunks.length, 2, 'of two chunks')
+  t.match(writes[0].chunks[0], /^HTTP\/1\.1 101 Switching Protocols\r\n/)
+  t.match(writes[0].chunks[1], /\{"type":"clientCount","count":1\}$/)
+  await peer.join()
+  t.equal(writes.length, 2, 'synced in a write of its own')
+})
+
+t.test('the 101 response is not held for an authorize that takes its time, nor for the app\'s own WebSocket routes', async (t) => {
+  const decision = gate<{ permissions: 'readwrite' }>()
+  let asked!: () => void
+  const authorizing = new Promise<void>((resolve) => { asked = resolve })
+  const app = await build(t, {
+    authorize: async () => {
+      asked()
+      return await decision.promise
+    }
+  }, async (app) => {
+    // The app registers @fastify/websocket itself, for a route of its own: the plugin shares it.
+    await app.register(websocket)
+    app.get('/other', { websocket: true }, (socket) => socket.send('hello'))
+  })
+  const writes = recordWrites(app)
+  const base = await listen(app)
+  const peer = await connectReal(base, { roomId: 'r', clientId: 'a' })
+  t.teardown(() => peer.ws.terminate())
+  await authorizing
+  t.equal(writes.length, 1, 'the 101 left while authorize is pending')
+  t.match(writes[0].chunks.join(''), /^HTTP\/1\.1 101 Switching Protocols\r\n[^]*\r\n\r\n$/, 'alone')
+  decision.open({ permissions: 'readwrite' })
+  await peer.next((f) => f.type === 'clientCount')
+  await peer.join()
+
+  const other = new WebSocket(`${base}/other`)
+  t.teardown(() => other.terminate())
+  const [hello] = await once(other, 'message') as [Buffer]
+  t.equal(String(hello), 'hello')
+  const mine = writes.filter((w) => w.path === '/other')
+  t.match(mine[0].chunks.join(''), /^HTTP\/1\.1 101 Switching Protocols\r\n[^]*\r\n\r\n$/, 'another route\'s 101 is written at once, alone')
 })

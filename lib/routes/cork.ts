@@ -15,6 +15,11 @@ let spare: Array<CorkedSocket | undefined> = []
 /** Counts the turns in which something was held; a socket held in the current one has `turn === currentTurn`. */
 let currentTurn = 1
 let scheduled = false
+/**
+ * Sockets whose upgrade was answered this turn (see holdHandshake): corked
+ * until the turn's frames are written, then uncorked, after them.
+ */
+let handshakes: Socket[] = []
 
 /**
  * A broadcast hands the same string to every socket of a room in a row:
@@ -162,11 +167,36 @@ function flushAll (): void {
       socket.raw!.destroy(err as Error)
     }
   }
+  if (handshakes.length > 0) {
+    const answered = handshakes
+    handshakes = []
+    for (let i = 0; i < answered.length; i++) answered[i].uncork()
+  }
   // Do not keep the turn's last frame (it may be a whole document) alive; nor its text once no socket holds the frame.
   lastText = null
   lastFrame = null
   lastBytes = null
   if (sticky !== null && sticky.frame.deref() === undefined) sticky = null
+}
+
+/**
+ * Holds what is written to a socket until the end of this event-loop turn:
+ * called as ws is about to write its 101 response, so that the response and
+ * the frames the room sends the new session in the same turn (its client
+ * count; with a synchronous authorize and a loaded room, the session joins
+ * in this turn) leave in one system call, not two. Under a storm of
+ * reconnects that is a third of the server's writes. The stream's own
+ * cork: a close or destroy in between behaves as for any corked stream
+ * (ws's close frame is queued behind; a destroy drops it all, as it would
+ * the unsent bytes anyway).
+ */
+export function holdHandshake (socket: Socket): void {
+  socket.cork()
+  handshakes.push(socket)
+  if (!scheduled) {
+    scheduled = true
+    setImmediate(flushAll)
+  }
 }
 
 /**

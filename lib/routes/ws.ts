@@ -1,5 +1,6 @@
 import rateLimit from '@fastify/rate-limit'
 import { randomBytes } from 'node:crypto'
+import type { IncomingMessage } from 'node:http'
 import { TypeBoxValidatorCompiler, type TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
 import type { FastifyBaseLogger, FastifyInstance, FastifyPluginAsync } from 'fastify'
 import type { RawData, WebSocket } from 'ws'
@@ -7,7 +8,7 @@ import { AuthorizeTimeoutError, CloseCode, closeReason, errors } from '../errors
 import type { Authorize, AuthorizeInfo, AuthorizeResult, ResolvedOptions } from '../options.js'
 import { refusal, type Room, type RoomOptions } from '../room/room.js'
 import { RoomLimitError, type RoomManager } from '../room/room-manager.js'
-import { CorkedSocket, closeAbusive } from './cork.js'
+import { CorkedSocket, closeAbusive, holdHandshake } from './cork.js'
 import { ConnectQuery, replyError } from './schemas.js'
 
 /**
@@ -97,6 +98,21 @@ export const wsRoutes: FastifyPluginAsync<WsRouteOptions> = async (fastify: Fast
     app.addHook('onClose', async () => clearInterval(timer))
   }
 
+  // ws's 101 response to this route's upgrades is held until the end of the turn, to leave with the new
+  // session's first frames (see holdHandshake). ws announces it with 'headers' just before writing it; the
+  // server may be the app's own (other routes' upgrades are left alone).
+  const upgrades = new WeakSet<IncomingMessage>()
+  const onHeaders = (_headers: string[], req: IncomingMessage): void => {
+    if (!upgrades.has(req)) return
+    upgrades.delete(req)
+    // A socket of Node's (injectWS hands ws a stream with no request socket).
+    const socket = req.socket as IncomingMessage['socket'] | undefined
+    if (socket !== undefined && socket !== null && typeof socket.cork === 'function') holdHandshake(socket)
+  }
+  const wss = app.websocketServer
+  wss.on('headers', onHeaders)
+  app.addHook('onClose', async () => { wss.off('headers', onHeaders) })
+
   app.route({
     method: 'GET',
     url: options.path,
@@ -108,7 +124,10 @@ export const wsRoutes: FastifyPluginAsync<WsRouteOptions> = async (fastify: Fast
       // request.ws: @fastify/websocket's mark of an upgrade request (a plain GET with an Upgrade header gets the 426).
       if ((request as { ws?: boolean }).ws !== true) return
       const problem = handshakeProblem(request.headers)
-      if (problem === null) return
+      if (problem === null) {
+        upgrades.add(request.raw)
+        return
+      }
       if (problem.startsWith('Sec-WebSocket-Version')) reply.header('sec-websocket-version', '13')
       throw new errors.INVALID_REQUEST(problem)
     },
@@ -204,15 +223,6 @@ function handshakeProblem (headers: Record<string, string | string[] | undefined
   if (version !== '13') return 'Sec-WebSocket-Version must be 13'
   if (!/^[+/0-9A-Za-z]{22}==$/.test(String(headers['sec-websocket-key']))) return 'Sec-WebSocket-Key must be 16 bytes in base64'
   return null
-}
-
-/** Runs authorize, turning a synchronous throw into a rejection. */
-function callAuthorize (authorize: Authorize, info: AuthorizeInfo): Promise<AuthorizeResult> {
-  try {
-    return Promise.resolve(authorize(info))
-  } catch (err) {
-    return Promise.reject(err)
-  }
 }
 
 /** What the route keeps per socket. */
@@ -323,7 +333,11 @@ export class Bounds {
    * `ms` (0: no bound).
    */
   async authorize (authorize: Authorize, info: AuthorizeInfo, ms: number): Promise<AuthorizeResult> {
-    return checkResult(await this.within(callAuthorize(authorize, info), ms, () => new AuthorizeTimeoutError(ms)))
+    // A throw becomes this call's rejection; a decision made at once (the default, a token checked in
+    // memory) has nothing to bound: no timer per connection.
+    const decided = authorize(info)
+    if (!isThenable(decided)) return checkResult(decided)
+    return checkResult(await this.within(Promise.resolve(decided), ms, () => new AuthorizeTimeoutError(ms)))
   }
 
   /**
@@ -378,6 +392,10 @@ function checkResult (result: AuthorizeResult | null | undefined): AuthorizeResu
     throw new Error(`authorize returned metadata that JSON cannot hold (${err instanceof Error ? err.message : String(err)})`)
   }
   return text === undefined ? { permissions } : { permissions, metadata: JSON.parse(text) as unknown }
+}
+
+function isThenable<T> (value: T | PromiseLike<T>): value is PromiseLike<T> {
+  return typeof (value as { then?: unknown } | null)?.then === 'function'
 }
 
 function byteLength (data: RawData): number {
