@@ -170,7 +170,13 @@ function flushAll (): void {
   if (handshakes.length > 0) {
     const answered = handshakes
     handshakes = []
-    for (let i = 0; i < answered.length; i++) answered[i].uncork()
+    for (let i = 0; i < answered.length; i++) {
+      try {
+        answered[i].uncork()
+      } catch (err) {
+        answered[i].destroy(err as Error)
+      }
+    }
   }
   // Do not keep the turn's last frame (it may be a whole document) alive; nor its text once no socket holds the frame.
   lastText = null
