@@ -4,7 +4,7 @@ export { DEFAULTS, DEFAULT_CONNECTION_RATE_LIMIT, resolveOptions } from './optio
 export { AuthorizeTimeoutError, CloseCode, errors, frameErrorCodes, ERROR_PREFIX, RoomMovedError } from './errors.js'
 export { Room } from './room/room.js'
 export type { RoomOptions, ConnectOptions, TokenRefreshResult } from './room/room.js'
-export { RoomManager, RoomLimitError } from './room/room-manager.js'
+export { RoomManager, RoomLimitError, RoomManagerClosedError } from './room/room-manager.js'
 export { DEFAULT_LIMITS, DEFAULT_RATE_LIMIT, DEFAULT_SLOW_CLIENT } from './room/limits.js'
 export type { RoomLimits, RateLimit, SlowClientPolicy } from './room/limits.js'
 export type { RoomManagerOptions, RoomInfo } from './room/room-manager.js'

@@ -1,6 +1,6 @@
 import t from 'tap'
 import type { RoomSnapshot, Storage } from '../lib/index.js'
-import { COUNTER_RESERVE, MemoryStorage, RoomLimitError, RoomManager } from '../lib/index.js'
+import { COUNTER_RESERVE, MemoryStorage, RoomLimitError, RoomManager, RoomManagerClosedError } from '../lib/index.js'
 import { fakeClock } from './fake-clock.js'
 import { build, connect, connectReal, gate, listen, write } from './helper.js'
 
@@ -290,4 +290,20 @@ t.test('maxRooms counts a room being unloaded: a failed final save puts it back 
   releaseSave()
   await t.rejects(unload, /disk full/)
   t.strictSame(manager.getRoomIds(), ['a'], 'a is back, alone')
+})
+
+t.test('getOrCreateRoom once the manager is shutting down: a RoomManagerClosedError with a code, draining or closed', async (t) => {
+  const storage = () => new MemoryStorage()
+  const draining = new RoomManager({ idleTimeout: 60_000 })
+  const drained = draining.drain({ graceMs: 0, jitterMs: 0 })
+  const refused = await draining.getOrCreateRoom('a', { createStorage: storage }).catch((err: unknown) => err)
+  t.ok(refused instanceof RoomManagerClosedError)
+  t.match(refused, { name: 'RoomManagerClosedError', code: 'CANVAS_STORE_DRAINING', message: 'RoomManager is draining' })
+  await drained
+
+  const closed = new RoomManager({ idleTimeout: 60_000 })
+  await closed.closeAll()
+  const late = await closed.getOrCreateRoom('a', { createStorage: storage }).catch((err: unknown) => err)
+  t.ok(late instanceof RoomManagerClosedError)
+  t.match(late, { code: 'CANVAS_STORE_CLOSED', message: 'RoomManager is closed' })
 })

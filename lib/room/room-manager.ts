@@ -35,6 +35,22 @@ export class RoomLimitError extends Error {
   }
 }
 
+/**
+ * Thrown by `getOrCreateRoom` once the manager is shutting down: after
+ * `drain()` began (code `CANVAS_STORE_DRAINING`) or `closeAll()` (code
+ * `CANVAS_STORE_CLOSED`). Not a storage failure: the client should try
+ * again (the plugin closes such a connection with 1013), on this process
+ * once it is back or on another.
+ */
+export class RoomManagerClosedError extends Error {
+  readonly code: 'CANVAS_STORE_DRAINING' | 'CANVAS_STORE_CLOSED'
+  constructor (draining: boolean) {
+    super(draining ? 'RoomManager is draining' : 'RoomManager is closed')
+    this.name = 'RoomManagerClosedError'
+    this.code = draining ? 'CANVAS_STORE_DRAINING' : 'CANVAS_STORE_CLOSED'
+  }
+}
+
 /** A loaded room as listed by {@link RoomManager.getRooms}. */
 export interface RoomInfo {
   roomId: string
@@ -84,11 +100,13 @@ export class RoomManager {
    * the call that creates the room. A loaded room whose storage can check its
    * claim (Storage.checkClaim) is checked first: one that another process
    * has loaded since is closed (its sessions get 1013) and loaded afresh.
-   * @throws when storage fails to load the room (nothing is overwritten), or after closeAll()
+   * @throws the storage's error when it fails to load the room (nothing is
+   * overwritten); {@link RoomLimitError} past `maxRooms`;
+   * {@link RoomManagerClosedError} once `drain()` or `closeAll()` began
    */
   async getOrCreateRoom (roomId: string, options: RoomOptions = {}): Promise<Room> {
     for (;;) {
-      if (this.#closed) throw new Error('RoomManager is closed')
+      if (this.#closed) throw new RoomManagerClosedError(false)
       // An idle timer left armed is harmless: it unloads only a room that is still empty when it fires.
       const existing = this.#rooms.get(roomId)
       if (existing !== undefined) {
@@ -107,7 +125,7 @@ export class RoomManager {
       await unloading.catch(() => {})
     }
     // Loading claims the room in a shared storage: a draining process would take it from the one replacing it.
-    if (this.#drain !== null) throw new Error('RoomManager is draining')
+    if (this.#drain !== null) throw new RoomManagerClosedError(true)
     // A room being unloaded holds its place: a failed final save puts it back.
     if (this.#rooms.size + this.#loading.size + this.#unloading.size >= this.#maxRooms) throw new RoomLimitError(this.#maxRooms)
     const load = this.#load(roomId, options)
@@ -275,7 +293,7 @@ export class RoomManager {
     })
     await room.load()
     if (this.#closed) {
-      throw new Error('RoomManager is closed')
+      throw new RoomManagerClosedError(false)
     }
     this.#rooms.set(roomId, room)
     // A room that nobody joins (a failed connect after the load) must not stay loaded forever.
