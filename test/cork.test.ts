@@ -4,8 +4,10 @@ import { createServer } from 'node:http'
 import type { AddressInfo, Socket } from 'node:net'
 import { WebSocket, WebSocketServer } from 'ws'
 import websocket from '@fastify/websocket'
+import Fastify from 'fastify'
 import type { IncomingMessage } from 'node:http'
 import { CorkedSocket, closeAbusive } from '../lib/routes/cork.js'
+import canvasStore from '../lib/index.js'
 import { build, connectReal, gate, listen } from './helper.js'
 
 /** A ws server on 127.0.0.1:0 and one client connected to it; both closed at teardown. */
@@ -403,4 +405,43 @@ t.test('the 101 response is not held for an authorize that takes its time, nor f
   t.equal(String(hello), 'hello')
   const mine = writes.filter((w) => w.path === '/other')
   t.match(mine[0].chunks.join(''), /^HTTP\/1\.1 101 Switching Protocols\r\n[^]*\r\n\r\n$/, 'another route\'s 101 is written at once, alone')
+})
+
+t.test('a socket destroyed in the turn of its upgrade (ws.terminate() in the app\'s connection listener) still sends its 101 first', async (t) => {
+  const app = await build(t, {}, async (app) => {
+    await app.register(websocket)
+    app.websocketServer.on('connection', (ws: WebSocket) => ws.terminate())
+  })
+  const ws = new WebSocket(`${await listen(app)}/sync?roomId=r&clientId=a`)
+  const events: string[] = []
+  ws.on('open', () => events.push('open'))
+  ws.on('error', (err) => events.push(`error: ${err.message}`))
+  const [code] = await once(ws, 'close') as [number]
+  t.strictSame(events, ['open'], 'the client saw the upgrade')
+  t.equal(code, 1006, 'then the connection end')
+})
+
+t.test('registrations sharing one WebSocket server add one headers listener between them, removed at close', async (t) => {
+  const app = Fastify({ logger: false })
+  await app.register(websocket)
+  for (let i = 0; i < 11; i++) await app.register(async (scope) => { await scope.register(canvasStore, { path: `/sync${i}` }) })
+  const warnings: Error[] = []
+  const onWarning = (warning: Error): void => { warnings.push(warning) }
+  process.on('warning', onWarning)
+  t.teardown(() => { process.off('warning', onWarning) })
+  await app.ready()
+  const wss = app.websocketServer
+  t.equal(wss.listenerCount('headers'), 1)
+  const base = await listen(app)
+  const writes = recordWrites(app)
+  for (const path of ['/sync0', '/sync10']) {
+    const peer = await connectReal(base, { roomId: 'r', clientId: 'a' }, path)
+    await peer.next((f) => f.type === 'clientCount')
+    t.equal(writes.filter((w) => w.path === path)[0].chunks.length, 2, `${path}: the 101 and clientCount in one write`)
+    peer.ws.terminate()
+    await peer.closed
+  }
+  await app.close()
+  t.equal(wss.listenerCount('headers'), 1, 'the plugin\'s is gone (the test\'s own recorder is left)')
+  t.strictSame(warnings.filter((w) => w.name === 'MaxListenersExceededWarning'), [])
 })

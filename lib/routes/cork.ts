@@ -1,3 +1,5 @@
+import type { EventEmitter } from 'node:events'
+import type { IncomingMessage } from 'node:http'
 import type { Socket } from 'node:net'
 import type { WebSocket } from 'ws'
 import type { WebSocketLike } from '../room/session.js'
@@ -171,10 +173,13 @@ function flushAll (): void {
     const answered = handshakes
     handshakes = []
     for (let i = 0; i < answered.length; i++) {
+      const socket = answered[i]
+      // Destroyed meanwhile: released then.
+      if (!release(socket)) continue
       try {
-        answered[i].uncork()
+        socket.uncork()
       } catch (err) {
-        answered[i].destroy(err as Error)
+        socket.destroy(err as Error)
       }
     }
   }
@@ -192,16 +197,73 @@ function flushAll (): void {
  * count; with a synchronous authorize and a loaded room, the session joins
  * in this turn) leave in one system call, not two. Under a storm of
  * reconnects that is a third of the server's writes. The stream's own
- * cork: a close or destroy in between behaves as for any corked stream
- * (ws's close frame is queued behind; a destroy drops it all, as it would
- * the unsent bytes anyway).
+ * cork: ws's close frame queues behind the 101; a destroy in the same turn
+ * (ws.terminate(), an app's error handler) first writes what is held, so
+ * that the client still sees the upgrade, then the connection end, as it
+ * did before the hold (unless the destroy is for an error of the stream).
  */
-export function holdHandshake (socket: Socket): void {
+function holdHandshake (socket: Socket): void {
   socket.cork()
+  // Not over a destroy of the socket's own (a wrapper's): that one then drops the 101, as any corked write.
+  if (!Object.hasOwn(socket, 'destroy')) socket.destroy = destroyHeld
   handshakes.push(socket)
   if (!scheduled) {
     scheduled = true
     setImmediate(flushAll)
+  }
+}
+
+/** A held socket's destroy: lets the 101 (and what followed it) go first, unless the stream failed. */
+function destroyHeld (this: Socket, err?: Error): Socket {
+  if (release(this) && err === undefined) this.uncork()
+  return this.destroy(err)
+}
+
+/** Removes destroyHeld from a held socket; false when it was not there (released already). */
+function release (socket: Socket): boolean {
+  if (socket.destroy !== destroyHeld) return false
+  delete (socket as { destroy?: unknown }).destroy
+  return true
+}
+
+/** Upgrade requests of the plugin's route whose 101 is to be held (see holdHandshake); marked before the upgrade. */
+const upgrades = new WeakSet<IncomingMessage>()
+/** ws servers listening to 'headers' for the plugin, with the number of registrations that asked. */
+const watching = new WeakMap<EventEmitter, number>()
+
+/** Marks an upgrade request whose 101 response is to be held. */
+export function holdUpgrade (req: IncomingMessage): void {
+  upgrades.add(req)
+}
+
+/** ws's 'headers' event, just before it writes the 101 response: holds it for a marked request. */
+function onHeaders (_headers: string[], req: IncomingMessage): void {
+  if (!upgrades.delete(req)) return
+  // A socket of Node's (injectWS hands ws a stream and a request with no socket).
+  const socket = req.socket as Socket | null | undefined
+  if (socket !== undefined && socket !== null && typeof socket.cork === 'function') holdHandshake(socket)
+}
+
+/**
+ * Has a ws server hold the 101 of the upgrades marked by holdUpgrade (one
+ * listener per server, however many registrations share it); returns what
+ * undoes it, for the app's close.
+ */
+export function watchHandshakes (wss: EventEmitter): () => void {
+  const count = watching.get(wss) ?? 0
+  if (count === 0) wss.on('headers', onHeaders)
+  watching.set(wss, count + 1)
+  let undone = false
+  return () => {
+    if (undone) return
+    undone = true
+    const left = watching.get(wss)! - 1
+    if (left > 0) {
+      watching.set(wss, left)
+    } else {
+      watching.delete(wss)
+      wss.off('headers', onHeaders)
+    }
   }
 }
 

@@ -1,6 +1,5 @@
 import rateLimit from '@fastify/rate-limit'
 import { randomBytes } from 'node:crypto'
-import type { IncomingMessage } from 'node:http'
 import { TypeBoxValidatorCompiler, type TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
 import type { FastifyBaseLogger, FastifyInstance, FastifyPluginAsync } from 'fastify'
 import type { RawData, WebSocket } from 'ws'
@@ -8,7 +7,7 @@ import { AuthorizeTimeoutError, CloseCode, closeReason, errors } from '../errors
 import type { Authorize, AuthorizeInfo, AuthorizeResult, ResolvedOptions } from '../options.js'
 import { refusal, type Room, type RoomOptions } from '../room/room.js'
 import { RoomLimitError, type RoomManager } from '../room/room-manager.js'
-import { CorkedSocket, closeAbusive, holdHandshake } from './cork.js'
+import { CorkedSocket, closeAbusive, holdUpgrade, watchHandshakes } from './cork.js'
 import { ConnectQuery, replyError } from './schemas.js'
 
 /**
@@ -99,19 +98,9 @@ export const wsRoutes: FastifyPluginAsync<WsRouteOptions> = async (fastify: Fast
   }
 
   // ws's 101 response to this route's upgrades is held until the end of the turn, to leave with the new
-  // session's first frames (see holdHandshake). ws announces it with 'headers' just before writing it; the
-  // server may be the app's own (other routes' upgrades are left alone).
-  const upgrades = new WeakSet<IncomingMessage>()
-  const onHeaders = (_headers: string[], req: IncomingMessage): void => {
-    if (!upgrades.has(req)) return
-    upgrades.delete(req)
-    // A socket of Node's (injectWS hands ws a stream with no request socket).
-    const socket = req.socket as IncomingMessage['socket'] | undefined
-    if (socket !== undefined && socket !== null && typeof socket.cork === 'function') holdHandshake(socket)
-  }
-  const wss = app.websocketServer
-  wss.on('headers', onHeaders)
-  app.addHook('onClose', async () => { wss.off('headers', onHeaders) })
+  // session's first frames (see holdHandshake). The server may be the app's own: other routes' are left alone.
+  const unwatch = watchHandshakes(app.websocketServer)
+  app.addHook('onClose', async () => unwatch())
 
   app.route({
     method: 'GET',
@@ -125,7 +114,7 @@ export const wsRoutes: FastifyPluginAsync<WsRouteOptions> = async (fastify: Fast
       if ((request as { ws?: boolean }).ws !== true) return
       const problem = handshakeProblem(request.headers)
       if (problem === null) {
-        upgrades.add(request.raw)
+        holdUpgrade(request.raw)
         return
       }
       if (problem.startsWith('Sec-WebSocket-Version')) reply.header('sec-websocket-version', '13')
