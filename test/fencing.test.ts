@@ -280,16 +280,25 @@ t.test('SQLite: a process that lost acked work (the counter it has is lower) sti
 
 t.test('SQLite: a room\'s claim waits for another process\'s write lock (between event-loop turns), then loads', async (t) => {
   const file = join(t.testdir({}), 'db.sqlite')
-  const storage = new SqliteStorage({ file })
-  t.teardown(() => storage.close())
+  // The storage's own connection, traced: each try of the claim begins with BEGIN IMMEDIATE.
+  let tries = 0
+  let triedTwice: () => void = () => {}
+  const db = new Database(file, { timeout: 0, verbose: (sql) => { if (sql === 'BEGIN IMMEDIATE' && ++tries === 3) triedTwice() } })
+  const storage = new SqliteStorage({ database: db })
+  t.teardown(async () => {
+    await storage.close()
+    db.close()
+  })
   await storage.forRoom('r').append({ timestamp: 1, entries: [{ key: 'k', value: { _exists: true }, stamps: { _exists: 1 } }] })
   const other = new Database(file)
   t.teardown(() => other.close())
   other.exec('BEGIN IMMEDIATE')
+  tries = 0
+  const retried = new Promise<void>((resolve) => { triedTwice = resolve })
   let loaded = false
   const load = storage.forRoom('r').load().then((snapshot) => { loaded = true; return snapshot })
-  // Two retries of the claim pass while the lock is held.
-  await new Promise((resolve) => setTimeout(resolve, 50))
+  // The first try and two retries of the claim, refused while the lock is held.
+  await retried
   t.notOk(loaded, 'the claim waits while the lock is held')
   other.exec('COMMIT')
   t.same((await load)?.state, { k: { _exists: true } })
