@@ -32,6 +32,7 @@ export interface RoomSnapshot {
   timestamps: Record<string, FieldTimestamps>
 }
 
+/** A client's change: document patches (applied with the next counter value and broadcast) and/or its presence; answered with an `ack` unless both are empty. */
 export interface PatchRequest {
   type: 'patch'
   messageId: string
@@ -39,6 +40,7 @@ export interface PatchRequest {
   ephemeralPatches?: Patch[]
 }
 
+/** A client's first frame on each connection: what it saw last (`lastTimestamp`, 0 for nothing) and what it changed offline; answered with the diff since, then `synced`. */
 export interface ReconnectRequest {
   type: 'reconnect'
   lastTimestamp: number
@@ -47,14 +49,18 @@ export interface ReconnectRequest {
   ephemeralPatches?: Patch[]
 }
 
+/** A new token for the session: `authorize` decides again (frames after it wait for the decision). */
 export interface AuthRefreshRequest {
   type: 'auth-refresh'
   token: string
 }
 
+/** Every frame a client sends. */
 export type ClientMessage = PatchRequest | ReconnectRequest | AuthRefreshRequest
 
+/** A `patch` was applied: `timestamp` is the counter after it. */
 export interface AckResponse { type: 'ack', messageId: string, timestamp: number }
+/** Another client's change (`clientId`), or a reconnect's diff and the others' presence (`clientId: ''`); `timestamp` with document patches. */
 export interface PatchBroadcast {
   type: 'patch'
   clientId: string
@@ -62,9 +68,13 @@ export interface PatchBroadcast {
   ephemeralPatches?: Patch[]
   timestamp?: number
 }
+/** Sessions connected to the room. */
 export interface ClientCountBroadcast { type: 'clientCount', count: number }
+/** A `reconnect` with another `protocolVersion`: nothing else is answered. */
 export interface VersionMismatchResponse { type: 'version-mismatch', serverProtocolVersion: number }
+/** The server lost acked work after `since` (a crash, a restore): the client re-sends what it holds after it. */
 export interface ResyncRequest { type: 'resync', since: number }
+/** Ends the answer to a `reconnect`: the client is up to date with counter `timestamp`. */
 export interface SyncedResponse { type: 'synced', timestamp: number }
 /** Sent when a frame is refused. The published client ignores it; other clients may show it. */
 export interface ErrorResponse { type: 'error', code: string, message: string, messageId?: string }
@@ -72,6 +82,7 @@ export interface ErrorResponse { type: 'error', code: string, message: string, m
 /** Sent when the session's permissions change (admin PATCH, auth-refresh). The published client ignores it. */
 export interface PermissionsMessage { type: 'permissions', permissions: SessionPermission }
 
+/** Every frame the server sends. */
 export type ServerMessage =
   | AckResponse
   | PatchBroadcast

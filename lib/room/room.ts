@@ -393,8 +393,10 @@ export class Room {
     for (const sessionId of Array.from(this.#sessions.keys())) this.disconnectSession(sessionId, code, reason)
   }
 
+  /** Sessions connected to the room now. */
   getSessionCount (): number { return this.#sessions.size }
 
+  /** A session's permissions, or undefined for an unknown session. */
   getSessionPermissions (sessionId: string): SessionPermission | undefined {
     return this.#sessions.get(sessionId)?.permissions
   }
@@ -418,10 +420,12 @@ export class Room {
     this.#sendMessage(session, { type: 'permissions', permissions })
   }
 
+  /** What `authorize` (or {@link setSessionMetadata}) gave the session, or undefined. */
   getSessionMetadata (sessionId: string): unknown {
     return this.#sessions.get(sessionId)?.metadata
   }
 
+  /** Replaces a session's metadata (shown by the admin routes); nothing for an unknown session. Not sent to clients. */
   setSessionMetadata (sessionId: string, metadata: unknown): void {
     const session = this.#sessions.get(sessionId)
     if (session !== undefined) session.metadata = metadata
@@ -433,6 +437,7 @@ export class Room {
     return session === undefined ? undefined : describe(session)
   }
 
+  /** Every connected session's public description, in the order they joined. */
   getSessions (): SessionInfo[] {
     return Array.from(this.#sessions.values(), describe)
   }
