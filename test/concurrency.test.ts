@@ -292,10 +292,12 @@ t.test('maxRooms counts a room being unloaded: a failed final save puts it back 
   t.strictSame(manager.getRoomIds(), ['a'], 'a is back, alone')
 })
 
-t.test('getOrCreateRoom once the manager is shutting down: a RoomManagerClosedError with a code, draining or closed', async (t) => {
+t.test('getOrCreateRoom once the manager is shutting down: a RoomManagerClosedError with a code, for a room not loaded while draining, for any once closed', async (t) => {
   const storage = () => new MemoryStorage()
   const draining = new RoomManager({ idleTimeout: 60_000 })
+  const loaded = await draining.getOrCreateRoom('x', { createStorage: storage })
   const drained = draining.drain({ graceMs: 0, jitterMs: 0 })
+  t.equal(await draining.getOrCreateRoom('x', { createStorage: storage }), loaded, 'a loaded room is still returned during the drain')
   const refused = await draining.getOrCreateRoom('a', { createStorage: storage }).catch((err: unknown) => err)
   t.ok(refused instanceof RoomManagerClosedError)
   t.match(refused, { name: 'RoomManagerClosedError', code: 'CANVAS_STORE_DRAINING', message: 'RoomManager is draining' })

@@ -1,5 +1,6 @@
 import t, { type Test } from 'tap'
 import { once } from 'node:events'
+import { setFlagsFromString } from 'node:v8'
 import { createServer } from 'node:http'
 import type { AddressInfo, Socket } from 'node:net'
 import { WebSocket, WebSocketServer } from 'ws'
@@ -422,13 +423,14 @@ t.test('a socket destroyed in the turn of its upgrade (ws.terminate() in the app
 })
 
 t.test('registrations sharing one WebSocket server add one headers listener between them, removed at close', async (t) => {
-  const app = Fastify({ logger: false })
-  await app.register(websocket)
-  for (let i = 0; i < 11; i++) await app.register(async (scope) => { await scope.register(canvasStore, { path: `/sync${i}` }) })
   const warnings: Error[] = []
   const onWarning = (warning: Error): void => { warnings.push(warning) }
   process.on('warning', onWarning)
   t.teardown(() => { process.off('warning', onWarning) })
+  const app = Fastify({ logger: false })
+  t.teardown(() => app.close())
+  await app.register(websocket)
+  for (let i = 0; i < 11; i++) await app.register(async (scope) => { await scope.register(canvasStore, { path: `/sync${i}` }) })
   await app.ready()
   const wss = app.websocketServer
   t.equal(wss.listenerCount('headers'), 1)
@@ -444,4 +446,38 @@ t.test('registrations sharing one WebSocket server add one headers listener betw
   await app.close()
   t.equal(wss.listenerCount('headers'), 1, 'the plugin\'s is gone (the test\'s own recorder is left)')
   t.strictSame(warnings.filter((w) => w.name === 'MaxListenersExceededWarning'), [])
+})
+
+t.test('a socket whose destroy is its own (a wrapper the app installs) is not held: its 101 is written at once', async (t) => {
+  const app = await build(t)
+  app.server.on('connection', (socket: Socket) => {
+    const destroy = socket.destroy
+    socket.destroy = function (this: Socket, err?: Error) { return destroy.call(this, err) }
+  })
+  const writes = recordWrites(app)
+  const peer = await connectReal(await listen(app), { roomId: 'r', clientId: 'a' })
+  t.teardown(() => peer.ws.terminate())
+  await peer.next((f) => f.type === 'clientCount')
+  t.match(writes[0].chunks.join(''), /^HTTP\/1\.1 101 Switching Protocols\r\n[^]*\r\n\r\n$/, 'the 101 alone')
+  await peer.join()
+})
+
+t.test('a socket released from the hold keeps fast properties (its destroy is assigned back, not deleted)', async (t) => {
+  setFlagsFromString('--allow-natives-syntax')
+  // eslint-disable-next-line no-new-func
+  const hasFastProperties = new Function('object', 'return %HasFastProperties(object)') as (object: object) => boolean
+  const app = await build(t)
+  const peer = await connectReal(await listen(app), { roomId: 'r', clientId: 'a' })
+  t.teardown(() => peer.ws.terminate())
+  await peer.join()
+  const [server] = app.websocketServer.clients
+  const raw = (server as unknown as { _socket: Socket })._socket
+  t.equal(raw.writableCorked, 0, 'uncorked')
+  t.ok(hasFastProperties(raw))
+  let destroyed = false
+  raw.once('close', () => { destroyed = true })
+  const closed = once(raw, 'close')
+  raw.destroy()
+  await closed
+  t.ok(destroyed, 'destroy still works')
 })

@@ -32,7 +32,7 @@ export interface RoomSnapshot {
   timestamps: Record<string, FieldTimestamps>
 }
 
-/** A client's change: document patches (applied with the next counter value and broadcast) and/or its presence; answered with an `ack` unless both are empty. */
+/** A client's change: document patches and/or its presence. A readwrite session's, within the limits, is applied (document patches with the next counter value) and broadcast; every non-empty one is answered with an `ack`. */
 export interface PatchRequest {
   type: 'patch'
   messageId: string
@@ -58,9 +58,9 @@ export interface AuthRefreshRequest {
 /** Every frame a client sends. */
 export type ClientMessage = PatchRequest | ReconnectRequest | AuthRefreshRequest
 
-/** A `patch` was applied: `timestamp` is the counter after it. */
+/** Answers a `patch` (applied, or refused: an `error` frame follows): `timestamp` is the room's counter then. */
 export interface AckResponse { type: 'ack', messageId: string, timestamp: number }
-/** Another client's change (`clientId`), or a reconnect's diff and the others' presence (`clientId: ''`); `timestamp` with document patches. */
+/** Another client's change (its `clientId`), or from the server (`clientId: ''`): a reconnect's diff and the others' presence, or a refused patch's corrective (the stored values of its keys); `timestamp` with document patches. */
 export interface PatchBroadcast {
   type: 'patch'
   clientId: string

@@ -36,18 +36,20 @@ export class RoomLimitError extends Error {
 }
 
 /**
- * Thrown by `getOrCreateRoom` once the manager is shutting down: after
- * `drain()` began (code `CANVAS_STORE_DRAINING`) or `closeAll()` (code
+ * Thrown by `getOrCreateRoom` once the manager is shutting down: during a
+ * `drain()`, for a room neither loaded nor loading (code
+ * `CANVAS_STORE_DRAINING`; the others are still returned until the drain
+ * closes them), and after `closeAll()` began, for any room (code
  * `CANVAS_STORE_CLOSED`). Not a storage failure: the client should try
  * again (the plugin closes such a connection with 1013), on this process
  * once it is back or on another.
  */
 export class RoomManagerClosedError extends Error {
   readonly code: 'CANVAS_STORE_DRAINING' | 'CANVAS_STORE_CLOSED'
-  constructor (draining: boolean) {
-    super(draining ? 'RoomManager is draining' : 'RoomManager is closed')
+  constructor (state: 'draining' | 'closed') {
+    super(`RoomManager is ${state}`)
     this.name = 'RoomManagerClosedError'
-    this.code = draining ? 'CANVAS_STORE_DRAINING' : 'CANVAS_STORE_CLOSED'
+    this.code = state === 'draining' ? 'CANVAS_STORE_DRAINING' : 'CANVAS_STORE_CLOSED'
   }
 }
 
@@ -102,11 +104,12 @@ export class RoomManager {
    * has loaded since is closed (its sessions get 1013) and loaded afresh.
    * @throws the storage's error when it fails to load the room (nothing is
    * overwritten); {@link RoomLimitError} past `maxRooms`;
-   * {@link RoomManagerClosedError} once `drain()` or `closeAll()` began
+   * {@link RoomManagerClosedError} after `closeAll()` began, and during a
+   * `drain()` for a room neither loaded nor loading
    */
   async getOrCreateRoom (roomId: string, options: RoomOptions = {}): Promise<Room> {
     for (;;) {
-      if (this.#closed) throw new RoomManagerClosedError(false)
+      if (this.#closed) throw new RoomManagerClosedError('closed')
       // An idle timer left armed is harmless: it unloads only a room that is still empty when it fires.
       const existing = this.#rooms.get(roomId)
       if (existing !== undefined) {
@@ -125,7 +128,7 @@ export class RoomManager {
       await unloading.catch(() => {})
     }
     // Loading claims the room in a shared storage: a draining process would take it from the one replacing it.
-    if (this.#drain !== null) throw new RoomManagerClosedError(true)
+    if (this.#drain !== null) throw new RoomManagerClosedError('draining')
     // A room being unloaded holds its place: a failed final save puts it back.
     if (this.#rooms.size + this.#loading.size + this.#unloading.size >= this.#maxRooms) throw new RoomLimitError(this.#maxRooms)
     const load = this.#load(roomId, options)
@@ -293,7 +296,7 @@ export class RoomManager {
     })
     await room.load()
     if (this.#closed) {
-      throw new RoomManagerClosedError(false)
+      throw new RoomManagerClosedError('closed')
     }
     this.#rooms.set(roomId, room)
     // A room that nobody joins (a failed connect after the load) must not stay loaded forever.

@@ -174,8 +174,10 @@ function flushAll (): void {
     handshakes = []
     for (let i = 0; i < answered.length; i++) {
       const socket = answered[i]
+      // A destroy of the app's, installed since, is left in place.
+      if (socket.destroy === destroyHeld) socket.destroy = destroyInherited
       // Destroyed meanwhile: released then.
-      if (!release(socket)) continue
+      if (!holding.delete(socket)) continue
       try {
         socket.uncork()
       } catch (err) {
@@ -203,9 +205,11 @@ function flushAll (): void {
  * did before the hold (unless the destroy is for an error of the stream).
  */
 function holdHandshake (socket: Socket): void {
+  // A socket with a destroy of its own (a wrapper's) is not held: the hold could not write first on its destroy.
+  if (Object.hasOwn(socket, 'destroy')) return
   socket.cork()
-  // Not over a destroy of the socket's own (a wrapper's): that one then drops the 101, as any corked write.
-  if (!Object.hasOwn(socket, 'destroy')) socket.destroy = destroyHeld
+  holding.add(socket)
+  socket.destroy = destroyHeld
   handshakes.push(socket)
   if (!scheduled) {
     scheduled = true
@@ -213,17 +217,24 @@ function holdHandshake (socket: Socket): void {
   }
 }
 
+/** Sockets corked by holdHandshake and not yet released (by the end of the turn, or a destroy). */
+const holding = new WeakSet<Socket>()
+
 /** A held socket's destroy: lets the 101 (and what followed it) go first, unless the stream failed. */
 function destroyHeld (this: Socket, err?: Error): Socket {
-  if (release(this) && err === undefined) this.uncork()
-  return this.destroy(err)
+  if (this.destroy === destroyHeld) this.destroy = destroyInherited
+  if (holding.delete(this) && err === undefined) this.uncork()
+  return destroyInherited.call(this, err)
 }
 
-/** Removes destroyHeld from a held socket; false when it was not there (released already). */
-function release (socket: Socket): boolean {
-  if (socket.destroy !== destroyHeld) return false
-  delete (socket as { destroy?: unknown }).destroy
-  return true
+/**
+ * What a released socket's destroy becomes: the inherited one, looked up at
+ * each call. Assigned rather than deleted, as deleting a property that is
+ * not the last one added (ws adds its own after the hold) turns the object's
+ * properties into a dictionary, slower on every later write.
+ */
+function destroyInherited (this: Socket, err?: Error): Socket {
+  return (Object.getPrototypeOf(this) as Socket).destroy.call(this, err)
 }
 
 /** Upgrade requests of the plugin's route whose 101 is to be held (see holdHandshake); marked before the upgrade. */
