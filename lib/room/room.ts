@@ -148,6 +148,8 @@ export class Room {
   /** clientId -> that client's presence (key -> value, and its size). */
   readonly #ephemeral = new Map<string, Presence>()
   readonly #sessions = new Map<string, Session>()
+  /** clientId -> its sessions now (more than one while a reconnect races the old socket's close). */
+  readonly #clientSessions = new Map<string, number>()
   readonly #storage: Storage | undefined
   /** A checkClaim under way, shared by the sessions joining meanwhile. */
   #claimCheck: Promise<boolean> | null = null
@@ -315,6 +317,7 @@ export class Room {
       joined: false
     }
     this.#sessions.set(sessionId, session)
+    this.#clientSessions.set(session.clientId, (this.#clientSessions.get(session.clientId) ?? 0) + 1)
     const presence = this.#presenceFrame(session.clientId)
     if (presence !== null) this.#send(session, presence)
     // The newcomer always learns the count at once; with batching, the others get it at the end of the turn.
@@ -482,6 +485,7 @@ export class Room {
       this.#presencePacer.cancel()
       const sessions = Array.from(this.#sessions.values())
       this.#sessions.clear()
+      this.#clientSessions.clear()
       this.#ephemeral.clear()
       for (const session of sessions) {
         this.#catchUp.release(session)
@@ -1021,17 +1025,17 @@ export class Room {
     this.#catchUp.release(session)
     const clientId = session.clientId
     // Another live session of the same client (a reconnect that raced the old socket's close) keeps the presence.
-    let stillHere = false
-    for (const other of this.#sessions.values()) {
-      if (other !== session && other.clientId === clientId) {
-        stillHere = true
-        break
-      }
+    const others = this.#clientSessions.get(clientId)! - 1
+    const state = others > 0 ? undefined : this.#ephemeral.get(clientId)
+    if (state !== undefined && this.#countPending) {
+      // Counts owed from earlier in this turn (they include the leaver) go before its tombstones; the new count follows them.
+      this.#flushCounts()
+      // A send there cut this session (a slow client): that removal did everything.
+      if (this.#sessions.get(sessionId) !== session) return
     }
-    const state = stillHere ? undefined : this.#ephemeral.get(clientId)
-    // Counts owed from earlier in this turn (they include the leaver) go before its tombstones; the new count follows them.
-    if (state !== undefined && this.#countPending) this.#flushCounts()
     this.#sessions.delete(sessionId)
+    if (others > 0) this.#clientSessions.set(clientId, others)
+    else this.#clientSessions.delete(clientId)
     if (state !== undefined) {
       // Its presence still batched for this turn would only follow its tombstones: drop it; the rest of the batch waits.
       this.#presence.drop(clientId)
