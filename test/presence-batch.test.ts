@@ -295,3 +295,31 @@ t.test('a client with two sessions (a reconnect racing the old socket\'s close) 
   t.same(tombstones().map((f) => f.clientId), ['b', 'a', 'a'])
   await room.close()
 })
+
+t.test('a leave whose count flush cuts the leaving session (a slow transport that reports its close at once) is made once: one set of tombstones', async (t) => {
+  const room = new Room({ roomId: 'r', presenceBatching: true })
+  let idA = ''
+  // Far behind (past hardBytes), and a close that the transport reports synchronously, as a custom one may.
+  const a = { sent: [] as any[], readyState: 1, bufferedAmount: 0, send (data: string) { this.sent.push(JSON.parse(data)) }, close () { room.handleSocketClose(idA) } }
+  const watcher = fakeSocket()
+  idA = room.handleSocketConnect({ socket: a, clientId: 'a', permissions: 'readwrite' })
+  room.handleSocketConnect({ socket: watcher, clientId: 'w', permissions: 'readwrite' })
+  room.handleSocketMessage(idA, JSON.stringify({ type: 'patch', messageId: 'p', ephemeralPatches: [{ 'cursor/a': { _exists: true, x: 1 } }] }))
+  await turn()
+  a.bufferedAmount = 100 * 1024 * 1024
+  // A join in the same turn leaves a count owed, which the leave flushes first (to a too).
+  room.handleSocketConnect({ socket: fakeSocket(), clientId: 'c', permissions: 'readwrite' })
+  room.handleSocketClose(idA)
+  await turn()
+  const tombstones = watcher.sent.filter((f) => f.type === 'patch' && f.clientId === 'a' && f.ephemeralPatches?.[0]?.['cursor/a']?._exists === false)
+  t.equal(tombstones.length, 1, 'one set of tombstones')
+  t.equal(room.getSessionCount(), 2)
+  // a comes back: its presence is its own again, and its next leave deletes it once more.
+  const idA2 = room.handleSocketConnect({ socket: fakeSocket(), clientId: 'a', permissions: 'readwrite' })
+  room.handleSocketMessage(idA2, JSON.stringify({ type: 'patch', messageId: 'q', ephemeralPatches: [{ 'cursor/a': { _exists: true, x: 2 } }] }))
+  await turn()
+  room.handleSocketClose(idA2)
+  await turn()
+  t.equal(watcher.sent.filter((f) => f.type === 'patch' && f.clientId === 'a' && f.ephemeralPatches?.[0]?.['cursor/a']?._exists === false).length, 2)
+  await room.close()
+})
