@@ -19,9 +19,10 @@ let currentTurn = 1
 let scheduled = false
 /**
  * Sockets whose upgrade was answered this turn (see holdHandshake): corked
- * until the turn's frames are written, then uncorked, after them.
+ * until the turn's frames are written, then uncorked, after them; a socket
+ * destroyed meanwhile leaves the set then (see release).
  */
-let handshakes: Socket[] = []
+const holding = new Set<Socket>()
 
 /**
  * A broadcast hands the same string to every socket of a room in a row:
@@ -169,15 +170,10 @@ function flushAll (): void {
       socket.raw!.destroy(err as Error)
     }
   }
-  if (handshakes.length > 0) {
-    const answered = handshakes
-    handshakes = []
-    for (let i = 0; i < answered.length; i++) {
-      const socket = answered[i]
-      // A destroy of the app's, installed since, is left in place.
-      if (socket.destroy === destroyHeld) socket.destroy = destroyInherited
-      // Destroyed meanwhile: released then.
-      if (!holding.delete(socket)) continue
+  if (holding.size > 0) {
+    // Each leaves the set as it is visited (a Set allows that while iterating).
+    for (const socket of holding) {
+      release(socket)
       try {
         socket.uncork()
       } catch (err) {
@@ -210,21 +206,26 @@ function holdHandshake (socket: Socket): void {
   socket.cork()
   holding.add(socket)
   socket.destroy = destroyHeld
-  handshakes.push(socket)
   if (!scheduled) {
     scheduled = true
     setImmediate(flushAll)
   }
 }
 
-/** Sockets corked by holdHandshake and not yet released (by the end of the turn, or a destroy). */
-const holding = new WeakSet<Socket>()
-
 /** A held socket's destroy: lets the 101 (and what followed it) go first, unless the stream failed. */
 function destroyHeld (this: Socket, err?: Error): Socket {
-  if (this.destroy === destroyHeld) this.destroy = destroyInherited
-  if (holding.delete(this) && err === undefined) this.uncork()
+  if (release(this) && err === undefined) this.uncork()
   return destroyInherited.call(this, err)
+}
+
+/**
+ * Ends a socket's hold (it stays corked: the caller uncorks it, or destroys
+ * it). False when it was released already. A destroy of the app's,
+ * installed since the hold, is left in place.
+ */
+function release (socket: Socket): boolean {
+  if (socket.destroy === destroyHeld) socket.destroy = destroyInherited
+  return holding.delete(socket)
 }
 
 /**
