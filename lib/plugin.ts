@@ -1,6 +1,6 @@
 import websocket from '@fastify/websocket'
 import swagger from '@fastify/swagger'
-import type { FastifyInstance, FastifyPluginAsync, FastifyRequest } from 'fastify'
+import type { FastifyInstance, FastifyPluginAsync } from 'fastify'
 import fp from 'fastify-plugin'
 import type { WebSocket } from 'ws'
 import { CloseCode } from './errors.js'
@@ -10,8 +10,7 @@ import { requirePeer } from './peer.js'
 import { catchUpAllowance } from './room/catch-up.js'
 import type { RoomOptions } from './room/room.js'
 import { RoomManager } from './room/room-manager.js'
-import { stopReading } from './routes/cork.js'
-import { Bounds } from './routes/ws.js'
+import { Bounds, socketError } from './routes/ws.js'
 import { adminRoutes } from './routes/admin.js'
 import { healthRoutes } from './routes/health.js'
 import { wsRoutes } from './routes/ws.js'
@@ -74,12 +73,15 @@ const canvasStore: FastifyPluginAsync<CanvasStoreOptions> = async (fastify, opts
     }
   }
 
-  if (fastify.hasDecorator('websocketServer')) {
+  // When the plugin registers @fastify/websocket, errors on its sockets are the plugin's to handle (socketError);
+  // an app that registered it gets them in its own errorHandler.
+  const ownsSocketErrors = !fastify.hasDecorator('websocketServer')
+  if (!ownsSocketErrors) {
     fastify.addHook('preClose', async () => closeSockets())
   } else {
     await fastify.register(websocket, {
       options: { maxPayload: options.maxPayload },
-      errorHandler: socketError,
+      errorHandler: (error, socket, request) => socketError(error, socket, request.log),
       preClose (done) {
         closeSockets()
         const server = this.websocketServer
@@ -104,7 +106,7 @@ const canvasStore: FastifyPluginAsync<CanvasStoreOptions> = async (fastify, opts
   // when the plugin registers it, then describes them alone, and its decorator stays out of the app's context.
   await fastify.register(async (scope) => {
     if (options.openapi !== undefined) await registerOpenapi(scope, options.openapi)
-    await scope.register(wsRoutes, { options, manager, roomOptions, sockets, draining: () => draining, metrics, bounds })
+    await scope.register(wsRoutes, { options, manager, roomOptions, sockets, draining: () => draining, metrics, bounds, ownsSocketErrors })
     if (options.health !== undefined) {
       await scope.register(healthRoutes, {
         ...options.health,
@@ -120,26 +122,6 @@ const canvasStore: FastifyPluginAsync<CanvasStoreOptions> = async (fastify, opts
       log.warn('admin routes not registered: give admin.onRequest (or preHandler) hooks, or admin.auth: false')
     }
   })
-}
-
-/**
- * An error on an open WebSocket, from @fastify/websocket (when the plugin
- * registers it): a frame that breaks RFC 6455 (ws has sent its close frame:
- * 1002, 1007, 1009, 1008), or the connection lost. The client causes both:
- * logged at info and debug, not as server errors. A lost connection is
- * cut at once; after a protocol error ws ends the connection itself once
- * its close frame is out, and stopReading cuts it a second later if it has
- * not.
- */
-function socketError (this: FastifyInstance, error: Error, socket: WebSocket, request: FastifyRequest): void {
-  const code = (error as { code?: unknown }).code
-  if (typeof code === 'string' && code.startsWith('WS_ERR_')) {
-    request.log.info({ err: { code, message: error.message } }, 'WebSocket frame refused (protocol error): connection closed')
-    stopReading(socket)
-  } else {
-    request.log.debug({ err: error }, 'WebSocket connection error')
-    socket.terminate()
-  }
 }
 
 /** Registers @fastify/swagger (unless the app has it) and serves the spec; optionally the UI. */

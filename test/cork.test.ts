@@ -1,6 +1,7 @@
 import t, { type Test } from 'tap'
 import { once } from 'node:events'
 import { setFlagsFromString } from 'node:v8'
+import { runInNewContext } from 'node:vm'
 import { createServer } from 'node:http'
 import type { AddressInfo, Socket } from 'node:net'
 import { WebSocket, WebSocketServer } from 'ws'
@@ -9,7 +10,7 @@ import Fastify from 'fastify'
 import type { IncomingMessage } from 'node:http'
 import { CorkedSocket, closeAbusive } from '../lib/routes/cork.js'
 import canvasStore from '../lib/index.js'
-import { build, connectReal, gate, listen } from './helper.js'
+import { build, connectReal, gate, listen, write } from './helper.js'
 
 /** A ws server on 127.0.0.1:0 and one client connected to it; both closed at teardown. */
 async function pair (t: { teardown: (fn: () => unknown) => void }, perMessageDeflate: boolean): Promise<{ server: WebSocket, client: WebSocket }> {
@@ -480,4 +481,61 @@ t.test('a socket released from the hold keeps fast properties (its destroy is as
   raw.destroy()
   await closed
   t.ok(destroyed, 'destroy still works')
+})
+
+t.test('an open connection keeps neither the Fastify request and reply of its upgrade nor the HTTP response made for it', async (t) => {
+  setFlagsFromString('--expose-gc')
+  const gc = runInNewContext('gc') as () => void
+  const refs: Array<WeakRef<object>> = []
+  const app = await build(t, {}, (app) => {
+    app.addHook('onRequest', async (request, reply) => {
+      refs.push(new WeakRef(request), new WeakRef(reply), new WeakRef(reply.raw), new WeakRef(request.raw))
+    })
+  })
+  const base = await listen(app)
+  const peers = []
+  for (const clientId of ['a', 'b', 'c']) {
+    const peer = await connectReal(base, { roomId: 'r', clientId })
+    t.teardown(() => peer.ws.terminate())
+    await peer.join()
+    peers.push(peer)
+  }
+  t.equal(refs.length, 12)
+  for (let round = 0; round < 3; round++) {
+    await new Promise((resolve) => setImmediate(resolve))
+    gc()
+  }
+  t.equal(refs.filter((ref) => ref.deref() !== undefined).length, 0, 'all collected')
+  t.equal((await write(peers[0], 'm1', [{ 'e/A': { _exists: true } }])).timestamp, 1, 'the connections work on')
+  t.match(await peers[1].next((f) => f.type === 'patch'), { documentPatches: [{ 'e/A': { _exists: true } }] })
+})
+
+t.test('an error listener the app adds on connection still sees the errors of the plugin\'s sockets', async (t) => {
+  const app = await build(t)
+  const seen: string[] = []
+  app.websocketServer.on('connection', (ws: WebSocket) => {
+    ws.on('error', (err: Error & { code?: string }) => seen.push(err.code ?? err.message))
+  })
+  const peer = await connectReal(await listen(app), { roomId: 'r', clientId: 'a' })
+  await peer.join()
+  peer.ws.send(Buffer.from([0x7b, 0xff, 0xfe, 0x7d]), { binary: false })
+  t.strictSame(await peer.closed, { code: 1007, reason: 'Invalid UTF-8 in a text frame' })
+  t.strictSame(seen, ['WS_ERR_INVALID_UTF8'])
+})
+
+t.test('an app that registered @fastify/websocket with an errorHandler gets the errors of the plugin\'s sockets in it, with the request', async (t) => {
+  const seen: Array<{ code: string | undefined, roomId: string }> = []
+  const app = await build(t, {}, async (app) => {
+    await app.register(websocket, {
+      errorHandler: (error, socket, request) => {
+        seen.push({ code: (error as { code?: string }).code, roomId: (request.query as { roomId: string }).roomId })
+        socket.terminate()
+      }
+    })
+  })
+  const peer = await connectReal(await listen(app), { roomId: 'r', clientId: 'a' })
+  await peer.join()
+  peer.ws.send(Buffer.from([0x7b, 0xff, 0xfe, 0x7d]), { binary: false })
+  await peer.closed
+  t.strictSame(seen, [{ code: 'WS_ERR_INVALID_UTF8', roomId: 'r' }])
 })

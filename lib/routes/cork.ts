@@ -1,5 +1,5 @@
 import type { EventEmitter } from 'node:events'
-import type { IncomingMessage } from 'node:http'
+import { ServerResponse, type IncomingMessage } from 'node:http'
 import type { Socket } from 'node:net'
 import type { WebSocket } from 'ws'
 import type { WebSocketLike } from '../room/session.js'
@@ -277,6 +277,20 @@ export function watchHandshakes (wss: EventEmitter): () => void {
       wss.off('headers', onHeaders)
     }
   }
+}
+
+/**
+ * Lets go of the HTTP response @fastify/websocket made to route an upgrade
+ * through Fastify (Node makes none for an upgrade). Assigned to the socket,
+ * it stays referenced by it for the socket's life, with the request it
+ * answers and a 'close' listener that runs when the socket closes; nothing
+ * writes to it once the socket is upgraded.
+ */
+export function detachUpgradeResponse (ws: WebSocket): void {
+  const raw = (ws as unknown as { _socket?: Socket | null })._socket
+  if (raw === undefined || raw === null) return
+  const response = (raw as Socket & { _httpMessage?: unknown })._httpMessage
+  if (response instanceof ServerResponse && response.socket === raw) response.detachSocket(raw)
 }
 
 /**

@@ -7,7 +7,7 @@ import { AuthorizeTimeoutError, CloseCode, closeReason, errors } from '../errors
 import type { Authorize, AuthorizeInfo, AuthorizeResult, ResolvedOptions } from '../options.js'
 import { refusal, type Room, type RoomOptions } from '../room/room.js'
 import { RoomLimitError, type RoomManager } from '../room/room-manager.js'
-import { CorkedSocket, closeAbusive, holdUpgrade, watchHandshakes } from './cork.js'
+import { CorkedSocket, closeAbusive, detachUpgradeResponse, holdUpgrade, stopReading, watchHandshakes } from './cork.js'
 import { ConnectQuery, replyError } from './schemas.js'
 
 /**
@@ -40,6 +40,8 @@ export interface WsRouteOptions {
   metrics?: { closed(code: number): void } | undefined
   /** The plugin's pending time bounds (authorize, room loads). */
   bounds: Bounds
+  /** Whether the plugin registered @fastify/websocket (with socketError): not when the app did, with its own errorHandler. */
+  ownsSocketErrors: boolean
 }
 
 /**
@@ -47,7 +49,7 @@ export interface WsRouteOptions {
  * authorizes and loads the room while queueing, in order and with a bound,
  * the frames the client sends meanwhile.
  */
-export const wsRoutes: FastifyPluginAsync<WsRouteOptions> = async (fastify: FastifyInstance, { options, manager, roomOptions, sockets, draining, metrics, bounds }) => {
+export const wsRoutes: FastifyPluginAsync<WsRouteOptions> = async (fastify: FastifyInstance, { options, manager, roomOptions, sockets, draining, metrics, bounds, ownsSocketErrors }) => {
   const app = fastify.withTypeProvider<TypeBoxTypeProvider>()
   app.setErrorHandler(replyError)
   // The admin routes' validator, so that ids are measured the same way (UTF-16 units) on both: with Fastify's
@@ -129,6 +131,22 @@ export const wsRoutes: FastifyPluginAsync<WsRouteOptions> = async (fastify: Fast
       const { roomId, clientId } = request.query
       const token = request.query.token ?? ''
       const log = request.log.child({ roomId, clientId })
+      // The listeners below capture this state, not the request: an open socket must not keep its upgrade request alive.
+      const conn: Connection = { room: undefined, sessionId: undefined, queue: [], queuedBytes: 0 }
+      // Nor anything else: the upgrade's HTTP response, and @fastify/websocket's error listener, which holds the
+      // request and the reply for the socket's life (about 2.7 KB a connection, kept through the young generation's
+      // collections: a storm of reconnects paid for it in GC time). That listener, added just before this handler is
+      // called, calls socketError when the plugin registered @fastify/websocket: the listener below does the same.
+      detachUpgradeResponse(socket)
+      if (ownsSocketErrors) {
+        const listeners = socket.listeners('error')
+        if (listeners.length > 0) socket.removeListener('error', listeners[listeners.length - 1] as (err: Error) => void)
+      }
+      socket.on('error', (err) => {
+        if (ownsSocketErrors) socketError(err, socket, log)
+        else log.debug({ err }, 'socket error')
+        if (conn.sessionId !== undefined) conn.room!.handleSocketError(conn.sessionId)
+      })
       if (draining() || manager.draining) {
         socket.close(CloseCode.TRY_AGAIN_LATER, 'Server restarting: try again')
         return
@@ -160,9 +178,6 @@ export const wsRoutes: FastifyPluginAsync<WsRouteOptions> = async (fastify: Fast
         if (sent !== undefined && (data.equals(sent.current) || (sent.previous !== null && data.equals(sent.previous)))) alive.set(socket, true)
       })
 
-      // The listeners below capture this state, not the request: an open socket must not keep its upgrade request alive.
-      const conn: Connection = { room: undefined, sessionId: undefined, queue: [], queuedBytes: 0 }
-
       socket.on('message', (data: RawData) => {
         // ws enforces maxPayload itself unless the application registered @fastify/websocket with its own.
         const bytes = byteLength(data)
@@ -190,10 +205,6 @@ export const wsRoutes: FastifyPluginAsync<WsRouteOptions> = async (fastify: Fast
         sockets.delete(socket)
         if (conn.sessionId !== undefined) conn.room!.handleSocketClose(conn.sessionId)
       })
-      socket.on('error', (err) => {
-        log.debug({ err }, 'socket error')
-        if (conn.sessionId !== undefined) conn.room!.handleSocketError(conn.sessionId)
-      })
 
       const authorization = bounds.authorize(authorize, { roomId, clientId, token, request }, options.authorizeTimeoutMs)
       accept(conn, socket, authorization, { roomId, clientId, log, manager, roomOptions, bounds, loadTimeoutMs: options.storageFailureTimeoutMs }).catch((err: unknown) => {
@@ -202,6 +213,25 @@ export const wsRoutes: FastifyPluginAsync<WsRouteOptions> = async (fastify: Fast
       })
     }
   })
+}
+
+/**
+ * An error on an open WebSocket, when the plugin registered
+ * @fastify/websocket: a frame that breaks RFC 6455 (ws has sent its close
+ * frame: 1002, 1007, 1009, 1008), or the connection lost. The client causes
+ * both: logged at info and debug, not as server errors. A lost connection is
+ * cut at once; after a protocol error ws ends the connection itself once its
+ * close frame is out, and stopReading cuts it a second later if it has not.
+ */
+export function socketError (error: Error, socket: WebSocket, log: FastifyBaseLogger): void {
+  const code = (error as { code?: unknown }).code
+  if (typeof code === 'string' && code.startsWith('WS_ERR_')) {
+    log.info({ err: { code, message: error.message } }, 'WebSocket frame refused (protocol error): connection closed')
+    stopReading(socket)
+  } else {
+    log.debug({ err: error }, 'WebSocket connection error')
+    socket.terminate()
+  }
 }
 
 /** What ws would refuse in an upgrade request's handshake headers (RFC 6455 4.2.1), or null. */
