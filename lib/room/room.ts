@@ -118,17 +118,21 @@ const DEFAULT_STORAGE_FAILURE_TIMEOUT_MS = 10_000
 const MAX_CLAIM_CHECK_MS = 1000
 const OPEN = 1
 /**
- * With presence batching, in a room of at least PACED_SESSIONS sessions, the
- * shortest time between two batches of presence (about 60 a second), and
- * between two clientCount frames to the sessions that did not cause the
- * change. Smaller rooms get both at the end of every loop turn: their cost,
- * sessions times changes, stays small.
+ * With presence batching, in a room of at least PACED_SESSIONS sessions,
+ * presence goes out at most every PRESENCE_INTERVAL_MS (about 60 batches a
+ * second), and clientCount to the sessions that did not cause the change
+ * once the count has not moved for COUNT_INTERVAL_MS, or COUNT_SETTLE_MS
+ * after the first change it reports (a storm of reconnects in a room of n
+ * sessions then costs the others one count each, not one per round while
+ * it lasts). Smaller rooms get both at the end of every loop turn: their
+ * cost, sessions times changes, stays small.
  */
 const PACED_SESSIONS = 32
 /** Above this many characters, the diff and the presence a reconnect is answered with go as two frames. */
 const JOIN_FRAME_SPLIT_CHARS = 64 * 1024 * 1024
 const PRESENCE_INTERVAL_MS = 16
 const COUNT_INTERVAL_MS = 100
+const COUNT_SETTLE_MS = 1000
 
 /**
  * One document and the sessions editing it: applies frames, fans them out
@@ -196,7 +200,7 @@ export class Room {
     if (durability !== 'durable' && durability !== 'throttled') throw new RangeError("durability must be 'durable' or 'throttled'")
     const clock = options.clock
     this.#presencePacer = new Pacer(PRESENCE_INTERVAL_MS, () => this.#guarded('sending batched presence', () => this.#flushPresence()), clock)
-    this.#countPacer = new Pacer(COUNT_INTERVAL_MS, () => this.#guarded('sending clientCount', () => this.#flushCounts()), clock)
+    this.#countPacer = new Pacer(COUNT_INTERVAL_MS, () => this.#guarded('sending clientCount', () => this.#flushCounts()), clock, COUNT_SETTLE_MS)
     this.#persistence = new Persistence({
       storage: this.#storage,
       document: () => this.#doc,
@@ -1054,8 +1058,9 @@ export class Room {
    * Tells every session the new number of sessions. With batching, the
    * others learn it at the end of the loop turn, once whatever the number of
    * joins and leaves in that turn; in a room of PACED_SESSIONS or
-   * more, at most once per COUNT_INTERVAL_MS (a reconnect storm would
-   * otherwise send each of n sessions up to n counts, one write each). A
+   * more, once the count has settled (see COUNT_INTERVAL_MS: a reconnect
+   * storm would otherwise send each of n sessions up to n counts, one write
+   * each). A
    * session about to get any other frame first gets the count it is
    * missing, so that the order of events is kept; the newcomer gets its
    * count at once.
@@ -1065,7 +1070,7 @@ export class Room {
       for (const session of this.#sessions.values()) this.#sendCount(session)
       return
     }
-    if (this.#countPending) return
+    // Asked again while pending too: a settling count waits for the changes to stop.
     this.#countPending = true
     this.#countPacer.request(this.#sessions.size >= PACED_SESSIONS)
   }
