@@ -539,3 +539,23 @@ t.test('an app that registered @fastify/websocket with an errorHandler gets the 
   await peer.closed
   t.strictSame(seen, [{ code: 'WS_ERR_INVALID_UTF8', roomId: 'r' }])
 })
+
+t.test('an app that listens for the close of reply.raw in a hook still hears it when the WebSocket connection ends', async (t) => {
+  let open = 0
+  const app = await build(t, {}, (app) => {
+    app.addHook('onRequest', async (_request, reply) => {
+      open++
+      reply.raw.on('close', () => { open-- })
+    })
+  })
+  const peer = await connectReal(await listen(app), { roomId: 'r', clientId: 'a' })
+  await peer.join()
+  t.equal(open, 1)
+  const [server] = app.websocketServer.clients
+  const serverClosed = once(server, 'close')
+  peer.ws.close()
+  await peer.closed
+  await serverClosed
+  await new Promise((resolve) => setImmediate(resolve))
+  t.equal(open, 0)
+})

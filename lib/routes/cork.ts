@@ -284,13 +284,15 @@ export function watchHandshakes (wss: EventEmitter): () => void {
  * through Fastify (Node makes none for an upgrade). Assigned to the socket,
  * it stays referenced by it for the socket's life, with the request it
  * answers and a 'close' listener that runs when the socket closes; nothing
- * writes to it once the socket is upgraded.
+ * writes to it once the socket is upgraded. Unless the app listens for that
+ * 'close' (a hook counting open requests by `reply.raw`'s close, say): the
+ * response then stays attached, and still tells it when the connection ends.
  */
 export function detachUpgradeResponse (ws: WebSocket): void {
   const raw = (ws as unknown as { _socket?: Socket | null })._socket
   if (raw === undefined || raw === null) return
   const response = (raw as Socket & { _httpMessage?: unknown })._httpMessage
-  if (response instanceof ServerResponse && response.socket === raw) response.detachSocket(raw)
+  if (response instanceof ServerResponse && response.socket === raw && response.listenerCount('close') === 0) response.detachSocket(raw)
 }
 
 /**
