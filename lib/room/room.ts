@@ -1060,9 +1060,8 @@ export class Room {
    * joins and leaves in that turn; in a room of PACED_SESSIONS or
    * more, once the count has settled (see COUNT_INTERVAL_MS: a reconnect
    * storm would otherwise send each of n sessions up to n counts, one write
-   * each). A
-   * session about to get any other frame first gets the count it is
-   * missing, so that the order of events is kept; the newcomer gets its
+   * each). A session about to get any other frame first gets the count it
+   * is missing, so that the order of events is kept; the newcomer gets its
    * count at once.
    */
   #broadcastClientCount (): void {
