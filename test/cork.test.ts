@@ -506,6 +506,9 @@ t.test('an open connection keeps neither the Fastify request and reply of its up
     gc()
   }
   t.equal(refs.filter((ref) => ref.deref() !== undefined).length, 0, 'all collected')
+  const ids = app.canvasStore.getExistingRoom('r')!.getSessions().map((s) => s.sessionId)
+  t.equal(new Set(ids).size, 3)
+  for (const id of ids) t.match(id, /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/, 'session ids are random (version 4) UUIDs')
   t.equal((await write(peers[0], 'm1', [{ 'e/A': { _exists: true } }])).timestamp, 1, 'the connections work on')
   t.match(await peers[1].next((f) => f.type === 'patch'), { documentPatches: [{ 'e/A': { _exists: true } }] })
 })

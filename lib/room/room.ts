@@ -135,6 +135,15 @@ const COUNT_INTERVAL_MS = 100
 const COUNT_SETTLE_MS = 1000
 
 /**
+ * A session's id: a random UUID, as one flat string. crypto.randomUUID()
+ * builds its string by concatenation, a chain of about 14 cons strings that
+ * V8 keeps as it is: 480 bytes of heap for the session's life, against 57.
+ */
+function newSessionId (): string {
+  return Buffer.from(randomUUID(), 'latin1').toString('latin1')
+}
+
+/**
  * One document and the sessions editing it: applies frames, fans them out
  * (each broadcast serialized once), keeps presence per client and schedules
  * persistence. Usable without Fastify: feed it sockets and text frames.
@@ -291,7 +300,7 @@ export class Room {
    * @returns the new session's id
    */
   handleSocketConnect (options: ConnectOptions): string {
-    const sessionId = randomUUID()
+    const sessionId = newSessionId()
     if (this.#closed) {
       safeClose(options.socket, CloseCode.GOING_AWAY, 'Room closed')
       return sessionId
