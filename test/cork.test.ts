@@ -483,7 +483,7 @@ t.test('a socket released from the hold keeps fast properties (its destroy is as
   t.ok(destroyed, 'destroy still works')
 })
 
-t.test('an open connection keeps neither the Fastify request and reply of its upgrade nor the HTTP response made for it', async (t) => {
+t.test('an open connection keeps neither the Fastify request and reply of its upgrade nor the HTTP response made for it, nor closures of its own', async (t) => {
   setFlagsFromString('--expose-gc')
   const gc = runInNewContext('gc') as () => void
   const refs: Array<WeakRef<object>> = []
@@ -506,6 +506,10 @@ t.test('an open connection keeps neither the Fastify request and reply of its up
     gc()
   }
   t.equal(refs.filter((ref) => ref.deref() !== undefined).length, 0, 'all collected')
+  // Nor closures of its own: every socket shares the route's listeners and close.
+  const [x, y] = app.websocketServer.clients
+  for (const event of ['message', 'close', 'error', 'pong']) t.equal(x.listeners(event).at(-1), y.listeners(event).at(-1), `one ${event} listener for every socket`)
+  t.equal(x.close, y.close, 'one close for every socket')
   const ids = app.canvasStore.getExistingRoom('r')!.getSessions().map((s) => s.sessionId)
   t.equal(new Set(ids).size, 3)
   for (const id of ids) t.match(id, /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/, 'session ids are random (version 4) UUIDs')

@@ -295,6 +295,15 @@ export function detachUpgradeResponse (ws: WebSocket): void {
   if (response instanceof ServerResponse && response.socket === raw && response.listenerCount('close') === 0) response.detachSocket(raw)
 }
 
+/** Where a direct socket (see CorkedSocket) keeps its CorkedSocket, for closeAfterFlush. */
+const kCorked = Symbol('fastify-canvas-store corked')
+type CorkedWebSocket = WebSocket & { [kCorked]: CorkedSocket }
+
+/** A direct socket's close (one function for every socket, `this` the socket): what is held is written first. */
+function closeAfterFlush (this: WebSocket, code?: number, data?: string | Buffer): void {
+  (this as CorkedWebSocket)[kCorked].closeFlushed(code, data)
+}
+
 /**
  * A room's view of a ws socket whose frames of one event-loop turn are
  * written together. One class for every socket, so that the room's send
@@ -342,6 +351,8 @@ export class CorkedSocket implements WebSocketLike {
   #backlogBytes = 0
   /** Writes handed to the stream whose callback has not come yet. */
   #unfinished = 0
+  /** The socket's close before closeAfterFlush replaced it (direct sockets). */
+  #close: WebSocket['close'] | null = null
   /** The callback of every write (one function per socket, which Node batches). */
   readonly #written = (): void => {
     if (--this.#unfinished === 0 && this.#backlog !== null) this.#writeBacklog()
@@ -354,12 +365,16 @@ export class CorkedSocket implements WebSocketLike {
     this.#direct = this.raw !== null && ws.extensions === ''
     if (this.#direct) {
       // Every close goes through the socket's own close method (ws calls it on itself too): write what is held first.
-      const close = ws.close
-      ws.close = (code?: number, data?: string | Buffer): void => {
-        this.flush(true)
-        close.call(ws, code, data)
-      }
+      this.#close = ws.close
+      ;(ws as CorkedWebSocket)[kCorked] = this
+      ws.close = closeAfterFlush
     }
+  }
+
+  /** The socket's close, through closeAfterFlush: the frames held first. */
+  closeFlushed (code?: number, data?: string | Buffer): void {
+    this.flush(true)
+    this.#close!.call(this.ws, code, data)
   }
 
   send (data: string): void {

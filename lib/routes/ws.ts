@@ -99,6 +99,63 @@ export const wsRoutes: FastifyPluginAsync<WsRouteOptions> = async (fastify: Fast
     app.addHook('onClose', async () => clearInterval(timer))
   }
 
+  function onError (this: WebSocket, err: Error): void {
+    const conn = (this as RouteSocket)[kConnection]
+    if (ownsSocketErrors) socketError(err, this, conn.log)
+    else conn.log.debug({ err }, 'socket error')
+    if (conn.sessionId !== undefined) conn.room!.handleSocketError(conn.sessionId)
+  }
+
+  // Pongs cost ws a frame each and are not frames the room counts: a peer that floods them is cut.
+  function onPong (this: WebSocket, data: Buffer): void {
+    const conn = (this as RouteSocket)[kConnection]
+    const now = performance.now()
+    if (now - conn.pongWindow > 1000) {
+      conn.pongWindow = now
+      conn.pongs = 0
+    }
+    if (++conn.pongs > maxPongs) {
+      if (conn.pongs === maxPongs + 1) {
+        conn.log.warn('connection closed for a flood of pong frames')
+        closeAbusive(this, CloseCode.RATE_LIMITED, 'Too many pong frames')
+      }
+      return
+    }
+    const sent = pings.get(this)
+    if (sent !== undefined && (data.equals(sent.current) || (sent.previous !== null && data.equals(sent.previous)))) alive.set(this, true)
+  }
+
+  function onMessage (this: WebSocket, data: RawData): void {
+    const conn = (this as RouteSocket)[kConnection]
+    // ws enforces maxPayload itself unless the application registered @fastify/websocket with its own.
+    const bytes = byteLength(data)
+    if (bytes > options.maxPayload) {
+      closeAbusive(this, CloseCode.MESSAGE_TOO_BIG, 'Frame too big')
+      return
+    }
+    if (conn.sessionId !== undefined) {
+      conn.room!.handleSocketMessage(conn.sessionId, data)
+      return
+    }
+    if (conn.queue === null) return
+    conn.queuedBytes += bytes
+    if (conn.queue.length >= options.maxQueuedFrames || conn.queuedBytes > options.maxQueuedBytes) {
+      conn.log.warn('too many frames before the room was ready')
+      conn.queue = null
+      closeAbusive(this, CloseCode.POLICY_VIOLATION, 'Too many frames before the room was ready')
+      return
+    }
+    conn.queue.push(data)
+  }
+
+  function onClose (this: WebSocket, code: number): void {
+    const conn = (this as RouteSocket)[kConnection]
+    metrics?.closed(code)
+    conn.queue = null
+    sockets.delete(this)
+    if (conn.sessionId !== undefined) conn.room!.handleSocketClose(conn.sessionId)
+  }
+
   // ws's 101 response to this route's upgrades is held until the end of the turn, to leave with the new
   // session's first frames (see holdHandshake). The server may be the app's own: other routes' are left alone.
   const unwatch = watchHandshakes(app.websocketServer)
@@ -131,80 +188,30 @@ export const wsRoutes: FastifyPluginAsync<WsRouteOptions> = async (fastify: Fast
       const { roomId, clientId } = request.query
       const token = request.query.token ?? ''
       const log = request.log.child({ roomId, clientId })
-      // The listeners below capture this state, not the request: an open socket must not keep its upgrade request alive.
-      const conn: Connection = { room: undefined, sessionId: undefined, queue: [], queuedBytes: 0 }
+      // The socket's listeners read this state, not the request: an open socket must not keep its upgrade request
+      // alive. They are the route's, one of each for every socket (`this` is the socket): no closures per connection.
+      const conn: Connection = { room: undefined, sessionId: undefined, queue: [], queuedBytes: 0, log, pongs: 0, pongWindow: 0, close: socket.close }
+      ;(socket as RouteSocket)[kConnection] = conn
       // Nor anything else: the upgrade's HTTP response, and @fastify/websocket's error listener, which holds the
       // request and the reply for the socket's life (about 2.7 KB a connection, kept through the young generation's
       // collections: a storm of reconnects paid for it in GC time). That listener, added just before this handler is
-      // called, calls socketError when the plugin registered @fastify/websocket: the listener below does the same.
+      // called, calls socketError when the plugin registered @fastify/websocket: onError does the same.
       detachUpgradeResponse(socket)
       if (ownsSocketErrors) {
         const listeners = socket.listeners('error')
         if (listeners.length > 0) socket.removeListener('error', listeners[listeners.length - 1] as (err: Error) => void)
       }
-      socket.on('error', (err) => {
-        if (ownsSocketErrors) socketError(err, socket, log)
-        else log.debug({ err }, 'socket error')
-        if (conn.sessionId !== undefined) conn.room!.handleSocketError(conn.sessionId)
-      })
+      socket.on('error', onError)
       if (draining() || manager.draining) {
         socket.close(CloseCode.TRY_AGAIN_LATER, 'Server restarting: try again')
         return
       }
       sockets.add(socket)
       alive.set(socket, true)
-      // ws closes a connection whose frame breaks RFC 6455 with a code alone: the client is told why.
-      const close = socket.close
-      socket.close = (code?: number, reason?: string | Buffer): void => {
-        close.call(socket, code, reason ?? (code === undefined ? undefined : PROTOCOL_CLOSE_REASONS[code]))
-      }
-      // Pongs cost ws a frame each and are not frames the room counts: a peer that floods them is cut.
-      let pongs = 0
-      let pongWindow = 0
-      socket.on('pong', (data: Buffer) => {
-        const now = performance.now()
-        if (now - pongWindow > 1000) {
-          pongWindow = now
-          pongs = 0
-        }
-        if (++pongs > maxPongs) {
-          if (pongs === maxPongs + 1) {
-            log.warn('connection closed for a flood of pong frames')
-            closeAbusive(socket, CloseCode.RATE_LIMITED, 'Too many pong frames')
-          }
-          return
-        }
-        const sent = pings.get(socket)
-        if (sent !== undefined && (data.equals(sent.current) || (sent.previous !== null && data.equals(sent.previous)))) alive.set(socket, true)
-      })
-
-      socket.on('message', (data: RawData) => {
-        // ws enforces maxPayload itself unless the application registered @fastify/websocket with its own.
-        const bytes = byteLength(data)
-        if (bytes > options.maxPayload) {
-          closeAbusive(socket, CloseCode.MESSAGE_TOO_BIG, 'Frame too big')
-          return
-        }
-        if (conn.sessionId !== undefined) {
-          conn.room!.handleSocketMessage(conn.sessionId, data)
-          return
-        }
-        if (conn.queue === null) return
-        conn.queuedBytes += bytes
-        if (conn.queue.length >= options.maxQueuedFrames || conn.queuedBytes > options.maxQueuedBytes) {
-          log.warn('too many frames before the room was ready')
-          conn.queue = null
-          closeAbusive(socket, CloseCode.POLICY_VIOLATION, 'Too many frames before the room was ready')
-          return
-        }
-        conn.queue.push(data)
-      })
-      socket.on('close', (code: number) => {
-        metrics?.closed(code)
-        conn.queue = null
-        sockets.delete(socket)
-        if (conn.sessionId !== undefined) conn.room!.handleSocketClose(conn.sessionId)
-      })
+      socket.close = closeWithReason
+      socket.on('pong', onPong)
+      socket.on('message', onMessage)
+      socket.on('close', onClose)
 
       const authorization = bounds.authorize(authorize, { roomId, clientId, token, request }, options.authorizeTimeoutMs)
       accept(conn, socket, authorization, { roomId, clientId, log, manager, roomOptions, bounds, loadTimeoutMs: options.storageFailureTimeoutMs }).catch((err: unknown) => {
@@ -251,6 +258,21 @@ interface Connection {
   /** Frames received before the session exists; null once drained or refused. */
   queue: RawData[] | null
   queuedBytes: number
+  log: FastifyBaseLogger
+  /** Pongs received in the current one-second window, and when it began. */
+  pongs: number
+  pongWindow: number
+  /** The socket's close before closeWithReason replaced it. */
+  close: WebSocket['close']
+}
+
+/** Where a socket of the route keeps its Connection. */
+const kConnection = Symbol('fastify-canvas-store connection')
+type RouteSocket = WebSocket & { [kConnection]: Connection }
+
+/** ws closes a connection whose frame breaks RFC 6455 with a code alone: the client is told why. */
+function closeWithReason (this: WebSocket, code?: number, reason?: string | Buffer): void {
+  (this as RouteSocket)[kConnection].close.call(this, code, reason ?? (code === undefined ? undefined : PROTOCOL_CLOSE_REASONS[code]))
 }
 
 /** Awaits authorize, loads the room, joins the session and replays the frames queued meanwhile. */
