@@ -99,6 +99,7 @@ export const wsRoutes: FastifyPluginAsync<WsRouteOptions> = async (fastify: Fast
     app.addHook('onClose', async () => clearInterval(timer))
   }
 
+  // The listeners of every socket of the route: `this` is the socket, its state the Connection it carries.
   function onError (this: WebSocket, err: Error): void {
     const conn = (this as RouteSocket)[kConnection]
     if (ownsSocketErrors) socketError(err, this, conn.log)
