@@ -78,10 +78,18 @@ export function closeAbusive (ws: WebSocket, code: number, reason: string): void
   stopReading(ws)
 }
 
+/**
+ * The stream under a ws socket (ws keeps it private): a net.Socket, another
+ * stream (injectWS), or null once ws let go of it.
+ */
+function streamOf (ws: WebSocket): Socket | null {
+  return (ws as unknown as { _socket?: Socket | null })._socket ?? null
+}
+
 /** After a close frame was sent (see closeAbusive): reads nothing more, and cuts the connection a second later. */
 export function stopReading (ws: WebSocket): void {
-  const raw = (ws as unknown as { _socket?: Socket | null })._socket
-  if (raw === undefined || raw === null || ws.readyState === ws.CLOSED) return
+  const raw = streamOf(ws)
+  if (raw === null || ws.readyState === ws.CLOSED) return
   raw.pause()
   const timer = setTimeout(() => ws.terminate(), ABUSE_CLOSE_MS)
   timer.unref()
@@ -289,8 +297,8 @@ export function watchHandshakes (wss: EventEmitter): () => void {
  * response then stays attached, and still tells it when the connection ends.
  */
 export function detachUpgradeResponse (ws: WebSocket): void {
-  const raw = (ws as unknown as { _socket?: Socket | null })._socket
-  if (raw === undefined || raw === null) return
+  const raw = streamOf(ws)
+  if (raw === null) return
   const response = (raw as Socket & { _httpMessage?: unknown })._httpMessage
   if (response instanceof ServerResponse && response.socket === raw && response.listenerCount('close') === 0) response.detachSocket(raw)
 }
@@ -360,8 +368,8 @@ export class CorkedSocket implements WebSocketLike {
 
   constructor (ws: WebSocket) {
     this.ws = ws
-    const raw = (ws as unknown as { _socket?: Socket | null })._socket
-    this.raw = raw !== undefined && raw !== null && typeof raw.cork === 'function' ? raw : null
+    const raw = streamOf(ws)
+    this.raw = raw !== null && typeof raw.cork === 'function' ? raw : null
     this.#direct = this.raw !== null && ws.extensions === ''
     if (this.#direct) {
       // Every close goes through the socket's own close method (ws calls it on itself too): write what is held first.
