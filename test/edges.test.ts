@@ -5,8 +5,10 @@
  */
 import rateLimit from '@fastify/rate-limit'
 import { createConnection } from 'node:net'
+import { once } from 'node:events'
 import Fastify from 'fastify'
 import t from 'tap'
+import WebSocket from 'ws'
 import canvasStore from '../lib/index.js'
 import { build, connect, connectReal, listen, logLines, write } from './helper.js'
 
@@ -107,6 +109,23 @@ t.test('a frame the room sends in the turn the server shuts down arrives before 
   await closing
   t.equal(code, 1001)
   t.match(peer.frames.at(-1), { type: 'permissions', permissions: 'readonly' })
+})
+
+t.test('an app\'s own WebSocket route whose handler throws, on the @fastify/websocket the plugin registered: logged at error level, the connection cut', async (t) => {
+  const { stream, lines } = logLines()
+  const app = Fastify({ logger: { level: 'info', stream } })
+  t.teardown(() => app.close())
+  await app.register(canvasStore)
+  app.get('/mine', { websocket: true }, () => { throw new Error('app bug') })
+  app.get('/later', { websocket: true }, async () => { throw new Error('async app bug') })
+  const base = await listen(app)
+  for (const [path, message] of [['/mine', 'app bug'], ['/later', 'async app bug']]) {
+    const ws = new WebSocket(`${base}${path}`)
+    ws.on('error', () => {})
+    const [code] = await once(ws, 'close') as [number]
+    t.equal(code, 1006, `${path}: cut`)
+    t.ok(lines.some((l) => l.level === 50 && l.err?.message === message && l.msg === 'WebSocket handler failed: connection closed'), `${path}: logged at error level`)
+  }
 })
 
 t.test('a frame that breaks RFC 6455: ws\'s close code with a reason, logged at info (the client\'s fault), the room unharmed', async (t) => {

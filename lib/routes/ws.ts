@@ -225,21 +225,26 @@ export const wsRoutes: FastifyPluginAsync<WsRouteOptions> = async (fastify: Fast
 
 /**
  * An error on an open WebSocket, when the plugin registered
- * @fastify/websocket: a frame that breaks RFC 6455 (ws has sent its close
- * frame: 1002, 1007, 1009, 1008), or the connection lost. The client causes
- * both: logged at info and debug, not as server errors. A lost connection is
- * cut at once; after a protocol error ws ends the connection itself once its
- * close frame is out, and stopReading cuts it a second later if it has not.
+ * @fastify/websocket (so for the app's own WebSocket routes too): a frame
+ * that breaks RFC 6455 (ws has sent its close frame: 1002, 1007, 1009,
+ * 1008), or the connection lost, both caused by the client and logged at
+ * info and debug, not as server errors; anything else (a route's handler
+ * that threw or rejected) is logged at error level, as @fastify/websocket's
+ * own handler does. A lost connection and a failed handler are cut at once;
+ * after a protocol error ws ends the connection itself once its close frame
+ * is out, and stopReading cuts it a second later if it has not.
  */
 export function socketError (error: Error, socket: WebSocket, log: FastifyBaseLogger): void {
   const code = (error as { code?: unknown }).code
   if (typeof code === 'string' && code.startsWith('WS_ERR_')) {
     log.info({ err: { code, message: error.message } }, 'WebSocket frame refused (protocol error): connection closed')
     stopReading(socket)
-  } else {
-    log.debug({ err: error }, 'WebSocket connection error')
-    socket.terminate()
+    return
   }
+  // A system call's failure (ECONNRESET, EPIPE...) carries the call's name.
+  if (typeof (error as { syscall?: unknown }).syscall === 'string') log.debug({ err: error }, 'WebSocket connection error')
+  else log.error({ err: error }, 'WebSocket handler failed: connection closed')
+  socket.terminate()
 }
 
 /** What ws would refuse in an upgrade request's handshake headers (RFC 6455 4.2.1), or null. */
