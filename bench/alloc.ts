@@ -17,6 +17,7 @@ import { spawn } from 'node:child_process'
 import { once } from 'node:events'
 import { createInterface } from 'node:readline'
 import { WebSocket } from 'ws'
+import type { LoadConfig } from './load/main.js'
 
 interface SampledNode {
   callFrame: { functionName: string, url: string, lineNumber: number }
@@ -60,7 +61,7 @@ async function call<T> (method: string, params: object = {}): Promise<T> {
   return await reply
 }
 
-const config = { scenario, server, port, pid: child.pid, seconds: seconds + 6, acks: server !== 'raw', idleTimeoutMs: 30_000, memoryRooms: 10_000 }
+const config: LoadConfig = { scenario, server: server as LoadConfig['server'], port, pid: child.pid!, seconds: seconds + 6, rate: 1, acks: server !== 'raw', idleTimeoutMs: 30_000, memoryRooms: 10_000 }
 const load = spawn(process.execPath, ['--import', 'tsx', 'bench/load/main.ts', JSON.stringify(config)], { stdio: ['ignore', 'pipe', 'inherit'] })
 let output = ''
 load.stdout!.on('data', (chunk: Buffer) => { output += chunk.toString() })

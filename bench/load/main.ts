@@ -19,6 +19,8 @@ export interface LoadConfig {
   pid: number
   /** Length of the timed window of the steady-load scenarios (s). */
   seconds: number
+  /** Multiplies the send rate of the steady-load scenarios (BENCH_RATE). */
+  rate: number
   /** Whether the server acks patches. */
   acks: boolean
   /** The server's idle timeout (ms), for the memory scenario. */
@@ -143,7 +145,8 @@ interface WindowSpec {
 
 /** Steady load: senders at `hz` for `seconds`, then a bounded drain; deliveries, latency, acks, server CPU. */
 async function runWindow (spec: WindowSpec): Promise<Metrics> {
-  const { peers, senders, hz, seconds } = spec
+  const { peers, senders, seconds } = spec
+  const hz = spec.hz * cfg.rate
   const period = 1000 / hz
   const maxSeq = Math.ceil(hz * seconds) + 2
   // Warm-up: the same load, sequence number 0 (ignored by the accounting), messageIds `w...` (not timed);
