@@ -193,6 +193,22 @@ t.test('records are frozen; keys stamped by one frame with the same fields share
   t.same(plain(snap.state.a), { _exists: true, x: 5 }, 'and later changes do not reach them')
 })
 
+t.test('a stored record holds its fields and nothing else: its stamps and size are invisible to enumeration, JSON and deep equality', async (t) => {
+  const doc = new Document()
+  doc.applyFrame([{ k: { _exists: true, x: 1, constructor: { __buf: 1, len: 2, runs: [[1, [7]]] } } }])
+  const value = doc.get('k')!
+  t.strictSame(Reflect.ownKeys(value), ['_exists', 'x', 'constructor'], 'own keys: the fields, no symbols')
+  t.strictSame(value.constructor, [0, 7], 'a field named constructor is data (a buffer delta applied to nothing)')
+  t.equal(Object.getPrototypeOf(Object.getPrototypeOf(value)), null, 'nothing but an empty object up the chain')
+  t.equal(JSON.stringify(value), '{"_exists":true,"x":1,"constructor":[0,7]}')
+  t.strictSame(Reflect.ownKeys({ ...value }), ['_exists', 'x', 'constructor'], 'a spread copies the fields alone')
+  t.ok(Object.isFrozen(value))
+  t.same(plain(doc.getStamps('k')), { _exists: 1, x: 1, constructor: 1 }, 'the stamps are still there')
+  doc.applyFrame([{ k: { x: 2 } }])
+  t.same(plain(doc.getStamps('k')), { _exists: 1, x: 2, constructor: 1 })
+  t.equal(doc.bytes, jsonSize(plain(doc.toSnapshot().state)) - 2, 'and the size, as JSON measures it')
+})
+
 t.test('Room#getSnapshot hands out plain copies: changing one never reaches the room', async (t) => {
   const room = new Room({ roomId: 'r' })
   const socket = { send () {}, close () {} }

@@ -88,7 +88,7 @@ export function applyKind (existing: Fields | undefined, incoming: ComponentData
 /** The new stored value (a fresh record, never the incoming object), for every kind but `dropped`. */
 export function appliedValue (kind: Exclude<ApplyKind, 'dropped'>, existing: Fields | undefined, incoming: ComponentData): Fields {
   if (kind === 'tombstone') {
-    const tomb = emptyRecord()
+    const tomb = storedRecord()
     tomb._exists = false
     return tomb
   }
@@ -96,7 +96,7 @@ export function appliedValue (kind: Exclude<ApplyKind, 'dropped'>, existing: Fie
 }
 
 function materialize (base: Fields | undefined, incoming: ComponentData): Fields {
-  const out = emptyRecord()
+  const out = storedRecord()
   if (base !== undefined) {
     for (const field in base) out[field] = base[field]
   }
@@ -129,42 +129,65 @@ export class Presence extends Map<string, Fields> {
 
 /**
  * Each key of the document is one value record that also carries its field
- * timestamps, under a symbol that is neither enumerable nor serialized (a
- * separate entry object per key would cost 40 bytes more). Value and stamps
- * records are frozen and replaced, never changed, so snapshots and storages
- * share them without copying, and keys stamped by the same frame with the
- * same fields share one stamps record.
+ * timestamps and its estimated JSON size (see size.ts), so that a change
+ * costs the fields it touches, not the whole record; a separate entry object
+ * per key would cost 40 bytes more. Value and stamps records are frozen and
+ * replaced, never changed, so snapshots and storages share them without
+ * copying, and keys stamped by the same frame with the same fields share one
+ * stamps record.
+ *
+ * Stamps and size are private fields of the record's class: not properties,
+ * so no for-in, Object.keys, JSON, spread or deep-equality check sees them,
+ * and setting them is an ordinary store (Object.defineProperty of hidden
+ * symbol properties, as before, was a call into the runtime for every key
+ * stored: a third of the document's apply). Like SafeRecord, the class's
+ * prototype is an empty object without a prototype.
  */
-const STAMPS = Symbol('canvas-store.stamps')
+class StoredRecord {
+  #stamps: Stamps | undefined = undefined
+  #size = 0
 
-/**
- * Each stored record also carries its estimated JSON size (see size.ts), so
- * that a change costs the fields it touches, not the whole record.
- */
-const SIZE = Symbol('canvas-store.size')
+  /** Sets the stamps (frozen already) and the size of a record made by storedRecord(), and freezes it. */
+  static seal (value: Fields, stamps: Stamps, size: number): Fields {
+    const record = value as unknown as StoredRecord
+    record.#stamps = stamps
+    record.#size = size
+    return Object.freeze(value)
+  }
 
-/** One descriptor for each hidden property (not writable, enumerable or configurable): no object per record. */
-const STAMPS_DESCRIPTOR: PropertyDescriptor = { value: undefined }
-const SIZE_DESCRIPTOR: PropertyDescriptor = { value: 0 }
+  /** Sets the size of a record made by storedRecord() (presence records, which are not frozen, too). */
+  static withSize (value: Fields, size: number): Fields {
+    (value as unknown as StoredRecord).#size = size
+    return value
+  }
 
-/** Attaches the stamps (frozen already) and the size to a new value record and freezes it. */
-function seal (value: Fields, stamps: Stamps, size: number): Fields {
-  STAMPS_DESCRIPTOR.value = stamps
-  Object.defineProperty(value, STAMPS, STAMPS_DESCRIPTOR)
-  STAMPS_DESCRIPTOR.value = undefined
-  return Object.freeze(withSize(value, size))
+  static stampsOf (value: Fields): Stamps {
+    return (value as unknown as StoredRecord).#stamps!
+  }
+
+  /** The size stored with the record, or undefined for any other object. */
+  static sizeOf (value: object): number | undefined {
+    return #size in value ? (value as StoredRecord).#size : undefined
+  }
+}
+Object.setPrototypeOf(StoredRecord.prototype, null)
+// A field named `constructor` must not find the class up the chain.
+delete (StoredRecord.prototype as { constructor?: unknown }).constructor
+
+/** A new record that can be stored (see StoredRecord): as safe from pollution as emptyRecord()'s. */
+function storedRecord (): Fields {
+  return new StoredRecord() as unknown as Fields
 }
 
-/** Attaches its estimated size to a new record (presence records, which are not frozen, too). */
-export function withSize (value: Fields, size: number): Fields {
-  SIZE_DESCRIPTOR.value = size
-  Object.defineProperty(value, SIZE, SIZE_DESCRIPTOR)
-  return value
-}
+/** Attaches the stamps (frozen already) and the size to a new value record made by storedRecord() and freezes it. */
+const seal = StoredRecord.seal
+
+/** Attaches its estimated size to a new record made by storedRecord() (presence records, which are not frozen, too). */
+export const withSize = StoredRecord.withSize
 
 /** The estimated JSON size of a stored record (measured when it was stored). */
 export function sizeOf (value: Fields): number {
-  return (value as unknown as { [SIZE]?: number })[SIZE] ?? jsonSize(value)
+  return StoredRecord.sizeOf(value) ?? jsonSize(value)
 }
 
 const TOMBSTONE_SIZE = jsonSize({ _exists: false })
@@ -241,9 +264,7 @@ function applyRecords (stored: StoredRecords, write: WriteRecord, patches: reado
   return growth
 }
 
-function stampsOf (value: Fields): Stamps {
-  return (value as unknown as { [STAMPS]: Stamps })[STAMPS]
-}
+const stampsOf = StoredRecord.stampsOf
 
 type Stamps = Readonly<Record<string, number>>
 
@@ -489,7 +510,7 @@ export class Document {
       const fields = Object.keys(raw)
       // A value without fields stores nothing (every stored key has at least `_exists`).
       if (fields.length === 0) continue
-      const value = emptyRecord()
+      const value = storedRecord()
       for (const field of fields) value[field] = raw[field]
       const rawStamps = Object.hasOwn(allStamps, key) && isRecord(allStamps[key]) ? allStamps[key] : {}
       const stamps = emptyRecord<number>()
