@@ -6,10 +6,11 @@
 import rateLimit from '@fastify/rate-limit'
 import { createConnection } from 'node:net'
 import { once } from 'node:events'
-import Fastify from 'fastify'
+import Fastify, { type FastifyBaseLogger } from 'fastify'
 import t from 'tap'
 import WebSocket from 'ws'
 import canvasStore from '../lib/index.js'
+import { socketError } from '../lib/routes/ws.js'
 import { build, connect, connectReal, listen, logLines, write } from './helper.js'
 
 const tooLong = 'r'.repeat(257)
@@ -126,6 +127,19 @@ t.test('an app\'s own WebSocket route whose handler throws, on the @fastify/webs
     t.equal(code, 1006, `${path}: cut`)
     t.ok(lines.some((l) => l.level === 50 && l.err?.message === message && l.msg === 'WebSocket handler failed: connection closed'), `${path}: logged at error level`)
   }
+})
+
+t.test('socketError: a lost connection (an error of a system call, such as a write to a reset connection that ws\'s sender reports) is logged at debug, not as a server error, and the socket cut', async (t) => {
+  const levels: string[] = []
+  const log = { debug: () => levels.push('debug'), info: () => levels.push('info'), error: () => levels.push('error') } as unknown as FastifyBaseLogger
+  let terminated = 0
+  const socket = { terminate: () => { terminated++ } } as unknown as WebSocket
+  socketError(Object.assign(new Error('write EPIPE'), { code: 'EPIPE', errno: -32, syscall: 'write' }), socket, log)
+  t.strictSame(levels, ['debug'])
+  t.equal(terminated, 1)
+  socketError(Object.assign(new Error('a bug'), { code: 'ERR_SOMETHING' }), socket, log)
+  t.strictSame(levels, ['debug', 'error'], 'an error of no system call is the server\'s: error level')
+  t.equal(terminated, 2)
 })
 
 t.test('a frame that breaks RFC 6455: ws\'s close code with a reason, logged at info (the client\'s fault), the room unharmed', async (t) => {
